@@ -1,0 +1,55 @@
+"""memmaml: memory-efficient MAML in PyTorch.
+
+Backpropagate through long MAML inner loops with exact meta-gradients while
+keeping only a few inner-loop states in memory:
+
+* :class:`GradientCheckpointMAML` -- the checkpointed engine;
+* :class:`NaiveMAML` -- the reference that keeps every step's graph;
+* in-graph optimizers :class:`SGD`, :class:`RMSProp`, :class:`Adam` (and the
+  torch_maml names :class:`IngraphGradientDescent`, :class:`IngraphRMSProp`);
+* :func:`unroll` -- the functional core both wrappers call;
+* :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA.
+"""
+
+from .adapted import AdaptedModule
+from .engine import Unrolled, unroll
+from .maml import GradientCheckpointMAML, NaiveMAML, Result
+from .memory import MemoryTracker, peak_rss_bytes, track_memory
+from .optim import (
+    SGD,
+    Adam,
+    AdamState,
+    IngraphGradientDescent,
+    IngraphRMSProp,
+    InnerOptimizer,
+    RMSProp,
+    RMSPropState,
+    SGDState,
+)
+from .schedules import Plan, Schedule, Uniform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam",
+    "AdamState",
+    "AdaptedModule",
+    "GradientCheckpointMAML",
+    "IngraphGradientDescent",
+    "IngraphRMSProp",
+    "InnerOptimizer",
+    "MemoryTracker",
+    "NaiveMAML",
+    "Plan",
+    "RMSProp",
+    "RMSPropState",
+    "Result",
+    "SGD",
+    "SGDState",
+    "Schedule",
+    "Uniform",
+    "Unrolled",
+    "peak_rss_bytes",
+    "track_memory",
+    "unroll",
+]

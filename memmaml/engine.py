@@ -1,0 +1,518 @@
+"""The inner-loop engine: naive unrolling and checkpointed replay.
+
+Both paths run the same inner step (:meth:`_Loop.loss_and_grads` followed by
+the optimizer's pure ``update``), so they agree to rounding:
+
+* :func:`unroll` with ``schedule=None`` keeps the whole graph (the reference).
+* :func:`unroll` with a :class:`~memmaml.schedules.Schedule` runs the steps
+  inside :class:`_CheckpointedUnroll`, an autograd Function whose forward keeps
+  only the states the schedule asks for and whose backward replays them
+  (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost";
+  Griewank & Walther 2000, "Algorithm 799: Revolve").
+
+NOTE [ What crosses the Function ]
+    Everything that needs a meta-gradient is an explicit input of the Function:
+    the initial parameters and optimizer state, and every tensor that requires
+    grad among the hyperparameters, the model parameters that are not adapted
+    ("static" parameters), the batches and ``loss_kwargs``. Inside, they are
+    replaced by detached leaves, so no graph leaks out of a segment and nothing
+    reaches the meta-gradient through a closure. Tensors captured by the loss
+    function's closure are *not* inputs: they get no meta-gradient from the
+    checkpointed engine (the naive one would give them one).
+
+NOTE [ Replay must be exact ]
+    A stored state holds the parameters, the optimizer state, a copy of the
+    model's buffers and the RNG state (CPU and the CUDA devices in use) as they
+    were before its step. A replay restores the RNG state inside
+    ``torch.random.fork_rng`` (so the caller's random stream is untouched),
+    sets every submodule's ``training`` flag as it was when the inner loop ran,
+    and runs the model on *copies* of the stored buffers: BatchNorm's running
+    statistics are updated once per inner step, by the forward pass, in the
+    model itself, exactly as the naive loop updates them, and never again.
+
+NOTE [ Clipping through the unroll ]
+    With ``max_grad_grad_norm`` each step's new parameters pass through
+    ``_ClipCotangent``: an identity in the forward pass whose backward scales the
+    cotangent of all adapted parameters jointly to at most that global L2 norm
+    (scale ``min(1, max_norm / (norm + 1e-6))``, computed on the device, no
+    host sync). The naive and the checkpointed engine apply it at the same
+    places, so their meta-gradients agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.utils import _pytree as pytree
+
+from .adapted import AdaptedModule
+from .optim import InnerOptimizer
+from .schedules import Advance, Drop, Plan, Reverse, Schedule, check_plan
+
+__all__ = ["Unrolled", "unroll"]
+
+Params = dict[str, Tensor]
+
+
+class Unrolled(NamedTuple):
+    """What :func:`unroll` returns.
+
+    Attributes:
+        params: the adapted parameters after the last step.
+        opt_state: the optimizer state after the last step.
+        losses: the loss before each step (a list of 0-d tensors).
+    """
+
+    params: Params
+    opt_state: Any
+    losses: list[Tensor]
+
+
+# ----------------------------------------------------------------------------- clipping
+class _ClipCotangent(torch.autograd.Function):
+    """Identity forward; backward clips the joint L2 norm of the cotangents."""
+
+    @staticmethod
+    def forward(ctx, max_norm: float, *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.max_norm = max_norm
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
+        dtype = grads[0].dtype
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(dtype) for g in grads]))
+        scale = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
+        return (None, *(g * scale.to(g.device) for g in grads))
+
+
+def _clip(params: Params, max_norm: float | None) -> Params:
+    if max_norm is None:
+        return params
+    clipped = _ClipCotangent.apply(max_norm, *params.values())
+    return dict(zip(params, clipped))
+
+
+# -------------------------------------------------------------------------- inner loop
+class _StoredState(NamedTuple):
+    leaves: list[Any]  # flattened (params, opt_state), detached
+    buffers: Params | None  # copies of the model's buffers
+    rng: tuple[Tensor, list[Tensor]] | None  # CPU and CUDA generator states
+
+
+class _Loop:
+    """Everything one unroll needs; the inner step and the replay machinery."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_function: Callable[..., Tensor],
+        optimizer: InnerOptimizer,
+        batches: Sequence[Any],
+        *,
+        hyperparams: Mapping[str, Any],
+        static: Params,
+        loss_kwargs: Mapping[str, Any],
+        first_order: bool,
+        max_grad_grad_norm: float | None,
+        allow_unused: bool,
+        check_finite: bool,
+        preserve_rng_state: bool,
+        progress: bool,
+    ) -> None:
+        self.model = model
+        self.loss_function = loss_function
+        self.optimizer = optimizer
+        self.num_steps = len(batches)
+        self.first_order = first_order
+        self.max_norm = max_grad_grad_norm
+        self.allow_unused = allow_unused
+        self.check_finite = check_finite
+        self.progress = progress
+        # everything the steps read besides the state, as one pytree
+        self.extras = (dict(hyperparams), dict(static), list(batches), dict(loss_kwargs))
+        self.training_flags = [m.training for m in model.modules()]
+        self.buffer_names = [name for name, _ in model.named_buffers()]
+        self.preserve_rng_state = preserve_rng_state
+        self.cuda_devices: list[int] = []
+        if preserve_rng_state:
+            devices = {t.device.index for t in _tensors(self.extras) if t.is_cuda}
+            devices |= {p.device.index for p in model.parameters() if p.is_cuda}
+            self.cuda_devices = sorted(d if d is not None else torch.cuda.current_device() for d in devices)
+
+    # -- one inner step --------------------------------------------------------------
+    def loss_and_grads(
+        self, step: int, params: Params, extras: tuple, buffers: Params | None, create_graph: bool
+    ) -> tuple[Tensor, Params]:
+        """Loss at ``params`` on batch ``step`` and its gradient with respect to ``params``.
+
+        With ``create_graph`` the gradient is differentiable (second order);
+        otherwise it is computed at detached copies and returned detached, as is
+        the loss.
+        """
+        _, static, batches, loss_kwargs = extras
+        if not create_graph:
+            params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        with torch.enable_grad():
+            view = AdaptedModule(self.model, {**static, **params, **(buffers or {})})
+            loss = self.loss_function(view, batches[step], **loss_kwargs)
+            if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.is_floating_point():
+                got = f"a tensor of shape {tuple(loss.shape)} and dtype {loss.dtype}" if isinstance(loss, Tensor) else (
+                    f"a {type(loss).__name__}")
+                raise ValueError(f"loss_function must return a floating-point scalar tensor; at inner step {step} "
+                                 f"it returned {got}")
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"the loss at inner step {step} does not depend on any adapted parameter; "
+                    "loss_function must compute the loss with the model it is given")
+            raw = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+        grads = {}
+        for (name, param), grad in zip(params.items(), raw):
+            if grad is None:
+                if not self.allow_unused:
+                    raise ValueError(
+                        f"adapted parameter {name!r} does not affect the loss at inner step {step}; "
+                        "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero")
+                grad = torch.zeros_like(param)
+            grads[name] = grad
+        if self.check_finite and not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"the loss at inner step {step} is not finite: {loss.item()}")
+        return (loss if create_graph else loss.detach()), grads
+
+    def step(self, step: int, leaves: list[Any], spec: Any, extras: tuple, buffers: Params | None,
+             mode: str) -> tuple[list[Any], Tensor]:
+        """One inner step on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
+        params, opt_state = pytree.tree_unflatten(leaves, spec)
+        hyperparams = extras[0]
+        create_graph = mode == "graph" and not self.first_order
+        loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
+        grad_mode = torch.enable_grad() if mode == "graph" else torch.no_grad()
+        with grad_mode:
+            updates, opt_state = self.optimizer.update(grads, opt_state, params, hyperparams)
+            params = {name: params[name] + updates[name] for name in params}
+            if mode == "graph":
+                params = _clip(params, self.max_norm)
+        new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
+        if new_spec != spec:
+            raise TypeError(f"optimizer.update changed the structure of the state at inner step {step}: "
+                            f"{spec} became {new_spec}")
+        return new_leaves, loss
+
+    # -- context for replays ---------------------------------------------------------
+    def snapshot_rng(self) -> tuple[Tensor, list[Tensor]] | None:
+        if not self.preserve_rng_state:
+            return None
+        return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.cuda_devices]
+
+    @contextlib.contextmanager
+    def replay_context(self, rng: tuple[Tensor, list[Tensor]] | None) -> Iterator[None]:
+        """Restore the RNG state ``rng`` and the inner loop's training flags, then undo both."""
+        modules = list(self.model.modules())
+        saved_flags = [m.training for m in modules]
+        with torch.random.fork_rng(devices=self.cuda_devices, enabled=rng is not None):
+            if rng is not None:
+                torch.set_rng_state(rng[0])
+                for device, state in zip(self.cuda_devices, rng[1]):
+                    torch.cuda.set_rng_state(state, device)
+            for module, flag in zip(modules, self.training_flags):
+                module.training = flag
+            try:
+                yield
+            finally:
+                for module, flag in zip(modules, saved_flags):
+                    module.training = flag
+
+    def buffers_snapshot(self, buffers: Mapping[str, Tensor] | None = None) -> Params | None:
+        if not self.buffer_names:
+            return None
+        source = dict(self.model.named_buffers()) if buffers is None else buffers
+        return {name: source[name].detach().clone() for name in self.buffer_names}
+
+    def progress_bar(self, total: int, desc: str):
+        if not self.progress:
+            return contextlib.nullcontext(None)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    return [leaf for leaf in pytree.tree_leaves(tree) if isinstance(leaf, Tensor)]
+
+
+# ------------------------------------------------------------------------------ naive
+def _naive(loop: _Loop, params: Params, opt_state: Any) -> Unrolled:
+    leaves, spec = pytree.tree_flatten((params, opt_state))
+    losses = []
+    with loop.progress_bar(loop.num_steps, "memmaml naive") as bar:
+        for step in range(loop.num_steps):
+            leaves, loss = loop.step(step, leaves, spec, loop.extras, None, "graph")
+            losses.append(loss)
+            if bar is not None:
+                bar.update()
+    params, opt_state = pytree.tree_unflatten(leaves, spec)
+    return Unrolled(params, opt_state, losses)
+
+
+# ------------------------------------------------------------------------ checkpointed
+class _Replay:
+    """Executes a :class:`Plan` for a :class:`_Loop`: forward pass and backward operations."""
+
+    def __init__(self, loop: _Loop, plan: Plan, spec: Any, tensor_slots: list[int], num_leaves: int,
+                 extra_inputs: list[Tensor], extra_slots: list[tuple[int, int]]) -> None:
+        self.loop = loop
+        self.plan = plan
+        self.stats = check_plan(plan)
+        self.spec = spec
+        self.tensor_slots = tensor_slots  # positions of tensor leaves in the flattened state
+        self.num_leaves = num_leaves
+        self.extra_inputs = extra_inputs  # tensors among the extras that require grad (deduplicated)
+        self.extra_slots = extra_slots  # (leaf position in extras, index into extra_inputs)
+        self.store: dict[int, _StoredState] = {}
+
+    def extras_with(self, substitutes: Sequence[Tensor]) -> tuple:
+        leaves, spec = pytree.tree_flatten(self.loop.extras)
+        for position, index in self.extra_slots:
+            leaves[position] = substitutes[index]
+        return pytree.tree_unflatten(leaves, spec)
+
+    def state_leaves(self, tensors: Sequence[Tensor], constant_leaves: list[Any]) -> list[Any]:
+        leaves = list(constant_leaves)
+        for slot, tensor in zip(self.tensor_slots, tensors):
+            leaves[slot] = tensor
+        return leaves
+
+    def run_forward(self, state_tensors: Sequence[Tensor], constant_leaves: list[Any]) -> tuple[list[Tensor], Tensor]:
+        loop = self.loop
+        extras = self.extras_with([t.detach() for t in self.extra_inputs])
+        leaves = self.state_leaves([t.detach() for t in state_tensors], constant_leaves)
+        saves = set(self.plan.forward_saves)
+        losses = []
+        with loop.progress_bar(loop.num_steps, "memmaml forward") as bar:
+            for step in range(loop.num_steps):
+                if step in saves:
+                    self.store[step] = _StoredState(leaves, loop.buffers_snapshot(), loop.snapshot_rng())
+                leaves, loss = loop.step(step, leaves, self.spec, extras, None, "nograph")
+                losses.append(loss)
+                if bar is not None:
+                    bar.update()
+        return [leaves[slot] for slot in self.tensor_slots], torch.stack(losses)
+
+    def run_backward(self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
+                     ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        loop = self.loop
+        store = dict(self.store)  # the forward store stays intact (backward with retain_graph=True)
+        extra_leaves = [t.detach().requires_grad_(t.requires_grad) for t in self.extra_inputs]
+        extras = self.extras_with(extra_leaves)
+        extra_grads: list[Tensor | None] = [None] * len(extra_leaves)
+        cot = list(state_cotangents)
+        work = self.stats.replayed_steps + self.stats.reversed_steps
+        with loop.progress_bar(work, "memmaml replay") as bar:
+            for op in self.plan.backward:
+                if isinstance(op, Drop):
+                    store.pop(op.index)
+                elif isinstance(op, Advance):
+                    store[op.stop] = self._advance(store[op.start], op, extras, bar)
+                elif isinstance(op, Reverse):
+                    cot, grads = self._reverse(store[op.start], op, extras, extra_leaves, cot, loss_cotangents, bar)
+                    for index, grad in enumerate(grads):
+                        if grad is not None:
+                            extra_grads[index] = grad if extra_grads[index] is None else extra_grads[index] + grad
+        return cot, extra_grads
+
+    def _advance(self, state: _StoredState, op: Advance, extras: tuple, bar) -> _StoredState:
+        loop = self.loop
+        buffers = loop.buffers_snapshot(state.buffers)
+        leaves = state.leaves
+        with loop.replay_context(state.rng):
+            for step in range(op.start, op.stop):
+                leaves, _ = loop.step(step, leaves, self.spec, extras, buffers, "nograph")
+                if bar is not None:
+                    bar.update()
+            rng = loop.snapshot_rng()
+        return _StoredState(leaves, loop.buffers_snapshot(buffers), rng)
+
+    def _reverse(self, state: _StoredState, op: Reverse, extras: tuple, extra_leaves: list[Tensor],
+                 cot: list[Tensor | None], loss_cotangents: Tensor | None, bar):
+        loop = self.loop
+        buffers = loop.buffers_snapshot(state.buffers)
+        inputs = [state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
+                  for slot in self.tensor_slots]
+        leaves = self.state_leaves(inputs, state.leaves)
+        losses = []
+        with loop.replay_context(state.rng), torch.enable_grad():
+            for step in range(op.start, op.stop):
+                leaves, loss = loop.step(step, leaves, self.spec, extras, buffers, "graph")
+                losses.append(loss)
+                if bar is not None:
+                    bar.update()
+        outputs, grad_outputs = [], []
+        for output, grad in zip((leaves[slot] for slot in self.tensor_slots), cot):
+            if grad is not None and output.requires_grad:
+                outputs.append(output)
+                grad_outputs.append(grad)
+        if loss_cotangents is not None:
+            for step, loss in zip(range(op.start, op.stop), losses):
+                if loss.requires_grad:
+                    outputs.append(loss)
+                    grad_outputs.append(loss_cotangents[step])
+        wrt = [t for t in inputs if t.requires_grad] + [t for t in extra_leaves if t.requires_grad]
+        if outputs and wrt:
+            grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True))
+        else:
+            grads = [None] * len(wrt)
+        new_cot = [grads.pop(0) if t.requires_grad else None for t in inputs]
+        extra_grads = [grads.pop(0) if t.requires_grad else None for t in extra_leaves]
+        return new_cot, extra_grads
+
+
+class _CheckpointedUnroll(torch.autograd.Function):
+    """Runs the inner loop without a graph and replays it in the backward pass.
+
+    Inputs: the :class:`_Replay`, the number of state tensors, the state tensors,
+    then the extras that require grad. Outputs: the final state tensors and the
+    losses stacked into one tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, replay: _Replay, num_state: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+        state_tensors = inputs[:num_state]
+        final, losses = replay.run_forward(state_tensors, replay.constant_leaves)
+        ctx.replay = replay
+        ctx.num_state = num_state
+        outputs = (*final, losses)
+        ctx.mark_non_differentiable(*(t for t in outputs if not t.is_floating_point()))
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
+        replay: _Replay = ctx.replay
+        state_cot = [g if t_float else None for g, t_float in zip(grads[: ctx.num_state], replay.float_outputs)]
+        state_grads, extra_grads = replay.run_backward(state_cot, grads[ctx.num_state])
+        return (None, None, *state_grads, *extra_grads)
+
+
+def _checkpointed(loop: _Loop, params: Params, opt_state: Any, schedule: Schedule) -> Unrolled:
+    leaves, spec = pytree.tree_flatten((params, opt_state))
+    tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+    state_tensors = [leaves[i] for i in tensor_slots]
+    # tensors among the extras that require grad become inputs of the Function (deduplicated)
+    extra_leaves = pytree.tree_leaves(loop.extras)
+    extra_inputs: list[Tensor] = []
+    extra_slots: list[tuple[int, int]] = []
+    index_of: dict[int, int] = {}
+    for position, leaf in enumerate(extra_leaves):
+        if isinstance(leaf, Tensor) and leaf.requires_grad:
+            if id(leaf) not in index_of:
+                index_of[id(leaf)] = len(extra_inputs)
+                extra_inputs.append(leaf)
+            extra_slots.append((position, index_of[id(leaf)]))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + extra_inputs)
+    plan = schedule.plan(loop.num_steps)
+    replay = _Replay(loop, plan, spec, tensor_slots, len(leaves), extra_inputs, extra_slots)
+    replay.constant_leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+    replay.float_outputs = [t.is_floating_point() for t in state_tensors]
+    if not needs_grad:
+        # nothing to differentiate: run once, keep nothing
+        replay.plan = Plan(plan.num_steps, (), ())
+        final, losses = replay.run_forward(state_tensors, replay.constant_leaves)
+    else:
+        outputs = _CheckpointedUnroll.apply(replay, len(state_tensors), *state_tensors, *extra_inputs)
+        final, losses = list(outputs[:-1]), outputs[-1]
+    leaves = replay.state_leaves(final, replay.constant_leaves)
+    params, opt_state = pytree.tree_unflatten(leaves, spec)
+    return Unrolled(params, opt_state, list(losses.unbind(0)))
+
+
+# ------------------------------------------------------------------------------- entry
+def unroll(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    batches: Sequence[Any],
+    optimizer: InnerOptimizer,
+    *,
+    params: Params,
+    opt_state: Any = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    loss_kwargs: Mapping[str, Any] | None = None,
+    schedule: Schedule | None = None,
+    first_order: bool = False,
+    max_grad_grad_norm: float | None = None,
+    allow_unused: bool = False,
+    check_finite: bool = False,
+    preserve_rng_state: bool = True,
+    progress: bool = False,
+) -> Unrolled:
+    """Run ``len(batches)`` inner steps of ``optimizer`` on ``params``; differentiable.
+
+    Step ``i`` computes ``loss_function(model at params, batches[i], **loss_kwargs)``,
+    its gradient with respect to ``params``, and ``params + update``.
+
+    Differentiable with respect to: ``params`` and ``opt_state`` (whatever their
+    history), every model parameter that is not adapted but requires grad, and
+    every tensor that requires grad in the hyperparameters, ``opt_kwargs``,
+    ``batches`` and ``loss_kwargs``. Not with respect to tensors captured by
+    ``loss_function``'s closure when a schedule is given.
+
+    Args:
+        model: the module; it is called functionally with ``params``.
+        loss_function: ``loss_function(model, batch, **loss_kwargs) -> scalar``.
+            It is run again during replays: it must not have side effects other
+            than through the model's buffers, which the engine manages.
+        batches: one batch per inner step.
+        optimizer: an :class:`~memmaml.optim.InnerOptimizer`.
+        params: the parameters to adapt, keyed like ``model.named_parameters()``.
+        opt_state: the initial optimizer state (default: ``optimizer.init(params)``).
+        opt_kwargs: hyperparameter overrides for this unroll.
+        loss_kwargs: keyword arguments for ``loss_function``.
+        schedule: ``None`` keeps the whole graph (naive); a
+            :class:`~memmaml.schedules.Schedule` keeps only its stored states
+            and replays steps in the backward pass.
+        first_order: treat each inner gradient as a constant (first-order MAML).
+        max_grad_grad_norm: clip the cotangent of each step's new parameters to
+            this global L2 norm in the backward pass.
+        allow_unused: an adapted parameter that does not affect the loss gets a
+            zero gradient instead of an error.
+        check_finite: raise ``FloatingPointError`` at the first non-finite loss
+            (one host sync per step).
+        preserve_rng_state: replays see the random numbers of the first run.
+        progress: show tqdm bars over inner steps (forward and replay).
+
+    Returns:
+        :class:`Unrolled` ``(params, opt_state, losses)``.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("inputs must hold at least one batch (one per inner step), got none")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a memmaml.schedules.Schedule or None, got {type(schedule).__name__}")
+    if max_grad_grad_norm is not None:
+        if isinstance(max_grad_grad_norm, bool) or not isinstance(max_grad_grad_norm, (int, float)) or not (
+                max_grad_grad_norm > 0):
+            raise ValueError(f"max_grad_grad_norm must be a positive number or None, got {max_grad_grad_norm!r}")
+        max_grad_grad_norm = float(max_grad_grad_norm)
+    if not params:
+        raise ValueError("there are no parameters to adapt")
+    hyperparams = optimizer.resolve(opt_kwargs)
+    named = dict(model.named_parameters())
+    static = {name: p for name, p in named.items() if name not in params and p.requires_grad}
+    if opt_state is None:
+        with torch.no_grad():
+            opt_state = optimizer.init({name: p.detach() for name, p in params.items()})
+    loop = _Loop(
+        model, loss_function, optimizer, batches,
+        hyperparams=hyperparams, static=static, loss_kwargs=dict(loss_kwargs or {}),
+        first_order=bool(first_order), max_grad_grad_norm=max_grad_grad_norm,
+        allow_unused=bool(allow_unused), check_finite=bool(check_finite),
+        preserve_rng_state=bool(preserve_rng_state), progress=bool(progress),
+    )
+    if schedule is None:
+        # leaves that cannot carry a graph still need gradients inside the step
+        params = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
+        return _naive(loop, params, opt_state)
+    return _checkpointed(loop, params, opt_state, schedule)

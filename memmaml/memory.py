@@ -1,0 +1,135 @@
+"""Peak memory of live tensors, on CPU or CUDA.
+
+``with track_memory(device) as mem: ...`` then ``mem.peak_bytes``.
+
+* CUDA: the caching allocator's own count (``torch.cuda.max_memory_allocated``
+  after ``reset_peak_memory_stats``), minus what was allocated on entry.
+* CPU: a ``TorchDispatchMode`` sees every tensor produced by an operator
+  inside the block, registers each new storage with its size, and attaches a
+  weakref finaliser to the storage that subtracts the size when the storage is
+  freed. The count is the bytes of storages created inside the block that are
+  still alive: the figure a GPU's allocator would hold, minus kernel
+  workspaces and allocator rounding. Tensors created before the block are not
+  counted. The mode adds Python overhead to every operator, so time the code
+  in a separate run.
+
+The process's peak resident set size is reported beside it
+(:func:`peak_rss_bytes`); it is a high-water mark for the whole process, so
+measure each configuration in a fresh process.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import weakref
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["MemoryTracker", "peak_rss_bytes", "track_memory"]
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set size of this process so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+class _StorageCounter(TorchDispatchMode):
+    def __init__(self, tracker: "MemoryTracker") -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
+                self.tracker._register(leaf)
+        return out
+
+
+class MemoryTracker:
+    """Counts live tensor bytes allocated inside a ``with`` block; see the module docstring.
+
+    Attributes:
+        device: the device measured.
+        peak_bytes: the most bytes alive at once inside the block (after exit).
+        current_bytes: bytes allocated inside the block and alive now.
+    """
+
+    def __init__(self, device: Any = "cpu") -> None:
+        self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"track_memory supports cpu and cuda devices, got {self.device}")
+        self.peak_bytes = 0
+        self._current = 0
+        self._start = 0
+        self._live: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._mode: _StorageCounter | None = None
+        self._active = False
+
+    # -- CPU bookkeeping -------------------------------------------------------------
+    def _register(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        with self._lock:
+            if key in self._live:
+                return
+            nbytes = storage.nbytes()
+            self._live[key] = nbytes
+            self._current += nbytes
+            self.peak_bytes = max(self.peak_bytes, self._current)
+        weakref.finalize(storage, self._release, key)
+
+    def _release(self, key: int) -> None:
+        with self._lock:
+            self._current -= self._live.pop(key, 0)
+
+    # -- context ---------------------------------------------------------------------
+    @property
+    def current_bytes(self) -> int:
+        if self.device.type == "cuda" and self._active:
+            return torch.cuda.memory_allocated(self.device) - self._start
+        return self._current
+
+    def __enter__(self) -> "MemoryTracker":
+        self.peak_bytes = 0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._mode = _StorageCounter(self)
+            self._mode.__enter__()
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            assert self._mode is not None
+            self._mode.__exit__(*exc)
+            self._mode = None
+        self._active = False
+
+
+def track_memory(device: Any = "cpu") -> MemoryTracker:
+    """A context manager that measures the peak bytes of live tensors on ``device``.
+
+    Example:
+        >>> import torch
+        >>> with track_memory("cpu") as mem:
+        ...     x = torch.zeros(1000, dtype=torch.float64)
+        ...     del x
+        ...     y = torch.zeros(10, dtype=torch.float64)
+        >>> mem.peak_bytes
+        8000
+    """
+    return MemoryTracker(device)
