@@ -1,0 +1,289 @@
+"""Adapt a whole meta-batch of tasks in one vectorised call (``torch.func.vmap`` over tasks).
+
+For small models, a meta-batch of tasks adapted one after another in a Python
+loop spends most of its time in per-operator overhead. Here the inner loop of
+one task is written with ``torch.func`` and ``vmap`` runs it for all tasks at
+once: every operator is issued once per meta-batch, on tensors with a leading
+task dimension.
+
+Per task, step ``i`` is the engine's inner step (:mod:`memmaml.engine`)::
+
+    grads = torch.func.grad(loss_function)(params, support)      # at model(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)
+    params = params + updates
+
+and the meta-loss is ``loss_function(model at adapted params, query)``. The
+optimizers' ``init`` and ``update`` are plain tensor arithmetic over dicts, so
+they run unchanged under ``vmap``. The result is an ordinary autograd graph:
+``query_losses.mean().backward()`` puts the meta-gradient in
+``model.parameters()`` (and in tensor hyperparameters that require grad), equal
+to that of :class:`memmaml.NaiveMAML` run task by task (checked in float64 in
+``tests/test_batched.py``).
+
+NOTE [ Why not the engine under vmap ]
+    The engine computes inner gradients with ``torch.autograd.grad(...,
+    create_graph=True)``, which ``vmap`` does not support. ``torch.func.grad``
+    is the transform that composes with ``vmap`` and with the outer (ordinary)
+    autograd, which then differentiates through the inner gradient: second
+    order, like the naive engine. This path keeps every step's graph for every
+    task (memory: meta-batch x num_steps x one step's graph), so it suits small
+    models and short inner loops; use the loop with a checkpoint schedule for
+    long ones.
+
+Limits
+    * No BatchNorm running statistics in train mode: their in-place update
+      cannot be batched over tasks (:func:`check_vmappable` raises). Use
+      ``track_running_stats=False`` (batch statistics, as in the original MAML
+      code), GroupNorm/LayerNorm, or eval mode.
+    * Random operators (dropout) need ``randomness="different"`` (each task
+      its own random numbers) or ``"same"``; the default ``"error"`` refuses
+      them, as ``vmap`` does.
+    * Tensors captured by ``loss_function``'s closure are shared by all tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value, vmap
+
+from .adapted import AdaptedModule
+from .optim import InnerOptimizer
+from .tasks import Task
+
+__all__ = ["BatchedResult", "batched_evaluate", "batched_meta_loss", "check_vmappable"]
+
+Params = dict[str, Tensor]
+
+
+class BatchedResult(NamedTuple):
+    """What :func:`batched_meta_loss` returns.
+
+    Attributes:
+        query_losses: ``(num_tasks,)`` query loss of each adapted task;
+            differentiable with respect to the model's parameters and the
+            optimizer's tensor hyperparameters.
+        support_losses: ``(num_tasks, num_steps)`` support loss before each
+            inner step (detached).
+    """
+
+    query_losses: Tensor
+    support_losses: Tensor
+
+
+def check_vmappable(model: nn.Module) -> None:
+    """Raise ``ValueError`` if ``model`` cannot be adapted under ``vmap``.
+
+    A BatchNorm layer that tracks running statistics and is in train mode
+    updates them in place on every forward pass, which ``vmap`` over tasks
+    cannot express.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats and module.training:
+            raise ValueError(
+                f"module {name or type(module).__name__!r} ({type(module).__name__}) updates running statistics "
+                "in train mode, which cannot be vectorised over tasks; build it with track_running_stats=False "
+                "(batch statistics, as in the original MAML), use GroupNorm/LayerNorm, put it in eval mode, "
+                "or adapt tasks one by one (vectorize=False)")
+
+
+def _select_params(model: nn.Module, params: Mapping[str, Tensor] | None) -> Params:
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {name: p for name, p in named.items() if p.requires_grad}
+    else:
+        chosen = dict(params)
+        unknown = sorted(set(chosen) - set(named))
+        if unknown:
+            raise ValueError(f"params has entries that are not parameters of the model: {unknown[:5]}")
+    if not chosen:
+        raise ValueError("there are no parameters to adapt")
+    return chosen
+
+
+def _check_tasks(tasks: Any) -> Task:
+    if not isinstance(tasks, Task):
+        raise TypeError(f"tasks must be a memmaml.tasks.Task with a leading task dimension, "
+                        f"got {type(tasks).__name__}")
+    sizes = {t.shape[0] if t.dim() else None for t in (*tasks.support, *tasks.query)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"every tensor of tasks must have the same leading (task) dimension, got sizes {sizes}")
+    return tasks
+
+
+def _check_num_steps(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class _Adapter:
+    """The per-task inner loop, written for ``torch.func``."""
+
+    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer,
+                 hyperparams: Mapping[str, Any], first_order: bool) -> None:
+        self.model = model
+        self.loss_function = loss_function
+        self.optimizer = optimizer
+        self.hyperparams = hyperparams
+        self.first_order = first_order
+
+    def loss(self, params: Params, batch: Any) -> Tensor:
+        loss = self.loss_function(AdaptedModule(self.model, params), batch)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            raise ValueError("loss_function must return a 0-d tensor per task")
+        return loss
+
+    def step(self, params: Params, opt_state: Any, batch: Any) -> tuple[Params, Any, Tensor]:
+        if self.first_order:
+            # the inner gradient is a constant: compute it at detached parameters, so no
+            # second-order graph is recorded at all
+            grads, loss = grad_and_value(self.loss)({k: v.detach() for k, v in params.items()}, batch)
+        else:
+            grads, loss = grad_and_value(self.loss)(params, batch)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params, self.hyperparams)
+        return {name: params[name] + updates[name] for name in params}, opt_state, loss.detach()
+
+
+def batched_meta_loss(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    tasks: Task,
+    optimizer: InnerOptimizer,
+    *,
+    num_steps: int,
+    params: Mapping[str, Tensor] | None = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    first_order: bool = False,
+    chunk_size: int | None = None,
+    randomness: str = "error",
+) -> BatchedResult:
+    """Adapt every task of ``tasks`` with ``num_steps`` inner steps at once and return the query losses.
+
+    Task ``t`` starts from ``params``, takes ``num_steps`` steps of
+    ``optimizer`` on ``tasks.support[.][t]`` (the same support batch at every
+    step) and is scored by ``loss_function`` on ``tasks.query[.][t]``.
+
+    Differentiable (second order unless ``first_order``) with respect to every
+    model parameter that requires grad (adapted or not) and every tensor that
+    requires grad in the optimizer's hyperparameters or ``opt_kwargs``. Memory:
+    the graph of every step of every task (chunking bounds the forward
+    workspace, not the graph kept for the backward pass).
+
+    Args:
+        model: the module; called functionally, never copied. No BatchNorm
+            running statistics in train mode (see :func:`check_vmappable`).
+        loss_function: ``loss_function(model, batch) -> 0-d tensor`` for one task's batch.
+        tasks: a :class:`~memmaml.tasks.Task` whose tensors have a leading task dimension.
+        optimizer: an in-graph optimizer (:class:`memmaml.SGD`, :class:`memmaml.Adam`, ...).
+        num_steps: inner steps per task (at least 1).
+        params: the parameters to adapt, keyed like ``model.named_parameters()``
+            (default: every parameter that requires grad).
+        opt_kwargs: hyperparameter overrides.
+        first_order: treat the inner gradients as constants (first-order MAML).
+        chunk_size: vectorise over at most this many tasks at a time
+            (``torch.func.vmap``'s ``chunk_size``).
+        randomness: ``torch.func.vmap``'s ``randomness`` (``"error"``,
+            ``"different"`` or ``"same"``).
+
+    Returns:
+        :class:`BatchedResult` ``(query_losses, support_losses)``.
+
+    Example:
+        >>> import torch, memmaml
+        >>> from memmaml.tasks import Sinusoid, mse_loss
+        >>> model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        >>> tasks = Sinusoid(num_shots=5).sample_batch([0, 1, 2])
+        >>> out = batched_meta_loss(model, mse_loss, tasks, memmaml.SGD(0.01), num_steps=2)
+        >>> out.query_losses.shape, out.support_losses.shape
+        (torch.Size([3]), torch.Size([3, 2]))
+        >>> out.query_losses.mean().backward()  # meta-gradient in model.parameters()
+    """
+    _check_num_steps("num_steps", num_steps, 1)
+    check_vmappable(model)
+    tasks = _check_tasks(tasks)
+    if not isinstance(optimizer, InnerOptimizer):
+        raise TypeError(f"optimizer must be a memmaml in-graph optimizer, got {type(optimizer).__name__}")
+    adapted = _select_params(model, params)
+    adapter = _Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), bool(first_order))
+
+    def one_task(init: Params, support: Any, query: Any) -> tuple[Tensor, Tensor]:
+        current = init
+        with torch.no_grad():
+            opt_state = optimizer.init({k: v.detach() for k, v in init.items()})
+        losses = []
+        for _ in range(num_steps):
+            current, opt_state, loss = adapter.step(current, opt_state, support)
+            losses.append(loss)
+        return adapter.loss(current, query), torch.stack(losses)
+
+    query_losses, support_losses = vmap(one_task, in_dims=(None, 0, 0), chunk_size=chunk_size,
+                                        randomness=randomness)(adapted, tasks.support, tasks.query)
+    return BatchedResult(query_losses, support_losses)
+
+
+def batched_evaluate(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    tasks: Task,
+    optimizer: InnerOptimizer,
+    *,
+    steps: Iterable[int],
+    metrics: Mapping[str, Callable[..., Tensor]] | None = None,
+    params: Mapping[str, Tensor] | None = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    chunk_size: int | None = None,
+    randomness: str = "error",
+) -> dict[str, Tensor]:
+    """Query loss and metrics of every task after each number of inner steps in ``steps``.
+
+    Runs ``max(steps)`` inner steps per task on its support set (no meta-graph
+    is kept) and measures the query set after each step count in ``steps``
+    (``0`` is the unadapted model).
+
+    Args:
+        model, loss_function, tasks, optimizer, params, opt_kwargs, chunk_size, randomness:
+            as for :func:`batched_meta_loss`.
+        steps: step counts to measure at (non-negative integers).
+        metrics: ``{name: fn(model, batch) -> 0-d tensor}`` evaluated on the
+            query set beside the loss (accuracy, say).
+
+    Returns:
+        ``{"loss": (num_tasks, len(steps)), <metric>: (num_tasks, len(steps))}``,
+        columns in the sorted order of ``steps``; detached.
+    """
+    steps = sorted(set(steps))
+    if not steps:
+        raise ValueError("steps must hold at least one step count, got none")
+    for s in steps:
+        _check_num_steps("each entry of steps", s, 0)
+    metrics = dict(metrics or {})
+    if "loss" in metrics:
+        raise ValueError("metrics must not contain the name 'loss'; the loss is always reported")
+    check_vmappable(model)
+    tasks = _check_tasks(tasks)
+    adapted = {k: v.detach() for k, v in _select_params(model, params).items()}
+    adapter = _Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), first_order=True)
+    names = ["loss", *metrics]
+
+    def measure(current: Params, query: Any) -> list[Tensor]:
+        view = AdaptedModule(model, current)
+        return [adapter.loss(current, query)] + [metrics[name](view, query) for name in metrics]
+
+    def one_task(init: Params, support: Any, query: Any) -> tuple[Tensor, ...]:
+        current = init
+        opt_state = optimizer.init(init)
+        rows = []
+        for step in range(steps[-1] + 1):
+            if step in steps:
+                rows.append(measure(current, query))
+            if step < steps[-1]:
+                current, opt_state, _ = adapter.step(current, opt_state, support)
+        return tuple(torch.stack([row[i] for row in rows]) for i in range(len(names)))
+
+    with torch.no_grad():
+        columns = vmap(one_task, in_dims=(None, 0, 0), chunk_size=chunk_size,
+                       randomness=randomness)(adapted, tasks.support, tasks.query)
+    return {name: column.detach() for name, column in zip(names, columns)}

@@ -1,0 +1,636 @@
+"""Task sources for meta-training: few-shot regression and classification tasks.
+
+A task is a pair of batches, ``Task(support, query)``: the inner loop adapts on
+the support set and the meta-loss is measured on the query set. A task source
+turns an integer seed into one task, deterministically::
+
+    source = Sinusoid(num_shots=10)
+    task = source.sample(seed=123)           # the same task on every call and machine
+    batch = source.sample_batch([1, 2, 3])   # three tasks stacked along a new first dim
+
+Seeds, not a shared random stream, identify tasks. A meta-training loop draws
+one seed per task from its own generator (:func:`draw_seeds`), so a process
+that handles only a share of a meta-batch builds exactly its own tasks, a
+resumed run sees the tasks it would have seen, and a held-out set is a fixed
+list of seeds.
+
+Sources
+    * :class:`Sinusoid` -- regression on ``y = A sin(x - phi)`` (Finn, Abbeel,
+      Levine 2017, "Model-Agnostic Meta-Learning", section 5.1: amplitude
+      ``U[0.1, 5]``, phase ``U[0, pi]``, ``x ~ U[-5, 5]``, K shots).
+    * :class:`SyntheticClassification` -- N-way K-shot classification of
+      Gaussian clusters drawn from a fixed pool of classes (no files needed).
+    * :class:`ImageFolderTasks` -- N-way K-shot classification from a folder
+      with one subfolder of images per class.
+    * :class:`Omniglot` -- N-way K-shot Omniglot (Lake et al. 2015) read from
+      the layout ``torchvision.datasets.Omniglot`` uses, from a local root;
+      nothing is downloaded.
+
+Classification tasks label their ``num_ways`` classes ``0 .. num_ways-1`` in a
+random order per task; support and query sets hold disjoint examples.
+
+Losses and metrics matching the sources: :func:`mse_loss`,
+:func:`cross_entropy_loss`, :func:`accuracy`; each has the signature
+``fn(model, batch) -> 0-d tensor`` that :func:`memmaml.unroll` expects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderTasks",
+    "Omniglot",
+    "Sinusoid",
+    "SyntheticClassification",
+    "Task",
+    "TaskSource",
+    "accuracy",
+    "cross_entropy_loss",
+    "draw_seeds",
+    "mse_loss",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+_SEED_BOUND = 2**62
+
+
+class Task(NamedTuple):
+    """One task (or a stack of tasks along a new first dimension).
+
+    Attributes:
+        support: ``(inputs, targets)`` the inner loop adapts on.
+        query: ``(inputs, targets)`` the adapted model is evaluated on.
+    """
+
+    support: tuple[Tensor, Tensor]
+    query: tuple[Tensor, Tensor]
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Task":
+        """The task on ``device``, floating tensors cast to ``dtype`` (integer labels keep theirs)."""
+
+        def move(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device) if device is not None else t
+
+        return Task(tuple(move(t) for t in self.support), tuple(move(t) for t in self.query))
+
+    def select(self, index: Any) -> "Task":
+        """Index every tensor along the task dimension (``batch.select(slice(0, 2))``, ``batch.select(3)``)."""
+        return Task(tuple(t[index] for t in self.support), tuple(t[index] for t in self.query))
+
+    @property
+    def num_tasks(self) -> int:
+        """The size of the leading (task) dimension of a stacked batch."""
+        return self.support[0].shape[0]
+
+
+def draw_seeds(generator: torch.Generator, num_tasks: int) -> list[int]:
+    """``num_tasks`` task seeds from ``generator`` (which advances).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> seeds = draw_seeds(g, 3)
+        >>> seeds == draw_seeds(torch.Generator().manual_seed(0), 3)
+        True
+    """
+    _check_positive_int("num_tasks", num_tasks)
+    return torch.randint(0, _SEED_BOUND, (num_tasks,), generator=generator, dtype=torch.int64).tolist()
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_range(name: str, value: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
+    if not low <= high:
+        raise ValueError(f"{name} must satisfy low <= high, got {value!r}")
+    return low, high
+
+
+def _generator(seed: int) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return torch.Generator().manual_seed(seed % _SEED_BOUND)
+
+
+# ----------------------------------------------------------------------------- base
+class TaskSource:
+    """Base class: ``sample(seed)`` builds one :class:`Task`, deterministically.
+
+    Subclasses implement :meth:`_sample` (given a ``torch.Generator`` seeded with
+    the task seed) and :meth:`config` (a dict of plain values that identifies
+    the distribution, stored in checkpoints). ``loss_function`` and
+    ``metrics`` name what fits the source (see :class:`memmaml.training.MetaTrainer`).
+    """
+
+    #: ``loss_function(model, batch)`` that fits the source.
+    loss_function: Callable[[nn.Module, Any], Tensor]
+    #: query metrics besides the loss, ``{name: fn(model, batch)}``.
+    metrics: dict[str, Callable[[nn.Module, Any], Tensor]] = {}
+
+    def sample(self, seed: int) -> Task:
+        """The task identified by ``seed`` (an int; the same task on every call)."""
+        return self._sample(_generator(seed))
+
+    def sample_batch(self, seeds: Sequence[int]) -> Task:
+        """The tasks identified by ``seeds``, stacked along a new first dimension."""
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("seeds must hold at least one task seed, got none")
+        tasks = [self.sample(seed) for seed in seeds]
+        return Task(
+            tuple(torch.stack(parts) for parts in zip(*(t.support for t in tasks))),
+            tuple(torch.stack(parts) for parts in zip(*(t.query for t in tasks))),
+        )
+
+    def _sample(self, generator: torch.Generator) -> Task:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Plain values (numbers, strings, lists) that identify this task distribution."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "source")
+        return f"{type(self).__name__}({inner})"
+
+
+# ------------------------------------------------------------------- losses, metrics
+def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Mean squared error of ``model(inputs)`` against ``targets``."""
+    inputs, targets = batch
+    return F.mse_loss(model(inputs), targets)
+
+
+def cross_entropy_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Cross-entropy of the logits ``model(inputs)`` against integer labels."""
+    inputs, labels = batch
+    return F.cross_entropy(model(inputs), labels)
+
+
+def accuracy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Fraction of ``inputs`` whose arg-max logit is the label (a 0-d float tensor, not differentiable)."""
+    inputs, labels = batch
+    logits = model(inputs)
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
+
+
+# ------------------------------------------------------------------------- sinusoid
+class Sinusoid(TaskSource):
+    """Sinusoid regression (Finn et al. 2017, section 5.1).
+
+    A task is ``y = amplitude * sin(x - phase)`` with amplitude ``U[0.1, 5]``,
+    phase ``U[0, pi]``; support and query inputs are drawn independently from
+    ``U[-5, 5]``. Inputs and targets have shape ``(num_points, 1)``.
+
+    Args:
+        num_shots: support points per task (K).
+        num_query: query points per task (default: ``num_shots``, as in the
+            reference code ``cbfinn/maml``).
+        amplitude_range, phase_range, x_range: the ranges above.
+        dtype: floating dtype of the tensors.
+
+    Example:
+        >>> source = Sinusoid(num_shots=10)
+        >>> task = source.sample(seed=7)
+        >>> task.support[0].shape, task.query[1].shape
+        (torch.Size([10, 1]), torch.Size([10, 1]))
+        >>> torch.equal(task.query[1], source.sample(seed=7).query[1])
+        True
+    """
+
+    loss_function = staticmethod(mse_loss)
+    metrics: dict[str, Callable[[nn.Module, Any], Tensor]] = {}
+
+    def __init__(
+        self,
+        num_shots: int = 10,
+        num_query: int | None = None,
+        *,
+        amplitude_range: tuple[float, float] = (0.1, 5.0),
+        phase_range: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_positive_int("num_shots", num_shots)
+        num_query = num_shots if num_query is None else num_query
+        _check_positive_int("num_query", num_query)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.num_shots = num_shots
+        self.num_query = num_query
+        self.amplitude_range = _check_range("amplitude_range", amplitude_range)
+        self.phase_range = _check_range("phase_range", phase_range)
+        self.x_range = _check_range("x_range", x_range)
+        self.dtype = dtype
+
+    def _uniform(self, generator: torch.Generator, size: tuple[int, ...], bounds: tuple[float, float]) -> Tensor:
+        low, high = bounds
+        return torch.rand(size, generator=generator, dtype=torch.float64) * (high - low) + low
+
+    def _sample(self, generator: torch.Generator) -> Task:
+        amplitude = self._uniform(generator, (), self.amplitude_range)
+        phase = self._uniform(generator, (), self.phase_range)
+        x = self._uniform(generator, (self.num_shots + self.num_query, 1), self.x_range)
+        y = amplitude * torch.sin(x - phase)
+        x, y = x.to(self.dtype), y.to(self.dtype)
+        k = self.num_shots
+        return Task((x[:k], y[:k]), (x[k:], y[k:]))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "source": "sinusoid",
+            "num_shots": self.num_shots,
+            "num_query": self.num_query,
+            "amplitude_range": list(self.amplitude_range),
+            "phase_range": list(self.phase_range),
+            "x_range": list(self.x_range),
+            "dtype": str(self.dtype),
+        }
+
+
+# ------------------------------------------------------------- classification base
+class _ClassPoolTasks(TaskSource):
+    """N-way K-shot tasks over a pool of classes, each a list of examples."""
+
+    loss_function = staticmethod(cross_entropy_loss)
+    metrics = {"accuracy": accuracy}
+
+    def __init__(self, num_ways: int, num_shots: int, num_query: int, num_classes: int,
+                 examples_per_class: Sequence[int]) -> None:
+        _check_positive_int("num_ways", num_ways)
+        _check_positive_int("num_shots", num_shots)
+        _check_positive_int("num_query", num_query)
+        if num_ways > num_classes:
+            raise ValueError(f"num_ways={num_ways} is more than the {num_classes} classes available")
+        needed = num_shots + num_query
+        short = [(i, n) for i, n in enumerate(examples_per_class) if n < needed]
+        if short:
+            index, count = short[0]
+            raise ValueError(
+                f"class {self._class_name(index)!r} has {count} examples, fewer than "
+                f"num_shots + num_query = {needed} ({len(short)} classes are that small)")
+        self.num_ways = num_ways
+        self.num_shots = num_shots
+        self.num_query = num_query
+        self.num_classes = num_classes
+        self._examples_per_class = list(examples_per_class)
+
+    def _class_name(self, index: int) -> str:
+        return str(index)
+
+    def _example(self, class_index: int, example_index: int, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def _sample(self, generator: torch.Generator) -> Task:
+        classes = torch.randperm(self.num_classes, generator=generator)[: self.num_ways].tolist()
+        k, q = self.num_shots, self.num_query
+        support_x, query_x = [], []
+        for class_index in classes:
+            order = torch.randperm(self._examples_per_class[class_index], generator=generator)[: k + q].tolist()
+            examples = [self._example(class_index, i, generator) for i in order]
+            support_x.extend(examples[:k])
+            query_x.extend(examples[k:])
+        labels = torch.arange(self.num_ways)
+        support = (torch.stack(support_x), labels.repeat_interleave(k))
+        query = (torch.stack(query_x), labels.repeat_interleave(q))
+        return Task(support, query)
+
+
+# ----------------------------------------------------------- synthetic classification
+class SyntheticClassification(_ClassPoolTasks):
+    """N-way K-shot classification of Gaussian clusters (no data files).
+
+    A pool of ``num_classes`` class centres is drawn once from ``pool_seed``
+    (standard normal in ``num_features`` dimensions, scaled by
+    ``class_separation``). ``split`` picks which classes tasks use: ``"train"``
+    the first ``round(num_classes * train_fraction)``, ``"test"`` the rest, so
+    held-out tasks use unseen classes. An example of class ``c`` is its centre
+    plus ``noise`` times standard normal noise.
+
+    Args:
+        num_ways: classes per task (N).
+        num_shots: support examples per class (K).
+        num_query: query examples per class.
+        num_features: input dimension.
+        num_classes: size of the class pool.
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        train_fraction: share of the pool in the training split.
+        class_separation: scale of the class centres.
+        noise: standard deviation of the examples around their centre.
+        pool_seed: seed of the class pool.
+        dtype: floating dtype of the inputs (labels are int64).
+
+    Example:
+        >>> source = SyntheticClassification(num_ways=5, num_shots=1, num_query=3, num_features=8)
+        >>> task = source.sample(seed=0)
+        >>> task.support[0].shape, task.support[1].tolist()
+        (torch.Size([5, 8]), [0, 1, 2, 3, 4])
+        >>> task.query[1].shape
+        torch.Size([15])
+    """
+
+    def __init__(
+        self,
+        num_ways: int = 5,
+        num_shots: int = 1,
+        num_query: int = 15,
+        num_features: int = 16,
+        *,
+        num_classes: int = 100,
+        split: str = "train",
+        train_fraction: float = 0.8,
+        class_separation: float = 1.0,
+        noise: float = 0.5,
+        pool_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_positive_int("num_features", num_features)
+        _check_positive_int("num_classes", num_classes)
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        if not 0.0 < train_fraction < 1.0:
+            raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction!r}")
+        if not noise >= 0:
+            raise ValueError(f"noise must be non-negative, got {noise!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        num_train = round(num_classes * train_fraction)
+        if not 0 < num_train < num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} with train_fraction={train_fraction} leaves an empty split")
+        pool = torch.randn(num_classes, num_features, generator=_generator(pool_seed), dtype=torch.float64)
+        chosen = {"train": slice(0, num_train), "test": slice(num_train, None), "all": slice(None)}[split]
+        self.centres = pool[chosen] * class_separation
+        self.num_features = num_features
+        self.pool_size = num_classes
+        self.split = split
+        self.train_fraction = train_fraction
+        self.class_separation = class_separation
+        self.noise = noise
+        self.pool_seed = pool_seed
+        self.dtype = dtype
+        count = self.centres.shape[0]
+        super().__init__(num_ways, num_shots, num_query, count, [num_shots + num_query] * count)
+
+    def _sample(self, generator: torch.Generator) -> Task:
+        # every class has exactly num_shots + num_query fresh examples, so draw them in one go
+        classes = torch.randperm(self.num_classes, generator=generator)[: self.num_ways]
+        k, q = self.num_shots, self.num_query
+        noise = torch.randn(self.num_ways, k + q, self.num_features, generator=generator, dtype=torch.float64)
+        x = (self.centres[classes].unsqueeze(1) + self.noise * noise).to(self.dtype)
+        labels = torch.arange(self.num_ways)
+        support = (x[:, :k].reshape(-1, self.num_features), labels.repeat_interleave(k))
+        query = (x[:, k:].reshape(-1, self.num_features), labels.repeat_interleave(q))
+        return Task(support, query)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "source": "synthetic",
+            "num_ways": self.num_ways,
+            "num_shots": self.num_shots,
+            "num_query": self.num_query,
+            "num_features": self.num_features,
+            "num_classes": self.pool_size,
+            "split": self.split,
+            "train_fraction": self.train_fraction,
+            "class_separation": self.class_separation,
+            "noise": self.noise,
+            "pool_seed": self.pool_seed,
+            "dtype": str(self.dtype),
+        }
+
+
+# ----------------------------------------------------------------------- image files
+def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
+    """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    with Image.open(path) as image:
+        image = image.convert("L" if grayscale else "RGB")
+        tensor = TF.pil_to_tensor(image)
+    tensor = tensor.to(torch.float32) / 255.0
+    if image_size is not None:
+        tensor = TF.resize(tensor, [image_size, image_size], antialias=True)
+    return tensor
+
+
+class _ImageClassTasks(_ClassPoolTasks):
+    """Classification tasks over classes given as lists of image files."""
+
+    def __init__(self, class_names: list[str], class_files: list[list[Path]], num_ways: int, num_shots: int,
+                 num_query: int, *, image_size: int | None, grayscale: bool, rotations: bool, cache: bool,
+                 transform: Callable[[Tensor], Tensor] | None, dtype: torch.dtype) -> None:
+        if image_size is not None:
+            _check_positive_int("image_size", image_size)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.class_names = class_names
+        self.class_files = class_files
+        self.image_size = image_size
+        self.grayscale = grayscale
+        self.rotations = rotations
+        self.cache = cache
+        self.transform = transform
+        self.dtype = dtype
+        self._cache: dict[Path, Tensor] = {}
+        turns = 4 if rotations else 1
+        counts = [len(files) for files in class_files] * turns
+        super().__init__(num_ways, num_shots, num_query, len(class_files) * turns, counts)
+
+    def _class_name(self, index: int) -> str:
+        base = self.class_names[index % len(self.class_names)]
+        turns = index // len(self.class_names)
+        return base if turns == 0 else f"{base} rotated by {90 * turns} degrees"
+
+    def _example(self, class_index: int, example_index: int, generator: torch.Generator) -> Tensor:
+        base = class_index % len(self.class_files)
+        turns = class_index // len(self.class_files)
+        path = self.class_files[base][example_index]
+        image = self._cache.get(path)
+        if image is None:
+            image = _load_image(path, self.image_size, self.grayscale)
+            if self.cache:
+                self._cache[path] = image
+        if turns:
+            image = torch.rot90(image, turns, dims=(-2, -1))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.to(self.dtype)
+
+    def _image_config(self) -> dict[str, Any]:
+        return {
+            "num_ways": self.num_ways,
+            "num_shots": self.num_shots,
+            "num_query": self.num_query,
+            "num_classes": len(self.class_files),
+            "image_size": self.image_size,
+            "grayscale": self.grayscale,
+            "rotations": self.rotations,
+            "transform": None if self.transform is None else repr(self.transform),
+            "dtype": str(self.dtype),
+        }
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class ImageFolderTasks(_ImageClassTasks):
+    """N-way K-shot image classification from ``root/<class name>/<image files>``.
+
+    Every subfolder of ``root`` is a class; its image files (by extension,
+    :data:`IMAGE_EXTENSIONS`) are its examples. Keep training and held-out
+    classes in separate roots (``data/train``, ``data/test``) or choose them
+    with ``classes``. Images are decoded with PIL, converted to float ``[0, 1]``
+    tensors ``(C, H, W)`` and resized to ``image_size`` squares; every image
+    must have the same size after that.
+
+    Args:
+        root: the folder of class subfolders.
+        num_ways: classes per task (N).
+        num_shots: support images per class (K).
+        num_query: query images per class.
+        image_size: side of the square images (``None`` keeps the file's size).
+        grayscale: one channel instead of three.
+        classes: class folder names to use (default: all subfolders).
+        rotations: add each class rotated by 90, 180 and 270 degrees as three
+            new classes (the Omniglot augmentation of Santoro et al. 2016 and
+            Finn et al. 2017).
+        cache: keep decoded images in memory.
+        transform: applied to each image tensor after loading (and rotation).
+        dtype: floating dtype of the images (labels are int64).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_ways: int = 5,
+        num_shots: int = 1,
+        num_query: int = 15,
+        *,
+        image_size: int | None = 84,
+        grayscale: bool = False,
+        classes: Sequence[str] | None = None,
+        rotations: bool = False,
+        cache: bool = True,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"root={str(root)!r} is not a folder; it must hold one subfolder of images "
+                                    "per class")
+        available = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if classes is None:
+            names = available
+        else:
+            names = list(classes)
+            missing = sorted(set(names) - set(available))
+            if missing:
+                raise ValueError(f"classes names folders that are not in root={str(root)!r}: {missing[:5]}")
+        files = [_image_files(root / name) for name in names]
+        names_files = [(n, f) for n, f in zip(names, files) if f]
+        if not names_files:
+            raise ValueError(f"root={str(root)!r} has no class subfolders with image files "
+                             f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+        self.root = root
+        super().__init__([n for n, _ in names_files], [f for _, f in names_files], num_ways, num_shots, num_query,
+                         image_size=image_size, grayscale=grayscale, rotations=rotations, cache=cache,
+                         transform=transform, dtype=dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {"source": "imagefolder", "root": str(self.root), **self._image_config()}
+
+
+class Omniglot(_ImageClassTasks):
+    """N-way K-shot Omniglot (Lake et al. 2015) from a local copy; nothing is downloaded.
+
+    Reads the layout ``torchvision.datasets.Omniglot`` downloads to:
+    ``root/omniglot-py/images_background/<alphabet>/<character>/*.png`` (964
+    characters) and ``root/omniglot-py/images_evaluation/...`` (659). Each
+    character is a class; images are 105x105 grayscale, resized to
+    ``image_size``. If only torchvision's zip file is there
+    (``root/omniglot-py/images_background.zip``), it is extracted in place with
+    ``torchvision.datasets.utils.extract_archive``.
+
+    Args:
+        root: the folder that holds ``omniglot-py``.
+        num_ways, num_shots, num_query: task shape (N, K, query images per class).
+        background: ``True`` for ``images_background`` (the usual training
+            alphabets), ``False`` for ``images_evaluation``.
+        image_size: side of the square images (28 in Finn et al. 2017).
+        rotations: add 90/180/270-degree rotations of each character as new
+            classes (Finn et al. 2017).
+        cache: keep decoded images in memory (about 3 kB per image at 28x28).
+        dtype: floating dtype of the images.
+
+    Raises:
+        FileNotFoundError: the images are missing; the message names the
+            folder to fill.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_ways: int = 5,
+        num_shots: int = 1,
+        num_query: int = 15,
+        *,
+        background: bool = True,
+        image_size: int = 28,
+        rotations: bool = False,
+        cache: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        split = "images_background" if background else "images_evaluation"
+        base = Path(root) / "omniglot-py"
+        folder = base / split
+        archive = base / f"{split}.zip"
+        if not folder.is_dir() and archive.is_file():
+            from torchvision.datasets.utils import extract_archive
+
+            extract_archive(str(archive), str(base))
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"Omniglot images not found: fill the folder {str(folder)!r} with the alphabet folders of "
+                f"{split}.zip (from https://github.com/brendenlake/omniglot, python/{split}.zip; "
+                f"torchvision.datasets.Omniglot(root={str(root)!r}, background={background}, download=True) "
+                "fetches it into the same place). memmaml never downloads at run time.")
+        names, files = [], []
+        for alphabet in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for character in sorted(p for p in alphabet.iterdir() if p.is_dir()):
+                images = [p for p in _image_files(character) if p.suffix.lower() == ".png"]
+                if images:
+                    names.append(f"{alphabet.name}/{character.name}")
+                    files.append(images)
+        if not files:
+            raise FileNotFoundError(
+                f"Omniglot folder {str(folder)!r} holds no <alphabet>/<character>/*.png images; fill it with "
+                f"the contents of {split}.zip")
+        self.root = Path(root)
+        self.background = background
+        super().__init__(names, files, num_ways, num_shots, num_query, image_size=image_size, grayscale=True,
+                         rotations=rotations, cache=cache, transform=None, dtype=dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {"source": "omniglot", "root": str(self.root), "background": self.background,
+                **self._image_config()}
