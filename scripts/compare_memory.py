@@ -749,9 +749,30 @@ def write_outputs(out: Path, records: list[dict[str, Any]], fit: dict[str, Any] 
         writer.writeheader()
         for r in clean:
             writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
-    (out / "fit.json").write_text(json.dumps({"fit": fit, "prediction": prediction, "command": command}, indent=1))
+    (out / "fit.json").write_text(json.dumps(
+        {"fit": fit, "prediction": prediction, "command": command, "environment": environment(args)}, indent=1))
     (out / "results.md").write_text(markdown(clean, fit, prediction, args, command))
     plot(out / "results.png", clean, fit, prediction, args)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    import memmaml
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "memmaml": memmaml.__version__,
+            "memmaml_path": str(Path(memmaml.__file__).parent), "cpu_count": os.cpu_count(),
+            "threads_per_run": args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)}
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    for library in ("torch_maml", "higher", "torchopt"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            info[library] = version({"torch_maml": "torch-maml"}.get(library, library))
+    return info
 
 
 def _fmt(value: Any, spec: str = "") -> str:
