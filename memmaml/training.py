@@ -68,7 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapted import AdaptedModule
-from .batched import batched_evaluate, batched_meta_loss, check_vmappable
+from .batched import batched_evaluate, batched_meta_gradient, check_vmappable
 from .engine import unroll
 from .maml import GradientCheckpointMAML, NaiveMAML
 from .optim import SGD, InnerOptimizer
@@ -552,13 +552,14 @@ class MetaTrainer:
         for p in self.meta_params:
             p.grad = None
         if self.vectorize:
-            out = batched_meta_loss(
+            out = batched_meta_gradient(
                 self.model, self.loss_function, tasks, self.inner_optimizer, num_steps=self.num_inner_steps,
                 params=self.maml.adapted_parameters(), first_order=self.first_order,
                 chunk_size=self.chunk_size, randomness=self.randomness)
-            out.query_losses.mean().backward()
-            query = out.query_losses.detach()
-            before = out.support_losses[:, 0]
+            by_id = {id(t): g for t, g in zip(out.wrt, out.grads)}
+            for p in self.meta_params:
+                p.grad = by_id.get(id(p))
+            query, before = out.query_losses, out.support_losses[:, 0]
         else:
             query_list, before_list = [], []
             for t in range(n):

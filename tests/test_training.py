@@ -1,0 +1,234 @@
+"""MetaTrainer: resumption reproduces the uninterrupted run, checkpoints are safe, paths agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import memmaml
+from memmaml.schedules import Uniform
+from memmaml.tasks import Sinusoid, SyntheticClassification
+from memmaml.training import (
+    IncompatibleCheckpointError,
+    MetaTrainer,
+    MetricsLog,
+    atomic_save,
+    load_checkpoint_file,
+)
+
+DTYPE = torch.float64
+TIMING = {"sec_per_iter", "elapsed_s"}
+
+
+def model_fn(seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(1, 12), nn.Tanh()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers += [nn.Linear(12, 1)]
+    return nn.Sequential(*layers).to(DTYPE)
+
+
+def make_trainer(model=None, **overrides) -> MetaTrainer:
+    kwargs = dict(inner_optimizer=memmaml.SGD(0.05), num_inner_steps=2, meta_batch_size=3, num_eval_tasks=5,
+                  eval_steps=(0, 1, 3), seed=11, max_grad_norm=5.0)
+    kwargs.update(overrides)
+    return MetaTrainer(model_fn() if model is None else model, Sinusoid(num_shots=4, num_query=5, dtype=DTYPE),
+                       **kwargs)
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@pytest.mark.parametrize("log_name", ["metrics.jsonl", "metrics.csv"])
+@pytest.mark.parametrize("variant", ["loop-dropout", "vectorized", "checkpointed"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, variant, log_name):
+    """2N iterations straight == N iterations, a fresh process-like trainer resumed from the checkpoint, N more."""
+    options = {
+        "loop-dropout": dict(model_fn=lambda: model_fn(0, dropout=0.2)),  # the RNG state must be restored
+        "vectorized": dict(vectorize=True),
+        "checkpointed": dict(schedule=Uniform(1)),
+    }[variant]
+    build = options.pop("model_fn", model_fn)
+    n, common = 4, dict(log_every=2, eval_every=2)
+
+    straight = make_trainer(build(), **options)
+    straight.train(2 * n, log_path=tmp_path / "a" / log_name, checkpoint_path=tmp_path / "a" / "ck.pt", **common)
+
+    first = make_trainer(build(), **options)
+    first.train(n, log_path=tmp_path / "b" / log_name, checkpoint_path=tmp_path / "b" / "ck.pt", **common)
+    torch.manual_seed(1234)  # whatever happens to the global RNG between the two halves must not matter
+    resumed = make_trainer(model_fn(99, dropout=0.2 if variant == "loop-dropout" else 0.0), **options)
+    resumed.load_checkpoint(tmp_path / "b" / "ck.pt")
+    assert resumed.iteration == n
+    resumed.train(2 * n, log_path=tmp_path / "b" / log_name, checkpoint_path=tmp_path / "b" / "ck.pt", **common)
+
+    rows_a = strip_timing(MetricsLog(tmp_path / "a" / log_name).read())
+    rows_b = strip_timing(MetricsLog(tmp_path / "b" / log_name).read())
+    assert [r["kind"] for r in rows_a] == ["eval", "train", "eval", "train", "eval", "train", "eval", "train", "eval"]
+    assert rows_a == rows_b  # bit-identical metrics, read back from the files
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    state_a, state_b = straight.outer_optimizer.state_dict(), resumed.outer_optimizer.state_dict()
+    for key in state_a["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state_a["state"][key][name], state_b["state"][key][name])
+
+
+def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
+    log = tmp_path / "m.jsonl"
+    trainer = make_trainer()
+    trainer.train(2, log_path=log, checkpoint_path=tmp_path / "ck.pt")
+    trainer.train(4, log_path=log)  # these rows are past the checkpoint (a crash before the next save)
+    assert [r["iteration"] for r in MetricsLog(log).read()][-1] == 4
+    resumed = make_trainer()
+    resumed.load_checkpoint(tmp_path / "ck.pt")
+    resumed.train(3, log_path=log)
+    assert [r["iteration"] for r in MetricsLog(log).read() if r["kind"] == "train"] == [1, 2, 3]
+
+
+def test_checkpoint_is_weights_only_and_refuses_other_configs(tmp_path):
+    path = tmp_path / "ck.pt"
+    trainer = make_trainer()
+    trainer.train(2, checkpoint_path=path)
+    data = torch.load(path, weights_only=True)  # plain tensors and Python values only
+    assert data["iteration"] == 2 and data["config"]["inner_optimizer.lr"] == 0.05
+
+    other = make_trainer(inner_optimizer=memmaml.SGD(0.1), meta_batch_size=4)
+    with pytest.raises(IncompatibleCheckpointError) as info:
+        other.load_checkpoint(path)
+    message = str(info.value)
+    assert "inner_optimizer.lr: checkpoint=0.05, this run=0.1" in message
+    assert "meta_batch_size: checkpoint=3, this run=4" in message
+
+    # speed-only settings may change: resume the loop run vectorised
+    make_trainer(vectorize=True).load_checkpoint(path)
+
+    with pytest.raises(IncompatibleCheckpointError, match="not a memmaml training checkpoint"):
+        atomic_save({"something": torch.ones(1)}, tmp_path / "other.pt")
+        load_checkpoint_file(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint_file(tmp_path / "missing.pt")
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    trainer = make_trainer()
+    trainer.train(1, checkpoint_path=path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    trainer.step()
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no temporary file left behind
+    assert load_checkpoint_file(path)["iteration"] == 1
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vectorized_loop_and_checkpointed_engines_agree(first_order):
+    grads = {}
+    for name, options in {"loop": {}, "vmap": {"vectorize": True}, "checkpointed": {"schedule": Uniform(1)}}.items():
+        trainer = make_trainer(first_order=first_order, **options)
+        stats = trainer.compute_meta_gradient(trainer.sample_tasks())
+        grads[name] = ([p.grad.clone() for p in trainer.meta_params], stats["loss"])
+    for name in ("vmap", "checkpointed"):
+        for g, ref in zip(grads[name][0], grads["loop"][0], strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads[name][1], grads["loop"][1], rtol=1e-12, atol=0)
+
+
+def test_learnable_inner_lr_is_meta_trained_on_both_paths():
+    grads = []
+    for vectorize in (False, True):
+        lr = torch.tensor(0.05, dtype=DTYPE, requires_grad=True)
+        trainer = make_trainer(inner_optimizer=memmaml.SGD(lr), vectorize=vectorize)
+        assert any(p is lr for p in trainer.meta_params)
+        trainer.compute_meta_gradient(trainer.sample_tasks())
+        grads.append(lr.grad.clone())
+        trainer.outer_optimizer.step()
+        assert lr.item() != 0.05
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=0)
+
+
+def test_meta_gradient_is_clipped_to_max_grad_norm():
+    model = model_fn()
+    outer = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = make_trainer(model, outer_optimizer=outer, max_grad_norm=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    row = trainer.step()
+    assert row["grad_norm"] > 1e-3  # the logged norm is the norm before clipping
+    moved = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(model.parameters(), before)))
+    assert moved == pytest.approx(1e-3, rel=1e-5)
+
+
+def test_evaluation_reports_steps_and_confidence_intervals():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)).to(DTYPE)
+    shape = dict(num_ways=5, num_shots=2, num_query=3, num_features=8, dtype=DTYPE)
+    rows = {}
+    for vectorize in (False, True):
+        trainer = MetaTrainer(model, SyntheticClassification(split="train", **shape),
+                              eval_source=SyntheticClassification(split="test", **shape),
+                              inner_optimizer=memmaml.SGD(0.5), num_inner_steps=2, meta_batch_size=2,
+                              num_eval_tasks=7, vectorize=vectorize)
+        rows[vectorize] = trainer.evaluate()
+    assert set(rows[True]) == {f"eval_{m}@{s}{ci}" for m in ("loss", "accuracy") for s in (0, 1, 2)
+                               for ci in ("", "_ci95")}
+    for key in rows[True]:
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-9, abs=1e-12)
+    assert rows[True]["eval_accuracy@2"] > rows[True]["eval_accuracy@0"]
+    assert rows[True]["eval_loss@1_ci95"] > 0
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="meta_batch_size must be an integer >= 1, got 0"):
+        make_trainer(meta_batch_size=0)
+    with pytest.raises(ValueError, match="schedule must be None"):
+        make_trainer(vectorize=True, schedule=Uniform(2))
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        make_trainer(nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).to(DTYPE), vectorize=True)
+    with pytest.raises(TypeError, match="task_source"):
+        MetaTrainer(model_fn(), "sinusoid")
+    with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint_path"):
+        make_trainer().train(2, checkpoint_every=1)
+    with pytest.raises(ValueError, match=r"log path must end in \.jsonl or \.csv"):
+        MetricsLog("metrics.txt")
+
+
+def test_cli_runs_resumes_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import meta_train
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "run"
+    args = ["--task", "sinusoid", "--iterations", "6", "--meta-batch-size", "4", "--num-eval-tasks", "8",
+            "--eval-every", "3", "--log-every", "3", "--checkpoint-every", "3", "--vectorize", "--no-progress",
+            "--hidden", "8", "--out", str(out)]
+    assert meta_train.main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["kind"]) for r in rows] == [(0, "eval"), (3, "train"), (3, "eval"), (6, "train"),
+                                                          (6, "eval")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 6 and "eval_loss@1" in summary["final_eval"]
+    with pytest.raises(SystemExit, match="pass --resume"):
+        meta_train.main(args)
+    longer = [a if a != "6" else "9" for a in args]
+    assert meta_train.main(longer + ["--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 9
+    with pytest.raises(IncompatibleCheckpointError, match="inner_lr"):
+        meta_train.main(longer + ["--resume", "--inner-lr", "0.5"])
