@@ -86,9 +86,10 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "memmaml.training/1"
 
-#: configuration keys that may differ between a checkpoint and the run that resumes it
-#: (they change speed or rounding, not the training problem).
-RESUME_MAY_CHANGE = frozenset({"vectorize", "chunk_size", "device", "world_size"})
+#: configuration keys (or key prefixes) that may differ between a checkpoint and the run that
+#: resumes it: they change speed, rounding or what is evaluated, not the training problem.
+RESUME_MAY_CHANGE = frozenset({"vectorize", "chunk_size", "world_size", "eval_task", "eval_optimizer",
+                               "num_eval_tasks", "eval_steps", "eval_seed"})
 
 _TIMING_KEYS = ("sec_per_iter", "elapsed_s")
 
@@ -240,7 +241,7 @@ def _config_diff(saved: Mapping[str, Any], current: Mapping[str, Any], may_chang
     may_change = set(may_change)
     lines = []
     for key in sorted(set(saved) | set(current)):
-        if key in may_change or key.split(".")[-1] in may_change:
+        if any(key == m or key.startswith(m + ".") for m in may_change):
             continue
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:

@@ -44,7 +44,8 @@ from memmaml.training import MetaTrainer
 
 # arguments that may change between a run and its resumption
 MAY_CHANGE = ["iterations", "eval_every", "log_every", "checkpoint_every", "out", "resume", "threads",
-              "progress", "device", "vectorize", "chunk_size", "log_format", "data_root", "eval_data_root"]
+              "progress", "device", "vectorize", "chunk_size", "log_format", "data_root", "eval_data_root",
+              "eval_steps", "num_eval_tasks", "eval_seed"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
