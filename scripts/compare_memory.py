@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget", type=parse_size, default=None,
                         help="memory budget, e.g. 11GiB, 4GiB, 512MiB, 8GB: predict and confirm the longest "
                              "unroll each memmaml engine fits")
-    budget.add_argument("--probe-steps", type=parse_positive_int, default=8,
+    budget.add_argument("--probe-steps", type=int, default=8,
                         help="with --budget: also run the checkpointed engine at this n with checkpoint_steps=1, "
-                             "so the fit can tell a stored state from a step's graph")
+                             "so the fit can tell a stored state from a step's graph (0: no probe; the sweep "
+                             "must then hold checkpointed runs with different numbers of stored states)")
     budget.add_argument("--confirm", choices=("all", "naive", "checkpoint", "none"), default="all",
                         help="which predicted longest unrolls to run to confirm")
     budget.add_argument("--confirm-max-seconds", type=float, default=3600.0,
@@ -932,6 +933,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.probe_steps < 0:
+        parser.error(f"--probe-steps must be 0 or more, got {args.probe_steps}")
     if args.repeats < 0:
         parser.error(f"--repeats must be 0 or more, got {args.repeats}")
     if args.max_grad_grad_norm < 0:
@@ -953,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
 
     budget_runs = 0
     if args.budget:
-        budget_runs = 1 + (2 if args.confirm != "none" else 0)
+        budget_runs = (args.probe_steps > 0) + (2 if args.confirm != "none" else 0)
     total = len(methods) * len(args.steps) + len(methods) * len(time_steps) * args.repeats + budget_runs
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="compare_memory_") as tmp, _progress(total, args.no_progress) as bar:
@@ -1001,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
         # 3. budget: fit, predict, confirm
         fit = prediction = None
         if args.budget:
-            if "checkpoint" in args.methods and "naive" in args.methods:
+            if "checkpoint" in args.methods and "naive" in args.methods and args.probe_steps > 0:
                 probe_n = args.probe_steps
                 if ("checkpoint", probe_n) not in by_key or by_key[("checkpoint", probe_n)]["checkpoint_steps"] != 1:
                     if bar is not None:
