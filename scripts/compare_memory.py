@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: rewrite results.csv/md/png in --out from its results.json and fit.json "
+                             "(the workload is read from the command stored in fit.json)")
     return parser
 
 
@@ -782,6 +785,27 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
+def ratio_lines(records: list[dict[str, Any]]) -> list[str]:
+    """'a / b' memory and time ratios for the pairs that ran at the same n."""
+    sweep = {(r["method"], r["steps"]): r for r in records if r["role"] == "sweep" and r["status"] == "ok"}
+    pairs = [("checkpoint", "naive"), ("checkpoint", "torch_maml:checkpoint"), ("checkpoint", "torch_maml:naive"),
+             ("torch_maml:checkpoint", "torch_maml:naive"), ("torch_maml:checkpoint", "naive")]
+    lines = []
+    for n in sorted({n for _, n in sweep}):
+        for a, b in pairs:
+            ra, rb = sweep.get((a, n)), sweep.get((b, n))
+            if not ra or not rb:
+                continue
+            parts = []
+            if ra.get("peak_bytes") and rb.get("peak_bytes"):
+                parts.append(f"memory {ra['peak_bytes'] / rb['peak_bytes']:.3f}")
+            if ra.get("seconds") and rb.get("seconds"):
+                parts.append(f"time {ra['seconds'] / rb['seconds']:.3f}")
+            if parts and (ra.get("seconds") or n == max(m for _, m in sweep)):
+                lines.append(f"- n={n}, {a} / {b}: " + ", ".join(parts))
+    return lines
+
+
 def markdown(records: list[dict[str, Any]], fit: dict[str, Any] | None, prediction: dict[str, Any] | None,
              args: argparse.Namespace, command: str) -> str:
     peak_name = "allocator peak" if args.device.startswith("cuda") else "live tensors"
@@ -818,6 +842,9 @@ def markdown(records: list[dict[str, Any]], fit: dict[str, Any] | None, predicti
     lines += ["", "Times: median of untracked runs, methods interleaved; '(tracked)' is the run under the "
               "memory tracker, slowed by it. Meta-gradient difference: relative L2 distance to memmaml's naive "
               "meta-gradient at the same n."]
+    comparisons = ratio_lines(records)
+    if comparisons:
+        lines += ["", "Ratios measured in this run (time: medians of interleaved runs):", ""] + comparisons
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["", "Failures:", ""]
@@ -944,6 +971,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    if args.render_only:
+        return render_only(parser, Path(args.out))
     command = "python scripts/compare_memory.py " + " ".join(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -963,6 +992,10 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(args, Path(tmp))
 
         def step(record: dict[str, Any]) -> dict[str, Any]:
+            # partial results survive an interrupted sweep
+            done = records + ([record] if record not in records else [])
+            (out / "results.partial.json").write_text(
+                json.dumps([{field: r.get(field) for field in RECORD_FIELDS} for r in done], indent=1))
             if bar is not None:
                 bar.update()
                 bar.set_postfix_str(f"{record['method']} n={record['steps']}: {record['status']}")
@@ -1050,8 +1083,34 @@ def main(argv: list[str] | None = None) -> int:
                                         "seconds_tracked", "error")}
         annotate_ratios(records)
         write_outputs(out, records, fit, prediction, args, command)
+    (out / "results.partial.json").unlink(missing_ok=True)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, results.csv, results.md, results.png, fit.json")
+    return 0
+
+
+def render_only(parser: argparse.ArgumentParser, out: Path) -> int:
+    import shlex
+
+    try:
+        records = json.loads((out / "results.json").read_text())
+        saved = json.loads((out / "fit.json").read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--render-only needs results.json and fit.json in {out}: {exc}")
+    command = saved["command"]
+    args = parser.parse_args(shlex.split(command)[2:])
+    for record in records:
+        for field in RECORD_FIELDS:
+            record.setdefault(field, None)
+    clean = [{field: r.get(field) for field in RECORD_FIELDS} for r in records]
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RECORD_FIELDS)
+        writer.writeheader()
+        for r in clean:
+            writer.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
+    (out / "results.md").write_text(markdown(clean, saved["fit"], saved["prediction"], args, command))
+    plot(out / "results.png", clean, saved["fit"], saved["prediction"], args)
+    print((out / "results.md").read_text())
     return 0
 
 
@@ -1069,7 +1128,9 @@ def confirm_obstacle(args: argparse.Namespace, records: list[dict[str, Any]], me
     """Why the confirming run of a predicted longest unroll cannot run here, or None."""
     seconds = predict_seconds(records, method, item["steps"])
     if seconds is not None and seconds > args.confirm_max_seconds:
-        return (f"predicted to take about {seconds / 60:.0f} min (> --confirm-max-seconds "
+        return (f"predicted to take about {seconds:.0f} s (> --confirm-max-seconds {args.confirm_max_seconds:g} s)"
+                if seconds < 120 else
+                f"predicted to take about {seconds / 60:.0f} min (> --confirm-max-seconds "
                 f"{args.confirm_max_seconds:g} s)")
     if args.device == "cpu":
         available = host_available_bytes()

@@ -181,6 +181,14 @@ def test_end_to_end_tiny_mlp(tmp_path):
     for name in ("results.csv", "results.md", "fit.json"):
         assert (out / name).stat().st_size > 0
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "results.partial.json").exists()
+
+    (out / "results.md").unlink()
+    (out / "results.png").unlink()
+    rendered = run_script("--render-only", "--out", str(out), timeout=120)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert "checkpoint / naive: memory" in (out / "results.md").read_text()
+    assert (out / "results.png").exists()
 
 
 def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(tmp_path):
