@@ -8,13 +8,15 @@ keeping only a few inner-loop states in memory:
 * in-graph optimizers :class:`SGD`, :class:`RMSProp`, :class:`Adam` (and the
   torch_maml names :class:`IngraphGradientDescent`, :class:`IngraphRMSProp`);
 * :func:`unroll` -- the functional core both wrappers call;
+* schedules :class:`Uniform`, :class:`Binomial`, :class:`Auto` (and host
+  offload of stored states) deciding what the checkpointed engine keeps;
 * :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA.
 """
 
 from .adapted import AdaptedModule
 from .engine import Unrolled, unroll
 from .maml import GradientCheckpointMAML, NaiveMAML, Result
-from .memory import MemoryTracker, peak_rss_bytes, track_memory
+from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
 from .optim import (
     SGD,
     Adam,
@@ -26,7 +28,7 @@ from .optim import (
     RMSPropState,
     SGDState,
 )
-from .schedules import Plan, Schedule, Uniform
+from .schedules import Auto, Binomial, Plan, Schedule, Uniform, parse_schedule
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,8 @@ __all__ = [
     "Adam",
     "AdamState",
     "AdaptedModule",
+    "Auto",
+    "Binomial",
     "GradientCheckpointMAML",
     "IngraphGradientDescent",
     "IngraphRMSProp",
@@ -49,6 +53,8 @@ __all__ = [
     "Schedule",
     "Uniform",
     "Unrolled",
+    "host_allocations",
+    "parse_schedule",
     "peak_rss_bytes",
     "track_memory",
     "unroll",

@@ -42,6 +42,7 @@ NOTE [ Clipping through the unroll ]
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -51,8 +52,9 @@ from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
 from .adapted import AdaptedModule
+from .memory import host_allocations, track_memory
 from .optim import InnerOptimizer
-from .schedules import Advance, Drop, Plan, Reverse, Schedule, check_plan
+from .schedules import Advance, Auto, Drop, Plan, Reverse, Schedule, StepCosts, check_plan, parse_schedule
 
 __all__ = ["Unrolled", "unroll"]
 
@@ -102,6 +104,7 @@ class _StoredState(NamedTuple):
     leaves: list[Any]  # flattened (params, opt_state), detached
     buffers: Params | None  # copies of the model's buffers
     rng: tuple[Tensor, list[Tensor]] | None  # CPU and CUDA generator states
+    devices: list[torch.device | None] | None = None  # where each leaf lives when offloaded
 
 
 class _Loop:
@@ -259,20 +262,86 @@ def _naive(loop: _Loop, params: Params, opt_state: Any) -> Unrolled:
 
 
 # ------------------------------------------------------------------------ checkpointed
-class _Replay:
-    """Executes a :class:`Plan` for a :class:`_Loop`: forward pass and backward operations."""
+class _Store:
+    """Stored states by index; with ``offload`` they live in host memory.
 
-    def __init__(self, loop: _Loop, plan: Plan, spec: Any, tensor_slots: list[int], num_leaves: int,
-                 extra_inputs: list[Tensor], extra_slots: list[tuple[int, int]]) -> None:
+    NOTE [ Offloading ]
+        ``put`` copies a state's tensors to host memory (pinned and asynchronous
+        on CUDA: ordered on the current stream, so neither the copy nor the
+        later reuse of the device memory races) and ``get`` copies them back to
+        their device. On a CPU-only run there is no separate device: the copies
+        are made inside :func:`memmaml.memory.host_allocations`, so
+        :func:`memmaml.track_memory` counts what would stay on an accelerator.
+    """
+
+    def __init__(self, offload: bool) -> None:
+        self.offload = offload
+        self.states: dict[int, _StoredState] = {}
+
+    def put(self, index: int, state: _StoredState) -> None:
+        if self.offload:
+            state = _StoredState(
+                [_to_host(t) if isinstance(t, Tensor) else t for t in state.leaves],
+                None if state.buffers is None else {k: _to_host(v) for k, v in state.buffers.items()},
+                state.rng, [t.device if isinstance(t, Tensor) else None for t in state.leaves])
+        self.states[index] = state
+
+    def get(self, index: int) -> _StoredState:
+        state = self.states[index]
+        if not self.offload:
+            return state
+        devices = state.devices
+        leaves = [_from_host(t, d) if isinstance(t, Tensor) else t for t, d in zip(state.leaves, devices)]
+        device = next((d for d in devices if d is not None), torch.device("cpu"))
+        buffers = None if state.buffers is None else {k: _from_host(v, device) for k, v in state.buffers.items()}
+        return _StoredState(leaves, buffers, state.rng, devices)
+
+    def pop(self, index: int) -> None:
+        self.states.pop(index)
+
+
+def _to_host(tensor: Tensor) -> Tensor:
+    if tensor.device.type == "cpu":
+        with host_allocations():
+            return tensor.detach().clone()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=True)
+    host.copy_(tensor.detach(), non_blocking=True)
+    return host
+
+
+def _from_host(tensor: Tensor, device: torch.device | None) -> Tensor:
+    if device is None or device.type == "cpu":
+        return tensor.clone()
+    return tensor.to(device, non_blocking=True)
+
+
+class _Replay:
+    """Executes a :class:`Plan` for a :class:`_Loop`: the forward pass and the backward operations."""
+
+    def __init__(self, loop: _Loop, leaves: list[Any], spec: Any, offload: bool) -> None:
         self.loop = loop
+        self.plan = Plan(loop.num_steps, (), ())  # set_plan() before a differentiable run
+        self.stats = None
+        self.spec = spec
+        self.tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        self.constant_leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        self.float_outputs = [leaves[i].is_floating_point() for i in self.tensor_slots]
+        # tensors among the extras that require grad are inputs of the Function (deduplicated)
+        self.extra_inputs: list[Tensor] = []
+        self.extra_slots: list[tuple[int, int]] = []  # (leaf position in extras, index into extra_inputs)
+        index_of: dict[int, int] = {}
+        for position, leaf in enumerate(pytree.tree_leaves(loop.extras)):
+            if isinstance(leaf, Tensor) and leaf.requires_grad:
+                if id(leaf) not in index_of:
+                    index_of[id(leaf)] = len(self.extra_inputs)
+                    self.extra_inputs.append(leaf)
+                self.extra_slots.append((position, index_of[id(leaf)]))
+        self.store = _Store(offload)
+        self.consumed = False
+
+    def set_plan(self, plan: Plan) -> None:
         self.plan = plan
         self.stats = check_plan(plan)
-        self.spec = spec
-        self.tensor_slots = tensor_slots  # positions of tensor leaves in the flattened state
-        self.num_leaves = num_leaves
-        self.extra_inputs = extra_inputs  # tensors among the extras that require grad (deduplicated)
-        self.extra_slots = extra_slots  # (leaf position in extras, index into extra_inputs)
-        self.store: dict[int, _StoredState] = {}
 
     def extras_with(self, substitutes: Sequence[Tensor]) -> tuple:
         leaves, spec = pytree.tree_flatten(self.loop.extras)
@@ -280,33 +349,38 @@ class _Replay:
             leaves[position] = substitutes[index]
         return pytree.tree_unflatten(leaves, spec)
 
-    def state_leaves(self, tensors: Sequence[Tensor], constant_leaves: list[Any]) -> list[Any]:
-        leaves = list(constant_leaves)
+    def state_leaves(self, tensors: Sequence[Tensor]) -> list[Any]:
+        leaves = list(self.constant_leaves)
         for slot, tensor in zip(self.tensor_slots, tensors):
             leaves[slot] = tensor
         return leaves
 
-    def run_forward(self, state_tensors: Sequence[Tensor], constant_leaves: list[Any]) -> tuple[list[Tensor], Tensor]:
+    def run_forward(self, state_tensors: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         loop = self.loop
         extras = self.extras_with([t.detach() for t in self.extra_inputs])
-        leaves = self.state_leaves([t.detach() for t in state_tensors], constant_leaves)
+        leaves = self.state_leaves([t.detach() for t in state_tensors])
         saves = set(self.plan.forward_saves)
         losses = []
         with loop.progress_bar(loop.num_steps, "memmaml forward") as bar:
             for step in range(loop.num_steps):
                 if step in saves:
-                    self.store[step] = _StoredState(leaves, loop.buffers_snapshot(), loop.snapshot_rng())
+                    self.store.put(step, _StoredState(leaves, loop.buffers_snapshot(), loop.snapshot_rng()))
                 leaves, loss = loop.step(step, leaves, self.spec, extras, None, "nograph")
                 losses.append(loss)
                 if bar is not None:
                     bar.update()
+        self.initial_state = self.store.states.get(0)
         return [leaves[slot] for slot in self.tensor_slots], torch.stack(losses)
 
     def run_backward(self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
                      ) -> tuple[list[Tensor | None], list[Tensor | None]]:
         loop = self.loop
-        store = dict(self.store)  # the forward store stays intact (backward with retain_graph=True)
-        extra_leaves = [t.detach().requires_grad_(t.requires_grad) for t in self.extra_inputs]
+        # states are freed as the plan drops them, so the backward pass holds what the schedule says;
+        # the input state is kept aside, and a second backward pass (retain_graph=True) first
+        # rebuilds the forward pass's stored states from it
+        store = self._forward_store() if self.consumed else self.store
+        self.store, self.consumed = _Store(store.offload), True
+        extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
         extras = self.extras_with(extra_leaves)
         extra_grads: list[Tensor | None] = [None] * len(extra_leaves)
         cot = list(state_cotangents)
@@ -316,13 +390,24 @@ class _Replay:
                 if isinstance(op, Drop):
                     store.pop(op.index)
                 elif isinstance(op, Advance):
-                    store[op.stop] = self._advance(store[op.start], op, extras, bar)
+                    store.put(op.stop, self._advance(store.get(op.start), op, extras, bar))
                 elif isinstance(op, Reverse):
-                    cot, grads = self._reverse(store[op.start], op, extras, extra_leaves, cot, loss_cotangents, bar)
+                    cot, grads = self._reverse(store.get(op.start), op, extras, extra_leaves, cot,
+                                               loss_cotangents, bar)
                     for index, grad in enumerate(grads):
                         if grad is not None:
                             extra_grads[index] = grad if extra_grads[index] is None else extra_grads[index] + grad
         return cot, extra_grads
+
+    def _forward_store(self) -> _Store:
+        """The forward pass's stored states again, recomputed from the kept input state."""
+        store = _Store(self.store.offload)
+        store.states[0] = self.initial_state
+        extras = self.extras_with([t.detach() for t in self.extra_inputs])
+        saves = sorted(self.plan.forward_saves)
+        for start, stop in zip(saves, saves[1:]):
+            store.put(stop, self._advance(store.get(start), Advance(start, stop), extras, None))
+        return store
 
     def _advance(self, state: _StoredState, op: Advance, extras: tuple, bar) -> _StoredState:
         loop = self.loop
@@ -334,7 +419,7 @@ class _Replay:
                 if bar is not None:
                     bar.update()
             rng = loop.snapshot_rng()
-        return _StoredState(leaves, loop.buffers_snapshot(buffers), rng)
+        return _StoredState(leaves, buffers, rng)
 
     def _reverse(self, state: _StoredState, op: Reverse, extras: tuple, extra_leaves: list[Tensor],
                  cot: list[Tensor | None], loss_cotangents: Tensor | None, bar):
@@ -342,7 +427,7 @@ class _Replay:
         buffers = loop.buffers_snapshot(state.buffers)
         inputs = [state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
                   for slot in self.tensor_slots]
-        leaves = self.state_leaves(inputs, state.leaves)
+        leaves = self.state_leaves(inputs)
         losses = []
         with loop.replay_context(state.rng), torch.enable_grad():
             for step in range(op.start, op.stop):
@@ -360,14 +445,47 @@ class _Replay:
                 if loss.requires_grad:
                     outputs.append(loss)
                     grad_outputs.append(loss_cotangents[step])
-        wrt = [t for t in inputs if t.requires_grad] + [t for t in extra_leaves if t.requires_grad]
-        if outputs and wrt:
-            grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True))
-        else:
-            grads = [None] * len(wrt)
+        wrt = [t for t in inputs if t.requires_grad] + extra_leaves
+        grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)) if outputs else (
+            [None] * len(wrt))
         new_cot = [grads.pop(0) if t.requires_grad else None for t in inputs]
-        extra_grads = [grads.pop(0) if t.requires_grad else None for t in extra_leaves]
-        return new_cot, extra_grads
+        return new_cot, grads
+
+    def measure(self, state_tensors: Sequence[Tensor]) -> StepCosts:
+        """Bytes of a state and of one step's graph, and the time of a step with and without it (for Auto)."""
+        loop = self.loop
+        leaves = self.state_leaves([t.detach() for t in state_tensors])
+        buffers = loop.buffers_snapshot()
+        state_bytes = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, Tensor))
+        state_bytes += sum(t.numel() * t.element_size() for t in (buffers or {}).values())
+        device = next((t.device for t in state_tensors), torch.device("cpu"))
+        extras = self.extras_with([t.detach().requires_grad_(True) for t in self.extra_inputs])
+
+        def graph_step() -> None:
+            inputs = [leaves[s].detach().requires_grad_(leaves[s].is_floating_point()) for s in self.tensor_slots]
+            with torch.enable_grad():
+                out, loss = loop.step(0, self.state_leaves(inputs), self.spec, extras,
+                                      loop.buffers_snapshot(buffers), "graph")
+                outputs = [o for o in (out[s] for s in self.tensor_slots) if o.requires_grad]
+                wrt = [t for t in inputs if t.requires_grad]
+                if outputs and wrt:
+                    torch.autograd.grad(outputs, wrt, [torch.ones_like(o) for o in outputs], allow_unused=True)
+
+        def timed(fn) -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - start
+
+        with loop.replay_context(loop.snapshot_rng()):
+            nograph = timed(lambda: loop.step(0, leaves, self.spec, extras, loop.buffers_snapshot(buffers), "nograph"))
+            graph = timed(graph_step)
+            with track_memory(device) as mem:
+                graph_step()
+        return StepCosts(int(state_bytes), int(mem.peak_bytes), nograph, graph)
 
 
 class _CheckpointedUnroll(torch.autograd.Function):
@@ -380,8 +498,7 @@ class _CheckpointedUnroll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, replay: _Replay, num_state: int, *inputs: Tensor) -> tuple[Tensor, ...]:
-        state_tensors = inputs[:num_state]
-        final, losses = replay.run_forward(state_tensors, replay.constant_leaves)
+        final, losses = replay.run_forward(inputs[:num_state])
         ctx.replay = replay
         ctx.num_state = num_state
         outputs = (*final, losses)
@@ -392,41 +509,36 @@ class _CheckpointedUnroll(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
         replay: _Replay = ctx.replay
-        state_cot = [g if t_float else None for g, t_float in zip(grads[: ctx.num_state], replay.float_outputs)]
+        state_cot = [g if is_float else None for g, is_float in zip(grads[: ctx.num_state], replay.float_outputs)]
         state_grads, extra_grads = replay.run_backward(state_cot, grads[ctx.num_state])
         return (None, None, *state_grads, *extra_grads)
 
 
-def _checkpointed(loop: _Loop, params: Params, opt_state: Any, schedule: Schedule) -> Unrolled:
+def _checkpointed(loop: _Loop, params: Params, opt_state: Any, schedule: Schedule, offload: bool) -> Unrolled:
     leaves, spec = pytree.tree_flatten((params, opt_state))
-    tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
-    state_tensors = [leaves[i] for i in tensor_slots]
-    # tensors among the extras that require grad become inputs of the Function (deduplicated)
-    extra_leaves = pytree.tree_leaves(loop.extras)
-    extra_inputs: list[Tensor] = []
-    extra_slots: list[tuple[int, int]] = []
-    index_of: dict[int, int] = {}
-    for position, leaf in enumerate(extra_leaves):
-        if isinstance(leaf, Tensor) and leaf.requires_grad:
-            if id(leaf) not in index_of:
-                index_of[id(leaf)] = len(extra_inputs)
-                extra_inputs.append(leaf)
-            extra_slots.append((position, index_of[id(leaf)]))
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + extra_inputs)
-    plan = schedule.plan(loop.num_steps)
-    replay = _Replay(loop, plan, spec, tensor_slots, len(leaves), extra_inputs, extra_slots)
-    replay.constant_leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
-    replay.float_outputs = [t.is_floating_point() for t in state_tensors]
+    replay = _Replay(loop, leaves, spec, offload)
+    state_tensors = [leaves[i] for i in replay.tensor_slots]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + replay.extra_inputs)
     if not needs_grad:
         # nothing to differentiate: run once, keep nothing
-        replay.plan = Plan(plan.num_steps, (), ())
-        final, losses = replay.run_forward(state_tensors, replay.constant_leaves)
+        final, losses = replay.run_forward(state_tensors)
     else:
-        outputs = _CheckpointedUnroll.apply(replay, len(state_tensors), *state_tensors, *extra_inputs)
+        if isinstance(schedule, Auto):
+            if schedule.costs is None:
+                schedule.costs = replay.measure(state_tensors)
+            choice = schedule.choose(loop.num_steps, schedule.costs, offload=offload)
+            if choice.schedule is None:
+                return _naive(loop, _requiring_grad(params), opt_state)
+        replay.set_plan(schedule.plan(loop.num_steps))
+        outputs = _CheckpointedUnroll.apply(replay, len(state_tensors), *state_tensors, *replay.extra_inputs)
         final, losses = list(outputs[:-1]), outputs[-1]
-    leaves = replay.state_leaves(final, replay.constant_leaves)
-    params, opt_state = pytree.tree_unflatten(leaves, spec)
+    params, opt_state = pytree.tree_unflatten(replay.state_leaves(final), spec)
     return Unrolled(params, opt_state, list(losses.unbind(0)))
+
+
+def _requiring_grad(params: Params) -> Params:
+    """Leaves that cannot carry a graph still need gradients inside the step."""
+    return {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
 
 
 # ------------------------------------------------------------------------------- entry
@@ -440,7 +552,8 @@ def unroll(
     opt_state: Any = None,
     opt_kwargs: Mapping[str, Any] | None = None,
     loss_kwargs: Mapping[str, Any] | None = None,
-    schedule: Schedule | None = None,
+    schedule: Schedule | str | None = None,
+    offload: bool = False,
     first_order: bool = False,
     max_grad_grad_norm: float | None = None,
     allow_unused: bool = False,
@@ -471,8 +584,12 @@ def unroll(
         opt_kwargs: hyperparameter overrides for this unroll.
         loss_kwargs: keyword arguments for ``loss_function``.
         schedule: ``None`` keeps the whole graph (naive); a
-            :class:`~memmaml.schedules.Schedule` keeps only its stored states
-            and replays steps in the backward pass.
+            :class:`~memmaml.schedules.Schedule` (or its text form, e.g.
+            ``"binomial:20"``, see :func:`~memmaml.schedules.parse_schedule`)
+            keeps only its stored states and replays steps in the backward pass.
+        offload: keep the schedule's stored states in host memory (pinned,
+            copied asynchronously on CUDA); device memory then no longer grows
+            with the number of steps. Needs a schedule.
         first_order: treat each inner gradient as a constant (first-order MAML).
         max_grad_grad_norm: clip the cotangent of each step's new parameters to
             this global L2 norm in the backward pass.
@@ -489,8 +606,10 @@ def unroll(
     batches = list(batches)
     if not batches:
         raise ValueError("inputs must hold at least one batch (one per inner step), got none")
-    if schedule is not None and not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a memmaml.schedules.Schedule or None, got {type(schedule).__name__}")
+    if schedule is not None:
+        schedule = parse_schedule(schedule)
+    elif offload:
+        raise ValueError("offload=True needs a checkpoint schedule: the naive unroll stores no states")
     if max_grad_grad_norm is not None:
         if isinstance(max_grad_grad_norm, bool) or not isinstance(max_grad_grad_norm, (int, float)) or not (
                 max_grad_grad_norm > 0):
@@ -512,7 +631,5 @@ def unroll(
         preserve_rng_state=bool(preserve_rng_state), progress=bool(progress),
     )
     if schedule is None:
-        # leaves that cannot carry a graph still need gradients inside the step
-        params = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
-        return _naive(loop, params, opt_state)
-    return _checkpointed(loop, params, opt_state, schedule)
+        return _naive(loop, _requiring_grad(params), opt_state)
+    return _checkpointed(loop, params, opt_state, schedule, bool(offload))

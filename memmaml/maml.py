@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .adapted import AdaptedModule
 from .engine import unroll
 from .optim import InnerOptimizer
-from .schedules import Schedule, Uniform
+from .schedules import Schedule, Uniform, parse_schedule
 
 __all__ = ["GradientCheckpointMAML", "NaiveMAML", "Result"]
 
@@ -88,6 +88,7 @@ class NaiveMAML(nn.Module):
         preserve_rng_state: bool = True,
     ) -> None:
         super().__init__()
+        self.offload = False
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_function):
@@ -174,7 +175,8 @@ class NaiveMAML(nn.Module):
         out = unroll(
             self.model, self.loss_function, list(inputs), self.optimizer,
             params=params, opt_state=optimizer_state, opt_kwargs=opt_kwargs, loss_kwargs=loss_kwargs,
-            schedule=self.schedule, first_order=first_order, max_grad_grad_norm=max_grad_grad_norm,
+            schedule=self.schedule, offload=self.offload, first_order=first_order,
+            max_grad_grad_norm=max_grad_grad_norm,
             allow_unused=allow_unused, check_finite=check_finite,
             preserve_rng_state=self.preserve_rng_state, progress=progress,
         )
@@ -197,13 +199,27 @@ class GradientCheckpointMAML(NaiveMAML):
     copies. Replays use the RNG state and ``train``/``eval`` flags of the first
     run, whatever the model's mode when the backward pass runs.
 
+    Schedules (which states to keep) are objects from :mod:`memmaml.schedules`,
+    or their text forms:
+
+    * ``Uniform(k)`` / ``"uniform:k"`` -- the default, with ``k = checkpoint_steps``;
+    * ``Binomial(slots)`` / ``"binomial:slots"`` -- at most ``slots`` stored states
+      and one step's graph, the fewest replays possible for that memory
+      (Revolve); reaches 100,000 steps of ResNet-18 with ~200 slots;
+    * ``Auto(budget)`` / ``"auto:11GiB"`` -- measures one step and picks the
+      fastest schedule that fits the budget (``maml.schedule.describe()`` says
+      which);
+    * ``offload=True`` with any of them keeps the stored states in host memory.
+
     Args:
         model, loss_function, optimizer, get_parameters, preserve_rng_state:
             as for :class:`NaiveMAML`.
         checkpoint_steps: steps per segment (positive integer); ignored when
             ``schedule`` is given.
-        schedule: a :class:`~memmaml.schedules.Schedule` deciding which states to
-            keep (default ``Uniform(checkpoint_steps)``).
+        schedule: a :class:`~memmaml.schedules.Schedule` or its text form
+            (default ``Uniform(checkpoint_steps)``).
+        offload: keep stored states in host memory (pinned, asynchronous copies
+            on CUDA); device memory then stops growing with the number of steps.
 
     Assumptions not checked: ``loss_function`` runs again during the backward
     pass and must not change state outside the model's buffers; tensors it
@@ -219,15 +235,13 @@ class GradientCheckpointMAML(NaiveMAML):
         checkpoint_steps: int = 1,
         get_parameters: Callable[[nn.Module], Iterable[Tensor]] = _all_trainable,
         *,
-        schedule: Schedule | None = None,
+        schedule: Schedule | str | None = None,
+        offload: bool = False,
         preserve_rng_state: bool = True,
     ) -> None:
         super().__init__(model, loss_function, optimizer, get_parameters, preserve_rng_state=preserve_rng_state)
-        if schedule is None:
-            schedule = Uniform(checkpoint_steps)
-        elif not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a memmaml.schedules.Schedule, got {type(schedule).__name__}")
-        self._schedule = schedule
+        self._schedule = Uniform(checkpoint_steps) if schedule is None else parse_schedule(schedule)
+        self.offload = bool(offload)
 
     @property
     def schedule(self) -> Schedule:

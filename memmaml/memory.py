@@ -13,6 +13,12 @@
   counted. The mode adds Python overhead to every operator, so time the code
   in a separate run.
 
+Host memory. Stored states that the engine offloads (``offload=True``) are
+copied to host memory. On CUDA the allocator's count excludes them by nature;
+on CPU, where host and "device" are the same memory, the engine makes those
+copies inside :func:`host_allocations` and the tracker tallies them apart, in
+``host_peak_bytes``, so ``peak_bytes`` is what would stay on an accelerator.
+
 The process's peak resident set size is reported beside it
 (:func:`peak_rss_bytes`); it is a high-water mark for the whole process, so
 measure each configuration in a fresh process.
@@ -20,17 +26,32 @@ measure each configuration in a fresh process.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["MemoryTracker", "peak_rss_bytes", "track_memory"]
+__all__ = ["MemoryTracker", "host_allocations", "peak_rss_bytes", "track_memory"]
+
+_HOST = threading.local()
+
+
+@contextlib.contextmanager
+def host_allocations() -> Iterator[None]:
+    """CPU tensors created inside count as host memory, not device memory, for :class:`MemoryTracker`."""
+    previous = getattr(_HOST, "active", False)
+    _HOST.active = True
+    try:
+        yield
+    finally:
+        _HOST.active = previous
 
 
 def peak_rss_bytes() -> int:
@@ -59,6 +80,8 @@ class MemoryTracker:
         device: the device measured.
         peak_bytes: the most bytes alive at once inside the block (after exit).
         current_bytes: bytes allocated inside the block and alive now.
+        host_peak_bytes: (CPU) the most bytes alive at once among tensors made
+            inside :func:`host_allocations` (offloaded states); not in ``peak_bytes``.
     """
 
     def __init__(self, device: Any = "cpu") -> None:
@@ -66,9 +89,11 @@ class MemoryTracker:
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"track_memory supports cpu and cuda devices, got {self.device}")
         self.peak_bytes = 0
+        self.host_peak_bytes = 0
         self._current = 0
+        self._host_current = 0
         self._start = 0
-        self._live: dict[int, int] = {}
+        self._live: dict[int, tuple[int, bool]] = {}
         self._lock = threading.Lock()
         self._mode: _StorageCounter | None = None
         self._active = False
@@ -77,18 +102,27 @@ class MemoryTracker:
     def _register(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = storage._cdata
+        host = getattr(_HOST, "active", False)
         with self._lock:
             if key in self._live:
                 return
             nbytes = storage.nbytes()
-            self._live[key] = nbytes
-            self._current += nbytes
-            self.peak_bytes = max(self.peak_bytes, self._current)
+            self._live[key] = (nbytes, host)
+            if host:
+                self._host_current += nbytes
+                self.host_peak_bytes = max(self.host_peak_bytes, self._host_current)
+            else:
+                self._current += nbytes
+                self.peak_bytes = max(self.peak_bytes, self._current)
         weakref.finalize(storage, self._release, key)
 
     def _release(self, key: int) -> None:
         with self._lock:
-            self._current -= self._live.pop(key, 0)
+            nbytes, host = self._live.pop(key, (0, False))
+            if host:
+                self._host_current -= nbytes
+            else:
+                self._current -= nbytes
 
     # -- context ---------------------------------------------------------------------
     @property
@@ -99,6 +133,7 @@ class MemoryTracker:
 
     def __enter__(self) -> "MemoryTracker":
         self.peak_bytes = 0
+        self.host_peak_bytes = 0
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -18,21 +18,43 @@ Operations of the backward pass
 
 The backward pass starts with the cotangent of state ``n``; a valid plan ends
 with the cotangent of state 0, reversing every step exactly once.
+
+Schedules
+    * :class:`Uniform` ``(checkpoint_steps)`` -- segments of ``k`` steps
+      (Chen et al. 2016; the predecessor torch_maml's scheme).
+    * :class:`Binomial` ``(slots)`` -- Griewank's binomial checkpointing
+      (Griewank 1992, "Achieving logarithmic growth of temporal and spatial
+      complexity in reverse automatic differentiation"; Griewank & Walther 2000,
+      "Algorithm 799: Revolve"): at most ``slots`` stored states besides the
+      input, one step's graph at a time, and the fewest step evaluations any
+      schedule with that many stored states can achieve.
+    * :class:`Auto` ``(budget)`` -- measures one step and picks the schedule
+      with the least recomputation that fits a memory budget.
+
+    Any of them can keep its stored states in host memory (``offload=True`` on
+    :class:`~memmaml.GradientCheckpointMAML` / :func:`~memmaml.unroll`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Union
 
 __all__ = [
     "Advance",
+    "Auto",
+    "Binomial",
     "Drop",
     "Plan",
+    "PlanStats",
     "Reverse",
     "Schedule",
+    "StepCosts",
     "Uniform",
+    "binomial_evaluations",
     "check_plan",
+    "parse_schedule",
     "sqrt_steps",
 ]
 
@@ -188,3 +210,322 @@ def check_plan(plan: Plan) -> PlanStats:
     if pending != 0 or reversed_steps != n:
         raise ValueError(f"plan ends with the cotangent of state {pending}, not 0")
     return PlanStats(max_stored, n + replayed, replayed, reversed_steps, max_segment)
+
+
+# ------------------------------------------------------------------------------ binomial
+def _repetitions(num_steps: int, slots: int) -> int:
+    """The least ``t`` with ``C(slots + t, slots) >= num_steps``."""
+    t = 0
+    while math.comb(slots + t, slots) < num_steps:
+        t += 1
+    return t
+
+
+def _advance_cost(num_steps: int, slots: int) -> int:
+    """Fewest no-graph step evaluations that reverse ``num_steps`` steps one at a time,
+    from a stored first state, with ``slots`` more states storable at once.
+
+    Griewank's closed form: ``t * d - C(s + t, s + 1)`` where ``t`` is the least integer
+    with ``C(s + t, s) >= d``. (The test suite checks it against the recursion
+    ``min_c c + cost(d - c, s - 1) + cost(c, s)``.)
+    """
+    if num_steps <= 1:
+        return 0
+    if slots < 1:
+        raise ValueError("reversing more than one step needs at least one slot")
+    t = _repetitions(num_steps, slots)
+    return t * num_steps - math.comb(slots + t, slots + 1)
+
+
+def binomial_evaluations(num_steps: int, slots: int) -> int:
+    """Steps evaluated without a graph by :class:`Binomial` ``(slots)`` over ``num_steps`` steps.
+
+    This counts the forward pass (``n`` steps) plus every replay in the backward
+    pass; each step is also evaluated once more with its graph. Closed form:
+    ``t * n - C(s + t, s + 1) + 1`` with ``t`` the least integer such that
+    ``C(s + t, s) >= n`` (Griewank & Walther 2000): the first ``n - 1`` advances
+    of the optimal reversal are done by the forward pass itself.
+    """
+    _check_num_steps(num_steps)
+    return _advance_cost(num_steps, slots) + 1
+
+
+def _binomial_split(distance: int, slots: int) -> int:
+    """Where to place the next stored state to reverse ``distance`` steps optimally."""
+    t = _repetitions(distance, slots)
+    target = _advance_cost(distance, slots)
+    candidates = (math.comb(slots + t - 1, slots), distance - math.comb(slots - 1 + t, slots - 1),
+                  distance - math.comb(slots + t - 2, slots - 1))
+    for c in candidates:
+        if 0 < c < distance and c + _advance_cost(distance - c, slots - 1) + _advance_cost(c, slots) == target:
+            return c
+    for c in range(1, distance):  # not reached in the tested range; kept for safety
+        if c + _advance_cost(distance - c, slots - 1) + _advance_cost(c, slots) == target:
+            return c
+    raise AssertionError("no optimal split found")
+
+
+class Binomial(Schedule):
+    """Binomial checkpointing (Revolve; Griewank & Walther 2000).
+
+    Keeps at most ``slots`` stored states besides the input and reverses the
+    inner loop one step at a time, so the backward pass holds ``slots + 1``
+    states, the working state and a single step's graph. Among all schedules
+    with that many stored states it evaluates the fewest steps: with ``t`` the
+    least integer such that ``C(slots + t, slots) >= n``, it runs
+    ``t * n - C(slots + t, slots + 1) + 1`` steps without a graph (forward
+    pass included; see :func:`binomial_evaluations`), i.e. each step at most
+    about ``t + 1`` times, plus once with its graph. ``t`` grows like
+    ``log n`` for ``slots ∝ log n``; with 200 slots, 100,000 steps need ``t = 3``.
+
+    Args:
+        slots: how many states may be stored at once besides the input (>= 1).
+
+    Example:
+        >>> from memmaml.schedules import Binomial, check_plan
+        >>> check_plan(Binomial(slots=3).plan(20)).max_stored  # the input + 3
+        4
+        >>> binomial_evaluations(20, 3)
+        46
+    """
+
+    def __init__(self, slots: int) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be a positive integer, got {slots!r}")
+        self.slots = slots
+
+    def plan(self, num_steps: int) -> Plan:
+        _check_num_steps(num_steps)
+        saves = [0]
+        backward: list[Op] = []
+        in_forward = True  # the first chain of advances is done by the forward pass itself
+        stack: list[tuple] = [("reverse", 0, num_steps, self.slots)]
+        while stack:
+            task = stack.pop()
+            if task[0] == "drop":
+                backward.append(Drop(task[1]))
+                continue
+            _, start, stop, free = task
+            if stop - start == 1:
+                backward.append(Reverse(start, stop))
+                in_forward = False
+                continue
+            mid = start + _binomial_split(stop - start, free)
+            if in_forward:
+                saves.append(mid)
+            else:
+                backward.append(Advance(start, mid))
+            stack.append(("reverse", start, mid, free))
+            stack.append(("drop", mid))
+            stack.append(("reverse", mid, stop, free - 1))
+        return Plan(num_steps, tuple(saves), tuple(backward))
+
+    def __repr__(self) -> str:
+        return f"Binomial(slots={self.slots})"
+
+
+# ---------------------------------------------------------------------------------- auto
+class StepCosts(NamedTuple):
+    """What one inner step costs, as measured by the engine for :class:`Auto`.
+
+    Attributes:
+        state_bytes: bytes of one stored state (parameters, optimizer state, buffers).
+        graph_bytes: peak bytes one step adds while its graph is alive
+            (forward activations and the differentiable gradient).
+        nograph_seconds: time of one step without a graph.
+        graph_seconds: time of one step with its graph plus its backward.
+    """
+
+    state_bytes: int
+    graph_bytes: int
+    nograph_seconds: float
+    graph_seconds: float
+
+
+class Choice(NamedTuple):
+    """The schedule :class:`Auto` picked and what it predicts."""
+
+    schedule: Schedule | None  # None: keep the whole graph (naive)
+    stored_states: int
+    evaluations: int  # no-graph step evaluations (forward pass included; 0 for naive)
+    predicted_peak_bytes: int
+    predicted_seconds: float
+
+    def describe(self, num_steps: int) -> str:
+        name = "naive (whole graph)" if self.schedule is None else repr(self.schedule)
+        per_step = self.evaluations / num_steps
+        return (f"{name} for {num_steps} steps: {self.stored_states} stored states, "
+                f"{per_step:.2f} no-graph evaluations per step, predicted peak "
+                f"{format_bytes(self.predicted_peak_bytes)}, predicted {self.predicted_seconds:.3g} s")
+
+
+class Auto(Schedule):
+    """Pick the schedule with the least predicted time that fits a memory budget.
+
+    On first use the engine measures one inner step (:class:`StepCosts`: the
+    bytes of a state, the peak bytes of one step's graph, and the time of a step
+    with and without its graph). For ``n`` steps, with ``S`` the state and ``A``
+    the graph bytes, the candidates and their predicted peaks are:
+
+    * naive: ``n * A`` (no replays);
+    * ``Uniform(k)``: ``(ceil(n / k) + 1) * S + k * A``;
+    * ``Binomial(s)``: ``(s + 2) * S + A``
+      (``+ 1`` for the input, ``+ 1`` for the working state).
+
+    With ``offload=True`` stored states live in host memory and count as
+    ``2 * S`` on the device whatever their number. Among the candidates whose
+    peak fits ``budget``, the one with the least predicted time (no-graph
+    evaluations times their cost, plus ``n`` graph steps) wins. The choice is
+    kept in :attr:`choice` and :meth:`describe` explains it.
+
+    Args:
+        budget: bytes (int) or a size string such as ``"11GiB"`` or ``"500MB"``:
+            the memory the unroll may add on top of what is allocated when it
+            starts.
+
+    Raises:
+        ValueError: when even one step's graph and two states do not fit (the
+            message says how much is needed).
+    """
+
+    needs_costs = True
+
+    def __init__(self, budget: int | str) -> None:
+        self.budget = parse_size(budget)
+        self.costs: StepCosts | None = None
+        self.choice: Choice | None = None
+        self._num_steps: int | None = None
+        self.offload = False
+
+    def choose(self, num_steps: int, costs: StepCosts, *, offload: bool = False) -> Choice:
+        """Pick the schedule for ``num_steps`` steps given measured ``costs``."""
+        _check_num_steps(num_steps)
+        self.costs, self.offload, self._num_steps = costs, offload, num_steps
+        S, A = costs.state_bytes, costs.graph_bytes
+        n = num_steps
+        minimum = A + 2 * S
+        if self.budget < minimum:
+            raise ValueError(
+                f"memory budget {format_bytes(self.budget)} is smaller than one inner step's graph "
+                f"({format_bytes(A)}) plus two states ({format_bytes(2 * S)}): at least "
+                f"{format_bytes(minimum)} is needed")
+
+        def seconds(evaluations: int) -> float:
+            return evaluations * costs.nograph_seconds + n * costs.graph_seconds
+
+        def stored(count: int) -> int:
+            return 2 * S if offload else count * S
+
+        options: list[Choice] = [Choice(None, 0, 0, n * A, n * costs.graph_seconds)]
+        # uniform segments: k from 1 to n; the cost in time is the same n replays for every k
+        best_uniform = None
+        for k in sorted({1, n} | {max(1, round(n / m)) for m in range(1, min(n, 2000) + 1)}):
+            peak = stored(-(-n // k) + 1) + k * A
+            if peak <= self.budget and (best_uniform is None or peak < best_uniform.predicted_peak_bytes):
+                best_uniform = Choice(Uniform(k), -(-n // k), n, peak, seconds(n))
+        if best_uniform is not None:
+            options.append(best_uniform)
+        # binomial: the most slots that fit (more slots never cost more evaluations)
+        room = self.budget - A - 2 * S
+        slots = min(max(n - 1, 1), room // S if not offload else max(n - 1, 1))
+        if slots >= 1:
+            evaluations = binomial_evaluations(n, int(slots))
+            options.append(Choice(Binomial(int(slots)), int(slots), evaluations, stored(int(slots) + 2) + A,
+                                  seconds(evaluations)))
+        fitting = [o for o in options if o.predicted_peak_bytes <= self.budget]
+        self.choice = min(fitting, key=lambda o: (o.predicted_seconds, o.predicted_peak_bytes))
+        return self.choice
+
+    def plan(self, num_steps: int) -> Plan:
+        if self.choice is None or self._num_steps != num_steps or self.choice.schedule is None:
+            raise RuntimeError("Auto.plan needs a choice for this number of steps: the engine calls "
+                               "Auto.choose(num_steps, costs) first")
+        return self.choice.schedule.plan(num_steps)
+
+    def describe(self) -> str:
+        """A readable summary of the last choice."""
+        if self.choice is None or self._num_steps is None:
+            return f"Auto(budget={format_bytes(self.budget)}): no choice made yet"
+        return f"Auto(budget={format_bytes(self.budget)}) chose " + self.choice.describe(self._num_steps)
+
+    def __repr__(self) -> str:
+        return f"Auto(budget={format_bytes(self.budget)!r})"
+
+
+# ------------------------------------------------------------------------------- parsing
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like ``"11GiB"``, ``"500 MB"``, ``"4g"`` (k/M/G are powers of 1000).
+
+    Raises:
+        ValueError: for anything else, naming the value.
+    """
+    if isinstance(size, bool):
+        raise ValueError(f"a memory size must be bytes or a string like '11GiB', got {size!r}")
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"a memory size must be positive, got {size}")
+        return size
+    if isinstance(size, str):
+        text = size.strip().lower().replace(" ", "")
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):]
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        if value is not None and unit in _UNITS and value > 0 and math.isfinite(value):
+            return int(value * _UNITS[unit])
+    raise ValueError(f"cannot read {size!r} as a memory size; use bytes or a string like '11GiB', '500MB', '4G'")
+
+
+def format_bytes(num: float) -> str:
+    """``1536 -> '1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num) < 1024 or unit == "TiB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    raise AssertionError
+
+
+def parse_schedule(spec: str | Schedule) -> Schedule:
+    """A schedule from a short text: ``"uniform:10"``, ``"sqrt"`` (see below), ``"binomial:20"``, ``"auto:11GiB"``.
+
+    ``"sqrt"`` returns a :class:`Uniform` whose segment length is chosen per
+    call as ``ceil(sqrt(n))``. A :class:`Schedule` is returned unchanged.
+
+    Raises:
+        ValueError: an unknown name or a malformed argument, with the accepted forms.
+    """
+    if isinstance(spec, Schedule):
+        return spec
+    forms = "'uniform:K', 'sqrt', 'binomial:SLOTS', 'auto:BUDGET' (e.g. 'auto:11GiB')"
+    if not isinstance(spec, str):
+        raise TypeError(f"a schedule must be a Schedule or a string ({forms}), got {type(spec).__name__}")
+    name, _, arg = spec.strip().partition(":")
+    name = name.lower()
+    try:
+        if name == "uniform" and arg:
+            return Uniform(int(arg))
+        if name == "sqrt" and not arg:
+            return SqrtUniform()
+        if name == "binomial" and arg:
+            return Binomial(int(arg))
+        if name == "auto" and arg:
+            return Auto(arg)
+    except ValueError as err:
+        raise ValueError(f"bad schedule {spec!r}: {err}") from None
+    raise ValueError(f"unknown schedule {spec!r}; use one of {forms}")
+
+
+class SqrtUniform(Schedule):
+    """:class:`Uniform` with ``checkpoint_steps = ceil(sqrt(n))`` chosen for each ``n``."""
+
+    def plan(self, num_steps: int) -> Plan:
+        return Uniform(sqrt_steps(num_steps)).plan(num_steps)
+
+    def __repr__(self) -> str:
+        return "Uniform(checkpoint_steps=ceil(sqrt(n)))"

@@ -168,13 +168,25 @@ def test_chained_unrolls_and_optimizer_state_carry_over():
 
 
 def test_backward_twice_with_retain_graph():
-    model = mlp(0)
-    result = checkpointed(model, mse, memmaml.SGD(0.1), 2, {})(regression_batches(5))
+    """The first backward pass frees stored states; a second one rebuilds them from the input state."""
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(batch[2])
+        return mse(model, batch)
+
+    model = mlp(0, dropout=0.3)
+    batches = [(x, y, i) for i, (x, y) in enumerate(regression_batches(5))]
+    result = checkpointed(model, loss_fn, memmaml.SGD(0.1), 2, {})(batches)
     loss = mse(result.model, regression_batches(1, seed=99)[0])
+    calls.clear()
     loss.backward(retain_graph=True)
+    assert calls == [4, 2, 3, 0, 1]
     once = flat([p.grad.clone() for p in model.parameters()])
+    calls.clear()
     loss.backward()
-    torch.testing.assert_close(flat([p.grad for p in model.parameters()]), 2 * once)
+    assert calls == [0, 1, 2, 3] + [4, 2, 3, 0, 1], "rebuild the stored states 2 and 4, then replay"
+    torch.testing.assert_close(flat([p.grad for p in model.parameters()]), 2 * once, rtol=1e-13, atol=0)
 
 
 def test_no_grad_forward_keeps_nothing_and_matches():

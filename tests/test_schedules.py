@@ -1,0 +1,250 @@
+"""Schedules beyond sqrt(n): binomial checkpointing, host offload, a schedule chosen from a budget."""
+
+import functools
+import math
+
+import pytest
+import torch
+
+import memmaml
+from memmaml.schedules import (Advance, Auto, Binomial, Drop, Plan, Reverse, StepCosts, Uniform,
+                               binomial_evaluations, check_plan, parse_schedule, parse_size)
+from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
+
+
+# ------------------------------------------------------------------------ the plans
+@functools.lru_cache(maxsize=None)
+def _optimal_cost(steps, slots):
+    """Fewest no-graph evaluations to reverse ``steps`` steps, by exhaustive recursion (independent of the code)."""
+    if steps == 1:
+        return 0
+    if slots == 0:
+        return math.inf
+    return min(c + _optimal_cost(steps - c, slots - 1) + _optimal_cost(c, slots) for c in range(1, steps))
+
+
+@pytest.mark.parametrize("slots", range(1, 7))
+def test_binomial_plan_is_valid_optimal_and_within_its_slots(slots):
+    for n in range(1, 61):
+        stats = check_plan(Binomial(slots).plan(n))
+        assert stats.max_stored <= slots + 1, "the input plus `slots` stored states at most"
+        assert stats.max_segment == 1, "one step's graph at a time"
+        assert stats.reversed_steps == n
+        # the forward pass does the first n - 1 advances of the optimal reversal, plus the last step
+        assert stats.forward_steps == _optimal_cost(n, slots) + 1 == binomial_evaluations(n, slots), (n, slots)
+
+
+def test_binomial_reaches_100k_steps_with_200_slots_at_three_repetitions():
+    n, slots = 100_000, 200
+    stats = check_plan(Binomial(slots).plan(n))
+    assert stats.max_stored == slots + 1
+    assert stats.forward_steps == binomial_evaluations(n, slots)
+    assert stats.forward_steps / n < 3, "fewer than 3 evaluations without a graph per step (t = 3)"
+
+
+def test_uniform_plan():
+    stats = check_plan(Uniform(3).plan(10))
+    assert stats == (4, 10, 0, 10, 3)
+
+
+@pytest.mark.parametrize("plan, message", [
+    (Plan(3, (1,), ()), "forward_saves must contain 0"),
+    (Plan(3, (0,), (Reverse(1, 3),)), "reads state 1, which is not stored"),
+    (Plan(3, (0,), (Reverse(0, 2),)), "must end at state 3"),
+    (Plan(3, (0,), (Advance(0, 3), Reverse(0, 3))), "must advance forward and stop before state 3"),
+    (Plan(3, (0,), (Drop(2),)), "frees state 2"),
+    (Plan(3, (0, 1), (Reverse(1, 3),)), "ends with the cotangent of state 1"),
+])
+def test_check_plan_rejects_invalid_plans(plan, message):
+    with pytest.raises(ValueError, match=message):
+        check_plan(plan)
+
+
+# -------------------------------------------------------- meta-gradients equal naive
+class _Net(torch.nn.Module):
+    """Dropout and BatchNorm, so the replays must restore RNG and buffers exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
+                                        torch.nn.Dropout(0.2), torch.nn.Linear(6, 2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _run(make, n):
+    torch.manual_seed(0)
+    model = _Net().to(DTYPE)
+    lr = torch.tensor(0.1, dtype=DTYPE, requires_grad=True)
+    batches = regression_batches(n, in_features=3, size=5)
+    torch.manual_seed(1)
+    result = make(model, memmaml.SGD(lr, momentum=0.5))(batches, max_grad_grad_norm=0.05)
+    loss = mse(result.model, regression_batches(1, in_features=3, size=5, seed=7)[0])
+    loss = loss + torch.stack(result.loss_history).mean()
+    grads = torch.autograd.grad(loss, [*model.parameters(), lr])
+    return flat(grads), flat(list(model.buffers())), torch.rand(2)
+
+
+@pytest.fixture(scope="module")
+def naive_references():
+    return {n: _run(lambda m, o: memmaml.NaiveMAML(m, mse, o), n) for n in range(1, 41)}
+
+
+def test_binomial_matches_naive_for_every_n_up_to_40_and_slots_up_to_6(naive_references):
+    for slots in range(1, 7):
+        for n in range(1, 41):
+            grads, buffers, rng_after = _run(
+                lambda m, o: memmaml.GradientCheckpointMAML(m, mse, o, schedule=Binomial(slots)), n)
+            ref_grads, ref_buffers, ref_rng_after = naive_references[n]
+            assert_rel_close(grads, ref_grads, what=f"n={n} slots={slots}")
+            assert torch.equal(buffers, ref_buffers), f"running statistics differ at n={n} slots={slots}"
+            assert torch.equal(rng_after, ref_rng_after)
+
+
+@pytest.mark.parametrize("schedule", ["uniform:4", "sqrt", "binomial:3", "auto:1GiB", "auto:200KiB"])
+@pytest.mark.parametrize("offload", [False, True])
+def test_every_schedule_with_and_without_offload_matches_naive(schedule, offload, naive_references):
+    for n in (1, 7, 23):
+        grads, buffers, _ = _run(lambda m, o: memmaml.GradientCheckpointMAML(
+            m, mse, o, schedule=schedule, offload=offload), n)
+        assert_rel_close(grads, naive_references[n][0], what=f"{schedule} offload={offload} n={n}")
+        assert torch.equal(buffers, naive_references[n][1])
+
+
+def test_clipping_is_active_in_the_schedule_comparison(naive_references):
+    torch.manual_seed(0)
+    model = _Net().to(DTYPE)
+    lr = torch.tensor(0.1, dtype=DTYPE, requires_grad=True)
+    torch.manual_seed(1)
+    result = memmaml.NaiveMAML(model, mse, memmaml.SGD(lr, momentum=0.5))(
+        regression_batches(23, in_features=3, size=5))
+    loss = mse(result.model, regression_batches(1, in_features=3, size=5, seed=7)[0])
+    loss = loss + torch.stack(result.loss_history).mean()
+    unclipped = flat(torch.autograd.grad(loss, [*model.parameters(), lr]))
+    assert (unclipped - naive_references[23][0]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------- counted replays
+@pytest.mark.parametrize("n, slots", [(1, 1), (10, 1), (20, 3), (37, 2), (40, 6)])
+def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots):
+    calls = []
+
+    def loss(model, batch):
+        calls.append((batch[2], torch.is_grad_enabled() and any(p.requires_grad for p in model.params.values())))
+        return mse(model, batch)
+
+    model = mlp(0)
+    batches = [(x, y, i) for i, (x, y) in enumerate(regression_batches(n))]
+    result = memmaml.GradientCheckpointMAML(model, loss, memmaml.SGD(0.1), schedule=Binomial(slots))(batches)
+    mse(result.model, regression_batches(1)[0]).backward()
+    assert len(calls) == binomial_evaluations(n, slots) + n
+    # the graph replays run backwards, one step each, n - 1 down to 0
+    graph_steps = [step for step, _ in calls[n:]]
+    reversed_order = [s for i, s in enumerate(graph_steps) if i + 1 == len(graph_steps) or
+                      graph_steps[i + 1] <= s]
+    assert sorted(set(graph_steps)) == list(range(n))
+    assert reversed_order[-1] == 0
+
+
+def _state_bytes(model):
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _tracked_peak(n, schedule, offload=False, model=None):
+    model = model or mlp(0, sizes=(16, 64, 64, 4)).float()
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(32, 16, generator=gen), torch.randn(32, 4, generator=gen))
+    with memmaml.track_memory("cpu") as mem:
+        maml = memmaml.GradientCheckpointMAML(model, mse, memmaml.SGD(0.01), schedule=schedule, offload=offload)
+        result = maml([batch] * n)
+        mse(result.model, batch).backward()
+        del result
+    return mem, _state_bytes(model)
+
+
+def test_binomial_never_holds_more_than_its_slots_measured():
+    """With the memory tracker: each extra slot costs about one state, and n barely matters."""
+    peaks = {}
+    for n, slots in [(30, 2), (30, 6), (120, 2)]:
+        mem, state = _tracked_peak(n, Binomial(slots))
+        peaks[n, slots] = mem.peak_bytes
+    extra = peaks[30, 6] - peaks[30, 2]
+    assert 0 <= extra <= 4 * state * 1.25, (extra, state)
+    assert abs(peaks[120, 2] - peaks[30, 2]) <= 0.1 * peaks[30, 2], peaks
+
+
+def test_offload_device_peak_does_not_grow_with_n():
+    """On CPU the tracker counts offloaded states as host memory: what would stay on the accelerator."""
+    device10, state = _tracked_peak(10, Uniform(1), offload=True)
+    device200, _ = _tracked_peak(200, Uniform(1), offload=True)
+    kept200, _ = _tracked_peak(200, Uniform(1), offload=False)
+    assert abs(device200.peak_bytes - device10.peak_bytes) < 0.1 * device10.peak_bytes
+    assert device200.host_peak_bytes >= 200 * state, "the states went to the host"
+    assert kept200.peak_bytes > device200.peak_bytes + 150 * state, "without offload they stay on the device"
+
+
+# ----------------------------------------------------------------------------- auto
+COSTS = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
+
+
+def test_auto_prefers_naive_when_everything_fits():
+    choice = Auto(10**9).choose(50, COSTS)
+    assert choice.schedule is None and choice.predicted_peak_bytes == 50 * 2_000
+
+
+def test_auto_picks_uniform_then_binomial_as_the_budget_shrinks():
+    n = 1000
+    roomy = Auto(2_000 * 40 + 100 * 40).choose(n, COSTS)
+    assert isinstance(roomy.schedule, Uniform) and roomy.predicted_peak_bytes <= 2_000 * 40 + 100 * 40
+    tight = Auto(2_000 + 100 * 12).choose(n, COSTS)
+    assert isinstance(tight.schedule, Binomial) and tight.schedule.slots == 10
+    assert tight.evaluations == binomial_evaluations(n, 10)
+    assert "Binomial(slots=10)" in tight.describe(n) and "evaluations per step" in tight.describe(n)
+    offloaded = Auto(2_000 + 100 * 3).choose(n, COSTS, offload=True)
+    assert offloaded.schedule is not None and offloaded.predicted_peak_bytes <= 2_300
+
+
+def test_auto_budget_too_small_says_how_much_is_needed():
+    with pytest.raises(ValueError, match=r"smaller than one inner step's graph \(2.0 KiB\) plus two states "
+                                         r"\(200 B\): at least 2.1 KiB is needed"):
+        Auto(1_000).choose(10, COSTS)
+
+
+def test_auto_measures_one_step_and_reports_its_choice():
+    model = mlp(0)
+    auto = Auto("64KiB")
+    maml = memmaml.GradientCheckpointMAML(model, mse, memmaml.SGD(0.1), schedule=auto)
+    result = maml(regression_batches(30))
+    mse(result.model, regression_batches(1)[0]).backward()
+    assert auto.costs.state_bytes == _state_bytes(model)
+    assert auto.costs.graph_bytes > auto.costs.state_bytes
+    assert auto.choice is not None and "Auto(budget=64.0 KiB) chose" in auto.describe()
+
+
+# -------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("spec, message", [
+    ("binomial:0", "slots must be a positive integer, got 0"),
+    ("binomial:x", "bad schedule 'binomial:x'"),
+    ("revolve:3", "unknown schedule 'revolve:3'"),
+    ("uniform", "unknown schedule 'uniform'"),
+    ("auto:lots", "cannot read 'lots' as a memory size"),
+])
+def test_bad_schedules(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_schedule(spec)
+
+
+def test_bad_slots_and_offload_without_schedule():
+    for slots in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="slots must be a positive integer"):
+            Binomial(slots)
+    with pytest.raises(ValueError, match="offload=True needs a checkpoint schedule"):
+        memmaml.unroll(mlp(0), mse, regression_batches(2), memmaml.SGD(0.1),
+                       params=dict(mlp(0).named_parameters()), offload=True)
+
+
+@pytest.mark.parametrize("text, expected", [("11GiB", 11 * 2**30), ("500MB", 500 * 10**6), ("4g", 4 * 10**9),
+                                            ("1.5 KiB", 1536), (2048, 2048)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
