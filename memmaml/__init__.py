@@ -14,7 +14,7 @@ keeping only a few inner-loop states in memory:
 """
 
 from .adapted import AdaptedModule
-from .engine import Unrolled, unroll
+from .engine import Unrolled, measure_step_costs, unroll
 from .maml import GradientCheckpointMAML, NaiveMAML, Result
 from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
 from .optim import (
@@ -54,6 +54,7 @@ __all__ = [
     "Uniform",
     "Unrolled",
     "host_allocations",
+    "measure_step_costs",
     "parse_schedule",
     "peak_rss_bytes",
     "track_memory",

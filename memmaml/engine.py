@@ -56,7 +56,7 @@ from .memory import host_allocations, track_memory
 from .optim import InnerOptimizer
 from .schedules import Advance, Auto, Drop, Plan, Reverse, Schedule, StepCosts, check_plan, parse_schedule
 
-__all__ = ["Unrolled", "unroll"]
+__all__ = ["Unrolled", "measure_step_costs", "unroll"]
 
 Params = dict[str, Tensor]
 
@@ -481,10 +481,10 @@ class _Replay:
             return time.perf_counter() - start
 
         with loop.replay_context(loop.snapshot_rng()):
+            with track_memory(device) as mem:  # also warms up the graph path before it is timed
+                graph_step()
             nograph = timed(lambda: loop.step(0, leaves, self.spec, extras, loop.buffers_snapshot(buffers), "nograph"))
             graph = timed(graph_step)
-            with track_memory(device) as mem:
-                graph_step()
         return StepCosts(int(state_bytes), int(mem.peak_bytes), nograph, graph)
 
 
@@ -633,3 +633,38 @@ def unroll(
     if schedule is None:
         return _naive(loop, _requiring_grad(params), opt_state)
     return _checkpointed(loop, params, opt_state, schedule, bool(offload))
+
+
+def measure_step_costs(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    batch: Any,
+    optimizer: InnerOptimizer,
+    *,
+    params: Params | None = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    loss_kwargs: Mapping[str, Any] | None = None,
+) -> StepCosts:
+    """Measure one inner step on ``batch``: what :class:`~memmaml.schedules.Auto` plans with.
+
+    Returns :class:`~memmaml.schedules.StepCosts`: the bytes of one stored state
+    (adapted parameters, optimizer state, buffers), the peak bytes one step adds
+    while its graph is alive (measured with :func:`memmaml.track_memory` on the
+    parameters' device), and the seconds of one step without and with its graph
+    (the latter including its backward pass). The model's buffers and the RNG
+    state are left as they were.
+
+    Args:
+        params: the parameters to adapt (default: every parameter that requires grad).
+    """
+    if params is None:
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        opt_state = optimizer.init({name: p.detach() for name, p in params.items()})
+    static = {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
+    loop = _Loop(model, loss_function, optimizer, [batch], hyperparams=optimizer.resolve(opt_kwargs),
+                 static=static, loss_kwargs=dict(loss_kwargs or {}), first_order=False, max_grad_grad_norm=None,
+                 allow_unused=True, check_finite=False, preserve_rng_state=True, progress=False)
+    leaves, spec = pytree.tree_flatten((params, opt_state))
+    replay = _Replay(loop, leaves, spec, offload=False)
+    return replay.measure([leaves[i] for i in replay.tensor_slots])
