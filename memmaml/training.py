@@ -99,6 +99,13 @@ class IncompatibleCheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------- files
+def _umask_mode() -> int:
+    """File mode ``open()`` would give a new file (``mkstemp`` makes them private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partly written file at ``path``.
 
@@ -109,6 +116,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _umask_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -185,6 +193,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = [r for r in self.read() if r.get("iteration", 0) <= iteration] if iteration > 0 else []
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.chmod(tmp, _umask_mode())
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             if self.format == "jsonl":
                 for row in rows:
