@@ -140,9 +140,7 @@ class Uniform(Schedule):
     """
 
     def __init__(self, checkpoint_steps: int) -> None:
-        if isinstance(checkpoint_steps, bool) or not isinstance(checkpoint_steps, int) or checkpoint_steps < 1:
-            raise ValueError(f"checkpoint_steps must be a positive integer, got {checkpoint_steps!r}")
-        self.checkpoint_steps = checkpoint_steps
+        self.checkpoint_steps = _positive_int("checkpoint_steps", checkpoint_steps)
 
     def plan(self, num_steps: int) -> Plan:
         _check_num_steps(num_steps)
@@ -164,9 +162,14 @@ def sqrt_steps(num_steps: int) -> int:
     return math.isqrt(num_steps - 1) + 1
 
 
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def _check_num_steps(num_steps: int) -> None:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"the number of inner steps must be a positive integer, got {num_steps!r}")
+    _positive_int("the number of inner steps", num_steps)
 
 
 def check_plan(plan: Plan) -> PlanStats:
@@ -290,9 +293,7 @@ class Binomial(Schedule):
     """
 
     def __init__(self, slots: int) -> None:
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ValueError(f"slots must be a positive integer, got {slots!r}")
-        self.slots = slots
+        self.slots = _positive_int("slots", slots)
 
     def plan(self, num_steps: int) -> Plan:
         _check_num_steps(num_steps)
