@@ -164,8 +164,9 @@ def build_schedule(args: argparse.Namespace):
     if args.schedule is None:
         return schedules_module.Uniform(args.checkpoint_steps)
     name, _, rest = args.schedule.partition(":")
+    base = schedules_module.Schedule
     classes = {c.__name__.lower(): c for c in vars(schedules_module).values()
-               if isinstance(c, type) and issubclass(c, schedules_module.Schedule) and c is not schedules_module.Schedule}
+               if isinstance(c, type) and issubclass(c, base) and c is not base}
     cls = classes.get(name.lower())
     if cls is None:
         sys.exit(f"--schedule {args.schedule!r}: unknown schedule {name!r}; known: {sorted(classes)}")

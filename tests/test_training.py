@@ -82,6 +82,35 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, variant, log_name):
             assert torch.equal(state_a["state"][key][name], state_b["state"][key][name])
 
 
+def test_crash_and_resume_from_a_checkpoint_inside_a_logging_window(tmp_path, monkeypatch):
+    """A checkpoint at iteration 3 with log_every=2 carries half a window; a crash at iteration 5 loses
+    iterations 4-5; the resumed run still logs exactly what the uninterrupted run logged."""
+    common = dict(log_every=2, eval_every=4, checkpoint_every=3)
+    straight = make_trainer(vectorize=True)
+    straight.train(8, log_path=tmp_path / "a.jsonl", checkpoint_path=tmp_path / "a.pt", **common)
+
+    crashing = make_trainer(vectorize=True)
+    original_step = MetaTrainer.step
+
+    def step_then_crash(self):
+        if self.iteration == 5:
+            raise KeyboardInterrupt("killed")
+        return original_step(self)
+
+    monkeypatch.setattr(MetaTrainer, "step", step_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train(8, log_path=tmp_path / "b.jsonl", checkpoint_path=tmp_path / "b.pt", **common)
+    monkeypatch.undo()
+    assert load_checkpoint_file(tmp_path / "b.pt")["iteration"] == 3
+    resumed = make_trainer(vectorize=True)
+    resumed.load_checkpoint(tmp_path / "b.pt")
+    resumed.train(8, log_path=tmp_path / "b.jsonl", checkpoint_path=tmp_path / "b.pt", **common)
+    rows_a, rows_b = (strip_timing(MetricsLog(tmp_path / f"{x}.jsonl").read()) for x in "ab")
+    assert rows_a == rows_b
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
     log = tmp_path / "m.jsonl"
     trainer = make_trainer()
