@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--engine", choices=["naive", "checkpoint"], default="naive")
     g.add_argument("--checkpoint-steps", type=int, default=1, help="checkpoint engine: steps per segment")
     g.add_argument("--schedule", default=None,
-                   help="checkpoint engine: a memmaml.schedules class and integer arguments, e.g. 'Uniform:5'")
+                   help="checkpoint engine: a memmaml.schedules class and its arguments, e.g. 'uniform:5', 'binomial:4'")
     g.add_argument("--first-order", action="store_true")
     g.add_argument("--vectorize", action="store_true", help="adapt the meta-batch with torch.func.vmap")
     g.add_argument("--chunk-size", type=int, default=None, help="vmap over at most this many tasks at once")
@@ -170,8 +170,16 @@ def build_schedule(args: argparse.Namespace):
     cls = classes.get(name.lower())
     if cls is None:
         sys.exit(f"--schedule {args.schedule!r}: unknown schedule {name!r}; known: {sorted(classes)}")
-    values = [float(v) if "." in v else int(v) for v in rest.split(",") if v]
-    return cls(*values)
+    return cls(*(_number_or_text(v) for v in rest.split(",") if v))
+
+
+def _number_or_text(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def build_inner_optimizer(args: argparse.Namespace) -> memmaml.InnerOptimizer:
