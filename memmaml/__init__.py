@@ -10,10 +10,15 @@ keeping only a few inner-loop states in memory:
 * :func:`unroll` -- the functional core both wrappers call;
 * schedules :class:`Uniform`, :class:`Binomial`, :class:`Auto` (and host
   offload of stored states) deciding what the checkpointed engine keeps;
-* :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA.
+* :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA;
+* :class:`MetaTrainer` (:mod:`memmaml.training`), task sources
+  (:mod:`memmaml.tasks`) and the vmap-over-tasks path (:mod:`memmaml.batched`)
+  for meta-training runs.
 """
 
+from . import batched, schedules, tasks, training
 from .adapted import AdaptedModule
+from .batched import batched_evaluate, batched_meta_gradient
 from .engine import Unrolled, measure_step_costs, unroll
 from .maml import GradientCheckpointMAML, NaiveMAML, Result
 from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
@@ -29,6 +34,7 @@ from .optim import (
     SGDState,
 )
 from .schedules import Auto, Binomial, Plan, Schedule, Uniform, parse_schedule
+from .training import MetaTrainer
 
 __version__ = "0.1.0"
 
@@ -43,6 +49,7 @@ __all__ = [
     "IngraphRMSProp",
     "InnerOptimizer",
     "MemoryTracker",
+    "MetaTrainer",
     "NaiveMAML",
     "Plan",
     "RMSProp",
@@ -53,10 +60,16 @@ __all__ = [
     "Schedule",
     "Uniform",
     "Unrolled",
+    "batched",
+    "batched_evaluate",
+    "batched_meta_gradient",
     "host_allocations",
     "measure_step_costs",
     "parse_schedule",
     "peak_rss_bytes",
+    "schedules",
+    "tasks",
     "track_memory",
+    "training",
     "unroll",
 ]
