@@ -730,6 +730,18 @@ def predict_seconds(records: list[dict[str, Any]], method: str, steps: int) -> f
 
 
 # ------------------------------------------------------------------------------------------ outputs
+def paired_time_ratio(a: dict[str, Any], b: dict[str, Any]) -> tuple[float | None, list[float]]:
+    """Median over repeats of a's time / b's time in the same repeat, and the per-repeat ratios.
+
+    The methods of one repeat run back to back, so a ratio within a repeat is
+    insensitive to the machine's load drifting between repeats; a ratio of
+    medians is not.
+    """
+    pairs = [x / y for x, y in zip(a.get("seconds_runs") or [], b.get("seconds_runs") or [])
+             if x is not None and y is not None and y > 0]
+    return (statistics.median(pairs) if pairs else None), pairs
+
+
 def annotate_ratios(records: list[dict[str, Any]]) -> None:
     naive = {r["steps"]: r for r in records
              if r["method"] == "naive" and r["status"] == "ok" and r["role"] == "sweep"}
@@ -737,8 +749,7 @@ def annotate_ratios(records: list[dict[str, Any]]) -> None:
         ref = naive.get(r["steps"])
         if ref is None or r["status"] != "ok" or r["role"] != "sweep":
             continue
-        if r.get("seconds") and ref.get("seconds"):
-            r["time_ratio_to_naive"] = r["seconds"] / ref["seconds"]
+        r["time_ratio_to_naive"] = paired_time_ratio(r, ref)[0]
         if r.get("peak_bytes") and ref.get("peak_bytes"):
             r["memory_ratio_to_naive"] = r["peak_bytes"] / ref["peak_bytes"]
 
@@ -799,8 +810,10 @@ def ratio_lines(records: list[dict[str, Any]]) -> list[str]:
             parts = []
             if ra.get("peak_bytes") and rb.get("peak_bytes"):
                 parts.append(f"memory {ra['peak_bytes'] / rb['peak_bytes']:.3f}")
-            if ra.get("seconds") and rb.get("seconds"):
-                parts.append(f"time {ra['seconds'] / rb['seconds']:.3f}")
+            ratio, per_repeat = paired_time_ratio(ra, rb)
+            if ratio is not None:
+                parts.append(f"time {ratio:.3f} (median of the per-repeat ratios "
+                             f"{', '.join(f'{x:.3f}' for x in per_repeat)})")
             if parts and (ra.get("seconds") or n == max(m for _, m in sweep)):
                 lines.append(f"- n={n}, {a} / {b}: " + ", ".join(parts))
     return lines
@@ -827,7 +840,7 @@ def markdown(records: list[dict[str, Any]], fit: dict[str, Any] | None, predicti
         role = "" if r["role"] == "sweep" else f" ({r['role']})"
         seconds = r.get("seconds")
         if seconds is not None and r.get("seconds_runs"):
-            time_text = f"{seconds:.2f} (median of {len(r['seconds_runs'])})"
+            time_text = f"{seconds:.2f} (median of {sum(t is not None for t in r['seconds_runs'])})"
         elif r.get("seconds_tracked") is not None:
             time_text = f"({r['seconds_tracked']:.2f} tracked)"
         else:
@@ -839,12 +852,14 @@ def markdown(records: list[dict[str, Any]], fit: dict[str, Any] | None, predicti
             f"{peak_text if peak is not None else '-'} | {format_bytes(r.get('rss_peak_bytes'))} | {time_text} | "
             f"{_fmt(r.get('time_ratio_to_naive'), '.2f')} | {_fmt(r.get('memory_ratio_to_naive'), '.3f')} | "
             f"{_fmt(r.get('grad_rel_diff'), '.1e')} | {'yes' if r['measured'] else 'no'} | {r['status']} |")
-    lines += ["", "Times: median of untracked runs, methods interleaved; '(tracked)' is the run under the "
-              "memory tracker, slowed by it. Meta-gradient difference: relative L2 distance to memmaml's naive "
-              "meta-gradient at the same n."]
+    lines += ["", "Time: median of the untracked runs (methods interleaved, order rotated between repeats); "
+              "'(tracked)' is the run under the memory tracker, slowed by it. Time / naive: median of the per-repeat "
+              "ratios. Meta-gradient difference: relative L2 distance to memmaml's naive meta-gradient at the same "
+              "n."]
     comparisons = ratio_lines(records)
     if comparisons:
-        lines += ["", "Ratios measured in this run (time: medians of interleaved runs):", ""] + comparisons
+        lines += ["", "Ratios measured in this run (time: within each repeat the methods run back to back; "
+                  "the median of the per-repeat ratios is given):", ""] + comparisons
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["", "Failures:", ""]
@@ -1027,11 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
                     target = by_key.get((method, n))
                     if target is None:
                         continue
-                    if timed["status"] == "ok":
-                        target.setdefault("seconds_runs", [])
-                        target["seconds_runs"] = (target["seconds_runs"] or []) + [timed["seconds"]]
-                        target["seconds"] = statistics.median(target["seconds_runs"])
-                    elif not target.get("error"):
+                    runs = (target.get("seconds_runs") or []) + [timed["seconds"] if timed["status"] == "ok" else None]
+                    target["seconds_runs"] = runs
+                    if any(t is not None for t in runs):
+                        target["seconds"] = statistics.median(t for t in runs if t is not None)
+                    if timed["status"] != "ok" and not target.get("error"):
                         target["error"] = f"timing run {repeat + 1}: {timed['status']}: {timed.get('error')}"
 
         # 3. budget: fit, predict, confirm
@@ -1102,7 +1117,9 @@ def render_only(parser: argparse.ArgumentParser, out: Path) -> int:
     for record in records:
         for field in RECORD_FIELDS:
             record.setdefault(field, None)
+    annotate_ratios(records)
     clean = [{field: r.get(field) for field in RECORD_FIELDS} for r in records]
+    (out / "results.json").write_text(json.dumps(clean, indent=1))
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=RECORD_FIELDS)
         writer.writeheader()
