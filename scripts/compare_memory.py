@@ -94,9 +94,9 @@ MODELS = ("resnet18", "conv4", "mlp")
 SCHEDULES = ("uniform",)
 RECORD_FIELDS = [
     "method", "library", "role", "status", "measured", "steps", "checkpoint_steps", "schedule",
-    "stored_states", "graph_steps", "peak_bytes", "peak_kind", "rss_peak_bytes", "seconds", "seconds_runs",
-    "seconds_tracked", "time_ratio_to_naive", "memory_ratio_to_naive", "grad_rel_diff", "grad_reference",
-    "budget_bytes", "within_budget", "predicted_peak_bytes", "device", "dtype", "model", "image_size",
+    "stored_states", "graph_steps", "peak_bytes", "peak_kind", "host_peak_bytes", "rss_peak_bytes", "seconds",
+    "seconds_runs", "seconds_tracked", "time_ratio_to_naive", "memory_ratio_to_naive", "grad_rel_diff",
+    "grad_reference", "budget_bytes", "within_budget", "predicted_peak_bytes", "device", "dtype", "model", "image_size",
     "batch_size", "channels", "num_classes", "fresh_batches", "threads", "inner_loss_first", "inner_loss_last",
     "query_loss", "error", "notes",
 ]
@@ -472,6 +472,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 seconds = time.perf_counter() - start
             record["peak_bytes"] = int(mem.peak_bytes)
             record["peak_kind"] = "cuda_allocator_peak" if device.type == "cuda" else "cpu_live_tensors"
+            if device.type == "cpu" and getattr(mem, "host_peak_bytes", None):  # offloaded states, counted apart
+                record["host_peak_bytes"] = int(mem.host_peak_bytes)
             record["seconds_tracked"] = seconds
         else:
             sync()
