@@ -5,7 +5,9 @@
 * CUDA: the caching allocator's own count (``torch.cuda.max_memory_allocated``
   after ``reset_peak_memory_stats``), minus what was allocated on entry.
 * CPU: a ``TorchDispatchMode`` sees every tensor produced by an operator
-  inside the block, registers each new storage with its size, and attaches a
+  inside the block, registers each new storage with its size (an output that
+  shares storage with one of the operator's inputs -- a view, ``detach``, an
+  in-place op -- allocated nothing and is skipped), and attaches a
   weakref finaliser to the storage that subtracts the size when the storage is
   freed. The count is the bytes of storages created inside the block that are
   still alive: the figure a GPU's allocator would hold, minus kernel
@@ -66,9 +68,15 @@ class _StorageCounter(TorchDispatchMode):
         self.tracker = tracker
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        # an output that shares storage with an input (a view, detach, an in-place or out= op)
+        # allocated nothing: counting it would count a tensor made before the block
+        inputs = {leaf.untyped_storage()._cdata for leaf in pytree.tree_leaves((args, kwargs))
+                  if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"}
+        out = func(*args, **kwargs)
         for leaf in pytree.tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu" and (
+                    leaf.untyped_storage()._cdata not in inputs):
                 self.tracker._register(leaf)
         return out
 

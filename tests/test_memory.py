@@ -11,7 +11,15 @@ from helpers import mlp
 
 def test_tracker_counts_live_storages_not_views_or_earlier_tensors():
     before = torch.zeros(10_000, dtype=torch.float64)  # allocated outside: not counted
+    param = torch.nn.Parameter(torch.zeros(100, dtype=torch.float64))
     with memmaml.track_memory("cpu") as mem:
+        alias = param.detach()  # a new tensor on a storage made before the block: nothing allocated
+        view = before[5:]
+        before.add_(1.0)  # in place: nothing allocated
+        assert mem.current_bytes == 0
+        copy = alias.clone()  # 800 bytes
+        assert mem.current_bytes == 800
+        del alias, view, copy
         a = torch.zeros(1000, dtype=torch.float64)  # 8000 bytes
         view = a[10:]  # same storage: nothing new
         b = before + 1  # 80000 bytes
