@@ -90,8 +90,9 @@ PEER_INSTALL = {
     "torchopt": "pip install torchopt",
 }
 MODELS = ("resnet18", "conv4", "mlp")
-# schedules of the checkpointed engine; each maps (checkpoint_steps, n) to a memmaml Schedule
-SCHEDULES = ("uniform",)
+# schedules of the checkpointed engine; each maps (checkpoint_steps, n) to a memmaml Schedule.
+# 'binomial:SLOTS' takes its slot count; '+offload' after any of them keeps stored states in host memory.
+SCHEDULES = ("uniform", "binomial:SLOTS")
 RECORD_FIELDS = [
     "method", "library", "role", "status", "measured", "steps", "checkpoint_steps", "schedule",
     "stored_states", "graph_steps", "peak_bytes", "peak_kind", "host_peak_bytes", "rss_peak_bytes", "seconds",
@@ -246,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--checkpoint-steps", type=parse_checkpoint_steps, default=5,
                        help="steps per segment of the checkpointed engine (and of torch_maml's): a positive "
                             "integer, or 'sqrt' for ceil(sqrt(n)) at each n")
-    sweep.add_argument("--schedule", choices=SCHEDULES, default="uniform",
-                       help="checkpoint schedule of memmaml's checkpointed engine (uniform: segments of "
-                            "--checkpoint-steps)")
+    sweep.add_argument("--schedule", type=parse_schedule_arg, default="uniform",
+                       help="checkpoint schedule of memmaml's checkpointed engine: 'uniform' (segments of "
+                            "--checkpoint-steps) or 'binomial:SLOTS' (binomial checkpointing with SLOTS stored "
+                            "states); append '+offload' to keep the stored states in host memory, e.g. "
+                            "'binomial:8+offload'")
     sweep.add_argument("--peers", type=parse_peers, default=[],
                        help="comma-separated peer libraries to run on the same workload when installed: "
                             "torch_maml (its naive and checkpointed MAML; or torch_maml:naive / "
@@ -320,12 +323,30 @@ def checkpoint_steps_for(spec_k: int | str, n: int) -> int:
     return sqrt_steps(n) if spec_k == "sqrt" else int(spec_k)
 
 
+def parse_schedule_arg(text: str) -> str:
+    """Validate a --schedule value: 'uniform' or 'binomial:SLOTS', optionally followed by '+offload'."""
+    try:
+        make_schedule(text, 1)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def schedule_offloads(schedule: str) -> bool:
+    return schedule.endswith("+offload")
+
+
 def make_schedule(schedule: str, checkpoint_steps: int):
     import memmaml
+    from memmaml.schedules import parse_schedule
 
-    if schedule == "uniform":
+    name = schedule[: -len("+offload")] if schedule_offloads(schedule) else schedule
+    if name == "uniform":
         return memmaml.Uniform(checkpoint_steps)
-    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if name.startswith("binomial:"):
+        return parse_schedule(name)
+    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}, each optionally "
+                     "followed by '+offload'")
 
 
 def plan_shape(kind: str, schedule: str, n: int, checkpoint_steps: int | None) -> tuple[int, int]:
@@ -335,6 +356,8 @@ def plan_shape(kind: str, schedule: str, n: int, checkpoint_steps: int | None) -
     from memmaml.schedules import check_plan
 
     stats = check_plan(make_schedule(schedule, checkpoint_steps).plan(n))
+    if schedule_offloads(schedule):
+        return 0, stats.max_segment  # the stored states live in host memory
     return stats.max_stored, stats.max_segment
 
 
@@ -401,7 +424,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 maml = memmaml.GradientCheckpointMAML(
                     model, loss_fn, optimizer,
-                    schedule=make_schedule(spec["schedule"], checkpoint_steps_for(spec["checkpoint_steps"], n)))
+                    schedule=make_schedule(spec["schedule"], checkpoint_steps_for(spec["checkpoint_steps"], n)),
+                    offload=schedule_offloads(spec["schedule"]))
             result = maml(inputs, max_grad_grad_norm=clip)
             query_loss = loss_fn(result.model, query)
             query_loss.backward()
@@ -921,7 +945,7 @@ def plot(path: Path, records: list[dict[str, Any]], fit: dict[str, Any] | None, 
         if rows:
             label = method if method in PEER_METHODS else f"memmaml {method}"
             if method == "checkpoint":
-                label += f" (k={args.checkpoint_steps})"
+                label += (f" (k={args.checkpoint_steps})" if args.schedule == "uniform" else f" ({args.schedule})")
             ax.plot([r["steps"] for r in rows], [r["peak_bytes"] / gib for r in rows], "o-", color=colors[method],
                     label=label + ", measured")
         if args.budget:  # out-of-memory runs drawn on the budget line
