@@ -12,6 +12,10 @@ Two subcommands, each writing JSON and a Markdown table to ``--out``:
     step, and the number of loss evaluations, checked against
     ``memmaml.schedules.binomial_evaluations``.
 
+``combine``
+    Plots peak memory against steps for several ``scripts/compare_memory.py``
+    runs (naive, uniform, binomial, offload) in one figure.
+
 ``predict``
     Measures one inner step at the given size with ``memmaml.measure_step_costs``
     (bytes of a state, bytes of one step's graph, seconds without and with the
@@ -225,6 +229,52 @@ def cmd_predict(args) -> None:
     print("\n".join(lines))
 
 
+# ------------------------------------------------------------------------- combine
+def cmd_combine(args) -> None:
+    """Peak memory against steps for several scripts/compare_memory.py runs, in one plot and table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, int, float | None]]] = {}
+    for folder in args.runs:
+        path = Path(folder) / "results.json"
+        if not path.exists():
+            raise ValueError(f"no results.json in {folder}: run scripts/compare_memory.py --out {folder} first")
+        for r in json.loads(path.read_text()):
+            if r.get("status") != "ok" or r.get("peak_bytes") is None or r.get("role") not in (None, "sweep"):
+                continue
+            if r["method"] == "naive":
+                name = "naive"
+            elif r.get("schedule") in (None, "uniform"):
+                name = f"uniform (k={r['checkpoint_steps']})" if args.fixed_k else "uniform (k=ceil(sqrt(n)))"
+            else:
+                name = str(r["schedule"])
+            series.setdefault(name, []).append((r["steps"], r["peak_bytes"], r.get("seconds")))
+    if not series:
+        raise ValueError("the runs hold no successful measurements")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines = ["| schedule | steps | peak live tensors (device) | seconds |", "|---|---|---|---|"]
+    for name, rows in series.items():
+        rows = sorted(set(rows))
+        ax.plot([r[0] for r in rows], [r[1] / 2**20 for r in rows], "o-", label=name)
+        lines += [f"| {name} | {s} | {format_bytes(p)} | {'' if t is None else f'{t:.2f}'} |" for s, p, t in rows]
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inner steps")
+    ax.set_ylabel("peak live tensors on the device (MiB)")
+    ax.set_title(args.title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "schedules.png", dpi=120)
+    (out / "schedules.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "_worker":
         print(json.dumps(_worker(json.loads(sys.argv[2]))))
@@ -259,11 +309,16 @@ def main(argv=None) -> None:
     pred.add_argument("--max-slowdown", type=float, default=4.0,
                       help="longest binomial unroll whose time per step is at most this multiple of naive's")
     pred.add_argument("--host-memory", default="24GiB", help="host memory available to offloaded states")
+    comb = sub.add_parser("combine", help="plot several scripts/compare_memory.py runs side by side")
+    comb.add_argument("runs", nargs="+", help="output folders of scripts/compare_memory.py")
+    comb.add_argument("--out", required=True, help="output folder for schedules.png and schedules.md")
+    comb.add_argument("--title", default="peak memory of a meta-step", help="plot title")
+    comb.add_argument("--fixed-k", action="store_true", help="uniform runs used a fixed --checkpoint-steps")
     args = parser.parse_args(argv)
     if args.command == "run" and args.slots < 1:
         parser.error(f"--slots must be a positive integer, got {args.slots}")
     try:
-        {"run": cmd_run, "predict": cmd_predict}[args.command](args)
+        {"run": cmd_run, "predict": cmd_predict, "combine": cmd_combine}[args.command](args)
     except ValueError as err:
         parser.error(str(err))
 
