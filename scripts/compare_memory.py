@@ -1005,6 +1005,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--probe-steps must be 0 or more, got {args.probe_steps}")
     if args.repeats < 0:
         parser.error(f"--repeats must be 0 or more, got {args.repeats}")
+    if args.budget and args.schedule != "uniform":
+        parser.error(f"--budget fits and predicts uniform segments only, not --schedule {args.schedule}; "
+                     "scripts/bench_schedules.py predict gives the binomial and offload predictions")
     if args.max_grad_grad_norm < 0:
         parser.error(f"--max-grad-grad-norm must be positive (or 0 to disable), got {args.max_grad_grad_norm}")
     if args.device.startswith("cuda"):
