@@ -38,7 +38,6 @@ Schedules
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple, Union
 
 __all__ = [

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 import memmaml
-from memmaml.schedules import Binomial, Uniform, binomial_evaluations, format_bytes, parse_size
+from memmaml.schedules import Binomial, binomial_evaluations, format_bytes, parse_size
 
 
 def _model_and_batch(image_size: int, batch_size: int, seed: int = 0):
