@@ -477,7 +477,9 @@ def parse_size(size: int | str) -> int:
             value = float(number)
         except ValueError:
             value = None
-        if value is not None and unit in _UNITS and value > 0 and math.isfinite(value):
+        if value is not None and unit in _UNITS and math.isfinite(value):
+            if value <= 0:
+                raise ValueError(f"a memory size must be positive, got {size!r}")
             return int(value * _UNITS[unit])
     raise ValueError(f"cannot read {size!r} as a memory size; use bytes or a string like '11GiB', '500MB', '4G'")
 

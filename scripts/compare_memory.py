@@ -104,23 +104,15 @@ RECORD_FIELDS = [
 
 
 # ---------------------------------------------------------------------------------------- parsing
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
 def parse_size(text: str) -> int:
-    """``'11GiB'`` -> bytes. Units: B, kB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB (powers of 1024)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(
-            f"not a memory size: {text!r} (write e.g. 11GiB, 4GiB, 512MiB, 8GB or a number of bytes)")
-    value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a memory size must be positive, got {text!r}")
-    return int(value)
+    """``'11GiB'`` -> bytes, as :func:`memmaml.schedules.parse_size` reads it (k/M/G/T powers of 1000,
+    KiB/MiB/GiB/TiB powers of 1024), with an argparse error."""
+    from memmaml.schedules import parse_size as size_in_bytes
+
+    try:
+        return size_in_bytes(str(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} ({err})") from None
 
 
 def parse_steps(text: str) -> list[int]:
