@@ -536,6 +536,16 @@ def _checkpointed(loop: _Loop, params: Params, opt_state: Any, schedule: Schedul
     return Unrolled(params, opt_state, list(losses.unbind(0)))
 
 
+def _static_params(model: nn.Module, params: Params) -> Params:
+    """The model's parameters that are not adapted but require grad: they get meta-gradients."""
+    return {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
+
+
+def _initial_opt_state(optimizer: InnerOptimizer, params: Params) -> Any:
+    with torch.no_grad():
+        return optimizer.init({name: p.detach() for name, p in params.items()})
+
+
 def _requiring_grad(params: Params) -> Params:
     """Leaves that cannot carry a graph still need gradients inside the step."""
     return {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
@@ -618,11 +628,9 @@ def unroll(
     if not params:
         raise ValueError("there are no parameters to adapt")
     hyperparams = optimizer.resolve(opt_kwargs)
-    named = dict(model.named_parameters())
-    static = {name: p for name, p in named.items() if name not in params and p.requires_grad}
+    static = _static_params(model, params)
     if opt_state is None:
-        with torch.no_grad():
-            opt_state = optimizer.init({name: p.detach() for name, p in params.items()})
+        opt_state = _initial_opt_state(optimizer, params)
     loop = _Loop(
         model, loss_function, optimizer, batches,
         hyperparams=hyperparams, static=static, loss_kwargs=dict(loss_kwargs or {}),
@@ -659,11 +667,9 @@ def measure_step_costs(
     """
     if params is None:
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        opt_state = optimizer.init({name: p.detach() for name, p in params.items()})
-    static = {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
+    opt_state = _initial_opt_state(optimizer, params)
     loop = _Loop(model, loss_function, optimizer, [batch], hyperparams=optimizer.resolve(opt_kwargs),
-                 static=static, loss_kwargs=dict(loss_kwargs or {}), first_order=False, max_grad_grad_norm=None,
+                 static=_static_params(model, params), loss_kwargs=dict(loss_kwargs or {}), first_order=False, max_grad_grad_norm=None,
                  allow_unused=True, check_finite=False, preserve_rng_state=True, progress=False)
     leaves, spec = pytree.tree_flatten((params, opt_state))
     replay = _Replay(loop, leaves, spec, offload=False)
