@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["memmaml", "memmaml.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.1", "torchvision", "numpy", "tqdm"],
+    install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm"],
     extras_require={
         "test": ["pytest", "matplotlib", "nbclient", "nbformat", "ipykernel"],
         "plot": ["matplotlib"],

@@ -146,6 +146,7 @@ class NaiveMAML(nn.Module):
         allow_unused: bool = False,
         check_finite: bool = False,
         progress: bool = False,
+        check_replay: bool = False,
     ) -> Result:
         """Adapt the model with one inner step per batch in ``inputs``.
 
@@ -162,6 +163,11 @@ class NaiveMAML(nn.Module):
             check_finite: raise ``FloatingPointError`` naming the first step whose
                 loss is not finite (one host sync per step).
             progress: tqdm bars over the inner steps.
+            check_replay: (checkpointed engine) compare every replayed step with
+                the forward pass, bitwise, and raise
+                :class:`~memmaml.engine.ReplayMismatchError` naming the first step
+                and tensor that differ. A no-op for the naive engine, which
+                replays nothing.
 
         Returns:
             :class:`Result` ``(model, loss_history, optimizer_state)``.
@@ -177,7 +183,7 @@ class NaiveMAML(nn.Module):
             schedule=self.schedule, offload=self.offload, first_order=first_order,
             max_grad_grad_norm=max_grad_grad_norm,
             allow_unused=allow_unused, check_finite=check_finite,
-            preserve_rng_state=self.preserve_rng_state, progress=progress,
+            preserve_rng_state=self.preserve_rng_state, progress=progress, check_replay=check_replay,
         )
         return Result(AdaptedModule(self.model, out.params), out.losses, out.opt_state)
 
