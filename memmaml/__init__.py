@@ -11,14 +11,20 @@ keeping only a few inner-loop states in memory:
 * schedules :class:`Uniform`, :class:`Binomial`, :class:`Auto` (and host
   offload of stored states) deciding what the checkpointed engine keeps;
 * :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA;
-* :class:`MetaTrainer` (:mod:`memmaml.training`), task sources
-  (:mod:`memmaml.tasks`) and the vmap-over-tasks path (:mod:`memmaml.batched`)
-  for meta-training runs.
+* :class:`MetaTrainer` with its :class:`TrainerConfig`, task sources
+  (:mod:`memmaml.tasks`), held-out evaluation (:func:`batched_evaluate`) and
+  the vmap-over-tasks meta-gradient (:func:`batched_meta_gradient`) for
+  meta-training runs.
 """
 
-from . import batched, schedules, tasks, training
+from . import schedules, tasks
+from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
+from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
+from ._evaluation import batched_evaluate
+from ._metrics_log import MetricsLog
+from ._trainer import MetaTrainer
+from ._trainer_config import TrainerConfig
 from .adapted import AdaptedModule
-from .batched import batched_evaluate, batched_meta_gradient
 from .engine import Unrolled, measure_step_costs, unroll
 from .maml import GradientCheckpointMAML, NaiveMAML, Result
 from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
@@ -34,7 +40,6 @@ from .optim import (
     SGDState,
 )
 from .schedules import Auto, Binomial, Plan, Schedule, Uniform, parse_schedule
-from .training import MetaTrainer
 
 __version__ = "0.1.0"
 
@@ -43,13 +48,16 @@ __all__ = [
     "AdamState",
     "AdaptedModule",
     "Auto",
+    "BatchedMetaGradient",
     "Binomial",
     "GradientCheckpointMAML",
+    "IncompatibleCheckpointError",
     "IngraphGradientDescent",
     "IngraphRMSProp",
     "InnerOptimizer",
     "MemoryTracker",
     "MetaTrainer",
+    "MetricsLog",
     "NaiveMAML",
     "Plan",
     "RMSProp",
@@ -58,18 +66,20 @@ __all__ = [
     "SGD",
     "SGDState",
     "Schedule",
+    "TrainerConfig",
     "Uniform",
     "Unrolled",
-    "batched",
+    "atomic_save",
     "batched_evaluate",
     "batched_meta_gradient",
+    "check_vmappable",
     "host_allocations",
+    "load_checkpoint_file",
     "measure_step_costs",
     "parse_schedule",
     "peak_rss_bytes",
     "schedules",
     "tasks",
     "track_memory",
-    "training",
     "unroll",
 ]

@@ -9,15 +9,26 @@ Python values only: tensors are never read (that would be a host sync).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from numbers import Real
 from typing import Any
 
-__all__ = ["int_at_least", "number_in", "one_of", "positive_int", "positive_number", "range_pair"]
+__all__ = ["int_at_least", "integer", "number_in", "one_of", "positive_int", "positive_number", "range_pair"]
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(name: str, value: Any) -> int:
+    """``value`` as an ``int`` (a Python or NumPy integer, not a bool); ``TypeError`` naming ``name`` otherwise."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an int, got {type(value).__name__}")
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -28,17 +39,20 @@ def positive_int(name: str, value: Any) -> int:
 
 
 def int_at_least(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an ``int`` >= ``minimum``; ``ValueError`` naming ``name`` otherwise."""
-    if minimum == 1:
-        return positive_int(name, value)
+    """``value`` as an ``int`` >= ``minimum``; ``ValueError`` naming ``name`` and ``minimum`` otherwise.
+
+    The message states the bound (``must be an integer >= 1``) whatever it is;
+    use :func:`positive_int` for the plain "positive integer" wording.
+    """
     if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def positive_number(name: str, value: Any) -> float:
-    """``value`` as a finite ``float`` > 0; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not value > 0:
+def positive_number(name: str, value: Any, *, allow_inf: bool = False) -> float:
+    """``value`` as a ``float`` > 0, finite unless ``allow_inf``; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0 or (
+            not allow_inf and not math.isfinite(value)):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
 

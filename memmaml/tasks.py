@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import integer, positive_int, range_pair
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderTasks",
@@ -105,29 +107,12 @@ def draw_seeds(generator: torch.Generator, num_tasks: int) -> list[int]:
         >>> seeds == draw_seeds(torch.Generator().manual_seed(0), 3)
         True
     """
-    _check_positive_int("num_tasks", num_tasks)
+    positive_int("num_tasks", num_tasks)
     return torch.randint(0, _SEED_BOUND, (num_tasks,), generator=generator, dtype=torch.int64).tolist()
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_range(name: str, value: Any) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
-    if not low <= high:
-        raise ValueError(f"{name} must satisfy low <= high, got {value!r}")
-    return low, high
-
-
 def _generator(seed: int) -> torch.Generator:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed % _SEED_BOUND)
+    return torch.Generator().manual_seed(integer("seed", seed) % _SEED_BOUND)
 
 
 # ----------------------------------------------------------------------------- base
@@ -137,7 +122,7 @@ class TaskSource:
     Subclasses implement :meth:`_sample` (given a ``torch.Generator`` seeded with
     the task seed) and :meth:`config` (a dict of plain values that identifies
     the distribution, stored in checkpoints). ``loss_function`` and
-    ``metrics`` name what fits the source (see :class:`memmaml.training.MetaTrainer`).
+    ``metrics`` name what fits the source (see :class:`memmaml.MetaTrainer`).
     """
 
     #: ``loss_function(model, batch)`` that fits the source.
@@ -229,16 +214,16 @@ class Sinusoid(TaskSource):
         x_range: tuple[float, float] = (-5.0, 5.0),
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        _check_positive_int("num_shots", num_shots)
+        positive_int("num_shots", num_shots)
         num_query = num_shots if num_query is None else num_query
-        _check_positive_int("num_query", num_query)
+        positive_int("num_query", num_query)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.num_shots = num_shots
         self.num_query = num_query
-        self.amplitude_range = _check_range("amplitude_range", amplitude_range)
-        self.phase_range = _check_range("phase_range", phase_range)
-        self.x_range = _check_range("x_range", x_range)
+        self.amplitude_range = range_pair("amplitude_range", amplitude_range)
+        self.phase_range = range_pair("phase_range", phase_range)
+        self.x_range = range_pair("x_range", x_range)
         self.dtype = dtype
 
     def _uniform(self, generator: torch.Generator, size: tuple[int, ...], bounds: tuple[float, float]) -> Tensor:
@@ -275,9 +260,9 @@ class _ClassPoolTasks(TaskSource):
 
     def __init__(self, num_ways: int, num_shots: int, num_query: int, num_classes: int,
                  examples_per_class: Sequence[int]) -> None:
-        _check_positive_int("num_ways", num_ways)
-        _check_positive_int("num_shots", num_shots)
-        _check_positive_int("num_query", num_query)
+        positive_int("num_ways", num_ways)
+        positive_int("num_shots", num_shots)
+        positive_int("num_query", num_query)
         if num_ways > num_classes:
             raise ValueError(f"num_ways={num_ways} is more than the {num_classes} classes available")
         needed = num_shots + num_query
@@ -362,8 +347,8 @@ class SyntheticClassification(_ClassPoolTasks):
         pool_seed: int = 0,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        _check_positive_int("num_features", num_features)
-        _check_positive_int("num_classes", num_classes)
+        positive_int("num_features", num_features)
+        positive_int("num_classes", num_classes)
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         if not 0.0 < train_fraction < 1.0:
@@ -440,7 +425,7 @@ class _ImageClassTasks(_ClassPoolTasks):
                  num_query: int, *, image_size: int | None, grayscale: bool, rotations: bool, cache: bool,
                  transform: Callable[[Tensor], Tensor] | None, dtype: torch.dtype) -> None:
         if image_size is not None:
-            _check_positive_int("image_size", image_size)
+            positive_int("image_size", image_size)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.class_names = class_names

@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml import schedules as schedules_module
+from memmaml import MetaTrainer, TrainerConfig
 from memmaml.tasks import ImageFolderTasks, Omniglot, Sinusoid, SyntheticClassification
-from memmaml.training import MetaTrainer
 
 # arguments that may change between a run and its resumption
 MAY_CHANGE = ["iterations", "eval_every", "log_every", "checkpoint_every", "out", "resume", "threads",
@@ -76,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--engine", choices=["naive", "checkpoint"], default="naive")
     g.add_argument("--checkpoint-steps", type=int, default=1, help="checkpoint engine: steps per segment")
     g.add_argument("--schedule", default=None,
-                   help="checkpoint engine: a memmaml.schedules class and its arguments, e.g. 'uniform:5', 'binomial:4'")
+                   help="checkpoint engine: a schedule's text form (memmaml.parse_schedule), e.g. 'uniform:5', "
+                   "'binomial:4', 'sqrt', 'auto:1GiB' (default: uniform:CHECKPOINT_STEPS)")
     g.add_argument("--first-order", action="store_true")
     g.add_argument("--vectorize", action="store_true", help="adapt the meta-batch with torch.func.vmap")
     g.add_argument("--chunk-size", type=int, default=None, help="vmap over at most this many tasks at once")
@@ -156,30 +156,19 @@ def build_model(args: argparse.Namespace, source) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def build_schedule(args: argparse.Namespace):
+def build_schedule(args: argparse.Namespace) -> str | None:
+    """The schedule's text form for TrainerConfig (``None``: the naive engine)."""
     if args.engine == "naive":
         if args.schedule is not None:
             sys.exit("--schedule needs --engine checkpoint")
         return None
     if args.schedule is None:
-        return schedules_module.Uniform(args.checkpoint_steps)
-    name, _, rest = args.schedule.partition(":")
-    base = schedules_module.Schedule
-    classes = {c.__name__.lower(): c for c in vars(schedules_module).values()
-               if isinstance(c, type) and issubclass(c, base) and c is not base}
-    cls = classes.get(name.lower())
-    if cls is None:
-        sys.exit(f"--schedule {args.schedule!r}: unknown schedule {name!r}; known: {sorted(classes)}")
-    return cls(*(_number_or_text(v) for v in rest.split(",") if v))
-
-
-def _number_or_text(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+        return f"uniform:{args.checkpoint_steps}"
+    try:
+        memmaml.parse_schedule(args.schedule)
+    except ValueError as error:
+        sys.exit(f"--schedule {args.schedule!r}: {error}")
+    return args.schedule
 
 
 def build_inner_optimizer(args: argparse.Namespace) -> memmaml.InnerOptimizer:
@@ -216,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         outer = outer_cls(model.parameters(), lr=args.outer_lr)
         eval_steps = None if args.eval_steps is None else [int(s) for s in args.eval_steps.split(",") if s]
         run_config = {k: v for k, v in vars(args).items()}
-        trainer = MetaTrainer(
-            model, train_source, inner_optimizer=inner, num_inner_steps=args.inner_steps,
-            schedule=build_schedule(args), first_order=args.first_order, outer_optimizer=outer,
-            meta_batch_size=args.meta_batch_size, max_grad_norm=args.max_grad_norm, eval_source=eval_source,
-            num_eval_tasks=args.num_eval_tasks, eval_steps=eval_steps, seed=args.seed, eval_seed=args.eval_seed,
-            vectorize=args.vectorize, chunk_size=args.chunk_size, distributed=distributed,
-            run_config=run_config, resume_may_change=MAY_CHANGE)
+        config = TrainerConfig(
+            inner_optimizer=inner, num_inner_steps=args.inner_steps, schedule=build_schedule(args),
+            first_order=args.first_order, outer_lr=args.outer_lr, meta_batch_size=args.meta_batch_size,
+            max_grad_norm=args.max_grad_norm, num_eval_tasks=args.num_eval_tasks, eval_steps=eval_steps,
+            seed=args.seed, eval_seed=args.eval_seed, vectorize=args.vectorize, chunk_size=args.chunk_size)
+        trainer = MetaTrainer(model, train_source, config, outer_optimizer=outer, eval_source=eval_source,
+                              distributed=distributed, run_config=run_config, resume_may_change=MAY_CHANGE)
         out = Path(args.out)
         checkpoint = out / "checkpoint.pt"
         if args.resume:
@@ -233,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"{str(checkpoint)!r} exists: pass --resume to continue that run, or choose another --out")
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(trainer.config, indent=1, default=str) + "\n")
+            (out / "config.json").write_text(json.dumps(trainer.plain_config, indent=1, default=str) + "\n")
             print(f"memmaml meta-train: {train_source!r}, {sum(p.numel() for p in model.parameters())} parameters, "
                   f"world size {trainer.world_size}, starting at iteration {trainer.iteration}", file=sys.stderr)
         start_iteration, start = trainer.iteration, time.perf_counter()

@@ -1,4 +1,5 @@
-"""vmap over tasks (memmaml.batched) against memmaml.NaiveMAML run task by task, in float64."""
+"""The vmap-over-tasks meta-gradient (memmaml.batched_meta_gradient) against memmaml.NaiveMAML run task by task,
+in float64. Held-out evaluation under vmap is tested in test_evaluation.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml.batched import batched_evaluate, batched_meta_gradient, check_vmappable
-from memmaml.tasks import Sinusoid, SyntheticClassification, Task, accuracy, cross_entropy_loss, mse_loss
+from memmaml import batched_meta_gradient, check_vmappable
+from memmaml.tasks import Sinusoid, Task, mse_loss
 
 DTYPE = torch.float64
 
@@ -124,7 +125,7 @@ def conv(norm: nn.Module | None) -> nn.Module:
 
 
 # Normalisation layers are where differentiating vmapped torch.func.grad with ordinary autograd goes
-# wrong in torch 2.14 (see NOTE [ The meta-gradient stays inside torch.func ] in memmaml/batched.py).
+# wrong in torch 2.14 (see NOTE [ The meta-gradient stays inside torch.func ] in memmaml/_batched.py).
 MODELS = {
     "batchnorm1d-batch-stats": lambda: (mlp(3, nn.BatchNorm1d(16, track_running_stats=False)), tasks()),
     "layernorm": lambda: (mlp(3, nn.LayerNorm(16)), tasks()),
@@ -164,29 +165,4 @@ def test_bad_arguments():
         batched_meta_gradient(model, mse_loss, [tasks()], memmaml.SGD(0.1), num_steps=1)
     with pytest.raises(ValueError, match="not parameters of the model"):
         batched_meta_gradient(model, mse_loss, tasks(), memmaml.SGD(0.1), num_steps=1, params={"x": torch.ones(1)})
-    with pytest.raises(ValueError, match="'loss'"):
-        batched_evaluate(model, mse_loss, tasks(), memmaml.SGD(0.1), steps=[1], metrics={"loss": mse_loss})
 
-
-def test_evaluate_matches_engine_per_task():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5)).to(DTYPE)
-    source = SyntheticClassification(5, 2, 3, 8, dtype=DTYPE)
-    batch = source.sample_batch(range(6))
-    opt = memmaml.SGD(0.3)
-    out = batched_evaluate(model, cross_entropy_loss, batch, opt, steps=[3, 0, 1], metrics={"accuracy": accuracy})
-    assert out["loss"].shape == (6, 3) and out["accuracy"].shape == (6, 3)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    for t in range(6):
-        task = batch.select(t)
-        for column, steps in enumerate([0, 1, 3]):
-            if steps == 0:
-                adapted = params
-            else:
-                adapted = memmaml.unroll(model, cross_entropy_loss, [task.support] * steps, opt, params=params,
-                                         first_order=True).params
-            view = memmaml.AdaptedModule(model, adapted)
-            torch.testing.assert_close(out["loss"][t, column], cross_entropy_loss(view, task.query).detach(),
-                                       rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(out["accuracy"][t, column], accuracy(view, task.query))
-    assert out["loss"][:, 2].mean() < out["loss"][:, 0].mean()  # adaptation helps

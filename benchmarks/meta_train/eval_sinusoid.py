@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml.batched import batched_evaluate
+from memmaml import batched_evaluate, load_checkpoint_file
 from memmaml.tasks import Sinusoid, draw_seeds, mse_loss
-from memmaml.training import load_checkpoint_file
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Adapt a whole meta-batch of tasks in one vectorised call (``torch.func.vmap`` over tasks).
+"""The meta-gradient of a whole meta-batch of tasks in one vectorised call (``torch.func.vmap`` over tasks).
 
 For small models, a meta-batch of tasks adapted one after another in a Python
 loop spends most of its time in per-operator overhead. Here the inner loop of
@@ -17,7 +17,9 @@ optimizers' ``init`` and ``update`` are plain tensor arithmetic over dicts, so
 they run unchanged under ``vmap``. :func:`batched_meta_gradient` returns the
 meta-gradient of the mean query loss (and can accumulate it into ``.grad``
 like ``backward()``), equal to that of :class:`memmaml.NaiveMAML` run task by
-task (checked in float64 in ``tests/test_batched.py``).
+task (checked in float64 in ``tests/test_batched.py``). Held-out evaluation
+under ``vmap`` is :func:`memmaml.batched_evaluate` (:mod:`memmaml._evaluation`),
+built on this module's per-task inner loop.
 
 NOTE [ Why not the engine under vmap ]
     The engine computes inner gradients with ``torch.autograd.grad(...,
@@ -58,7 +60,7 @@ Limits
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -66,11 +68,13 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as pytree
 
+from ._checks import int_at_least
+from ._params import learnable_tensors, select_parameters
 from .adapted import AdaptedModule
 from .optim import InnerOptimizer
 from .tasks import Task
 
-__all__ = ["BatchedMetaGradient", "batched_evaluate", "batched_meta_gradient", "check_vmappable"]
+__all__ = ["BatchedMetaGradient", "batched_meta_gradient", "check_vmappable"]
 
 Params = dict[str, Tensor]
 
@@ -112,20 +116,6 @@ def check_vmappable(model: nn.Module) -> None:
                 "or adapt tasks one by one (vectorize=False)")
 
 
-def _select_params(model: nn.Module, params: Mapping[str, Tensor] | None) -> Params:
-    named = dict(model.named_parameters())
-    if params is None:
-        chosen = {name: p for name, p in named.items() if p.requires_grad}
-    else:
-        chosen = dict(params)
-        unknown = sorted(set(chosen) - set(named))
-        if unknown:
-            raise ValueError(f"params has entries that are not parameters of the model: {unknown[:5]}")
-    if not chosen:
-        raise ValueError("there are no parameters to adapt")
-    return chosen
-
-
 def _check_tasks(tasks: Any) -> Task:
     if not isinstance(tasks, Task):
         raise TypeError(f"tasks must be a memmaml.tasks.Task with a leading task dimension, "
@@ -134,11 +124,6 @@ def _check_tasks(tasks: Any) -> Task:
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"every tensor of tasks must have the same leading (task) dimension, got sizes {sizes}")
     return tasks
-
-
-def _check_num_steps(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class _Adapter:
@@ -168,14 +153,6 @@ class _Adapter:
             grads, loss = grad_and_value(self.loss)(params, batch)
         updates, opt_state = self.optimizer.update(grads, opt_state, params, self.hyperparams)
         return {name: params[name] + updates[name] for name in params}, opt_state, loss.detach()
-
-
-def _learnable_hyperparams(hyperparams: Mapping[str, Any]) -> list[Tensor]:
-    found: list[Tensor] = []
-    for leaf in pytree.tree_leaves(dict(hyperparams)):
-        if isinstance(leaf, Tensor) and leaf.requires_grad and all(leaf is not t for t in found):
-            found.append(leaf)
-    return found
 
 
 def _substitute(tree: Any, originals: Sequence[Tensor], replacements: Sequence[Tensor]) -> Any:
@@ -248,16 +225,16 @@ def batched_meta_gradient(
         >>> model[0].weight.grad.shape  # the meta-gradient, as after backward()
         torch.Size([8, 1])
     """
-    _check_num_steps("num_steps", num_steps, 1)
+    int_at_least("num_steps", num_steps, 1)
     check_vmappable(model)
     tasks = _check_tasks(tasks)
     if not isinstance(optimizer, InnerOptimizer):
         raise TypeError(f"optimizer must be a memmaml in-graph optimizer, got {type(optimizer).__name__}")
-    adapted_names = list(_select_params(model, params))
+    adapted_names = list(select_parameters(model, params))
     named = dict(model.named_parameters())
     trainable = {name: p for name, p in named.items() if p.requires_grad or name in adapted_names}
     hyperparams = optimizer.resolve(opt_kwargs)
-    learnable = _learnable_hyperparams(hyperparams)
+    learnable = learnable_tensors(hyperparams)
 
     def task_loss(meta: tuple[Params, list[Tensor]], support: Any, query: Any) -> tuple[Tensor, Tensor]:
         model_params, hyper_leaves = meta
@@ -283,67 +260,3 @@ def batched_meta_gradient(
             tensor.grad = g.clone() if tensor.grad is None else tensor.grad + g
     return BatchedMetaGradient(wrt, flat, query_losses.detach(), support_losses.detach())
 
-
-def batched_evaluate(
-    model: nn.Module,
-    loss_function: Callable[..., Tensor],
-    tasks: Task,
-    optimizer: InnerOptimizer,
-    *,
-    steps: Iterable[int],
-    metrics: Mapping[str, Callable[..., Tensor]] | None = None,
-    params: Mapping[str, Tensor] | None = None,
-    opt_kwargs: Mapping[str, Any] | None = None,
-    chunk_size: int | None = None,
-    randomness: str = "error",
-) -> dict[str, Tensor]:
-    """Query loss and metrics of every task after each number of inner steps in ``steps``.
-
-    Runs ``max(steps)`` inner steps per task on its support set (no meta-graph
-    is kept) and measures the query set after each step count in ``steps``
-    (``0`` is the unadapted model).
-
-    Args:
-        model, loss_function, tasks, optimizer, params, opt_kwargs, chunk_size, randomness:
-            as for :func:`batched_meta_loss`.
-        steps: step counts to measure at (non-negative integers).
-        metrics: ``{name: fn(model, batch) -> 0-d tensor}`` evaluated on the
-            query set beside the loss (accuracy, say).
-
-    Returns:
-        ``{"loss": (num_tasks, len(steps)), <metric>: (num_tasks, len(steps))}``,
-        columns in the sorted order of ``steps``; detached.
-    """
-    steps = sorted(set(steps))
-    if not steps:
-        raise ValueError("steps must hold at least one step count, got none")
-    for s in steps:
-        _check_num_steps("each entry of steps", s, 0)
-    metrics = dict(metrics or {})
-    if "loss" in metrics:
-        raise ValueError("metrics must not contain the name 'loss'; the loss is always reported")
-    check_vmappable(model)
-    tasks = _check_tasks(tasks)
-    adapted = {k: v.detach() for k, v in _select_params(model, params).items()}
-    adapter = _Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), first_order=True)
-    names = ["loss", *metrics]
-
-    def measure(current: Params, query: Any) -> list[Tensor]:
-        view = AdaptedModule(model, current)
-        return [adapter.loss(current, query)] + [metrics[name](view, query) for name in metrics]
-
-    def one_task(init: Params, support: Any, query: Any) -> tuple[Tensor, ...]:
-        current = init
-        opt_state = optimizer.init(init)
-        rows = []
-        for step in range(steps[-1] + 1):
-            if step in steps:
-                rows.append(measure(current, query))
-            if step < steps[-1]:
-                current, opt_state, _ = adapter.step(current, opt_state, support)
-        return tuple(torch.stack([row[i] for row in rows]) for i in range(len(names)))
-
-    with torch.no_grad():
-        columns = vmap(one_task, in_dims=(None, 0, 0), chunk_size=chunk_size,
-                       randomness=randomness)(adapted, tasks.support, tasks.query)
-    return {name: column.detach() for name, column in zip(names, columns)}
