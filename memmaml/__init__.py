@@ -1,28 +1,31 @@
 """memmaml: memory-efficient MAML in PyTorch.
 
 Backpropagate through long MAML inner loops with exact meta-gradients while
-keeping only a few inner-loop states in memory:
+keeping only a few inner-loop states in memory.
 
-* :class:`GradientCheckpointMAML` -- the checkpointed engine;
-* :class:`NaiveMAML` -- the reference that keeps every step's graph;
+The core API lives here, at the top level (each name has exactly one public
+path); the implementation modules are private. Three public namespaces hold
+the tools around the core and are not re-exported here: :mod:`memmaml.tasks`
+(task sources for meta-training), :mod:`memmaml.models` (the model builders of
+the scripts, notebooks and benchmarks) and :mod:`memmaml.bench` (the benchmark
+library).
+
+* :class:`MAML` (and the torch_maml names :class:`NaiveMAML`,
+  :class:`GradientCheckpointMAML`) over the functional core :func:`unroll`;
+* schedules :class:`Uniform`, :class:`SqrtUniform`, :class:`Binomial`,
+  :class:`Auto` (and host offload) deciding what the checkpointed engine keeps;
+  the plans they produce and the cost model that predicts them;
 * in-graph optimizers :class:`SGD`, :class:`RMSProp`, :class:`Adam` (and the
   torch_maml names :class:`IngraphGradientDescent`, :class:`IngraphRMSProp`);
-* :func:`unroll` -- the functional core both wrappers call;
-* schedules :class:`Uniform`, :class:`Binomial`, :class:`Auto` (and host
-  offload of stored states) deciding what the checkpointed engine keeps;
 * :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA;
-* :class:`MetaTrainer` (:mod:`memmaml.training`), task sources
-  (:mod:`memmaml.tasks`) and the vmap-over-tasks path (:mod:`memmaml.batched`)
-  for meta-training runs.
+* :class:`MetaTrainer` and the vmap-over-tasks functions for meta-training.
 """
 
-from . import batched, schedules, tasks, training
-from .adapted import AdaptedModule
-from .batched import batched_evaluate, batched_meta_gradient
-from .engine import Unrolled, measure_step_costs, unroll
-from .maml import GradientCheckpointMAML, NaiveMAML, Result
-from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
-from .optim import (
+from ._adapted import AdaptedModule
+from ._cost_model import Choice, StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
+from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
+from ._memory import MemoryTracker, peak_rss_bytes, track_memory
+from ._optim import (
     SGD,
     Adam,
     AdamState,
@@ -33,7 +36,23 @@ from .optim import (
     RMSPropState,
     SGDState,
 )
-from .schedules import Auto, Binomial, Plan, Schedule, Uniform, parse_schedule
+from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
+from ._replay_check import ReplayMismatchError
+from ._schedules import (
+    Auto,
+    Binomial,
+    Schedule,
+    SqrtUniform,
+    Uniform,
+    best_uniform,
+    binomial_evaluations,
+    binomial_slots,
+    parse_schedule,
+    sqrt_steps,
+)
+from ._units import format_bytes, parse_size
+from ._unroll import Result, choose_schedule, measure_step_costs, unroll
+from .batched import batched_evaluate, batched_meta_gradient, check_vmappable
 from .training import MetaTrainer
 
 __version__ = "0.1.0"
@@ -42,34 +61,49 @@ __all__ = [
     "Adam",
     "AdamState",
     "AdaptedModule",
+    "Advance",
     "Auto",
     "Binomial",
+    "Choice",
+    "Drop",
     "GradientCheckpointMAML",
     "IngraphGradientDescent",
     "IngraphRMSProp",
     "InnerOptimizer",
+    "MAML",
     "MemoryTracker",
     "MetaTrainer",
     "NaiveMAML",
     "Plan",
+    "PlanStats",
     "RMSProp",
     "RMSPropState",
+    "ReplayMismatchError",
     "Result",
+    "Reverse",
     "SGD",
     "SGDState",
     "Schedule",
+    "SqrtUniform",
+    "StepCosts",
     "Uniform",
-    "Unrolled",
-    "batched",
     "batched_evaluate",
     "batched_meta_gradient",
-    "host_allocations",
+    "best_uniform",
+    "binomial_evaluations",
+    "binomial_slots",
+    "check_plan",
+    "check_vmappable",
+    "choose_schedule",
+    "format_bytes",
+    "longest_steps",
     "measure_step_costs",
     "parse_schedule",
+    "parse_size",
     "peak_rss_bytes",
-    "schedules",
-    "tasks",
+    "predicted_peak_bytes",
+    "predicted_seconds",
+    "sqrt_steps",
     "track_memory",
-    "training",
     "unroll",
 ]

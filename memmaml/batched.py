@@ -66,8 +66,8 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as pytree
 
-from .adapted import AdaptedModule
-from .optim import InnerOptimizer
+from ._adapted import AdaptedModule
+from ._optim import InnerOptimizer
 from .tasks import Task
 
 __all__ = ["BatchedMetaGradient", "batched_evaluate", "batched_meta_gradient", "check_vmappable"]

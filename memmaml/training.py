@@ -67,12 +67,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adapted import AdaptedModule
+from ._adapted import AdaptedModule
 from .batched import batched_evaluate, batched_meta_gradient, check_vmappable
-from .engine import unroll
-from .maml import GradientCheckpointMAML, NaiveMAML
-from .optim import SGD, InnerOptimizer
-from .schedules import Schedule
+from ._unroll import unroll
+from ._maml import GradientCheckpointMAML, NaiveMAML
+from ._optim import SGD, InnerOptimizer
+from ._schedules import Schedule
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = [
