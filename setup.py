@@ -9,6 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["memmaml", "memmaml.*"]),
+    package_data={"memmaml": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm"],
     extras_require={

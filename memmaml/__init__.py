@@ -1,34 +1,37 @@
 """memmaml: memory-efficient MAML in PyTorch.
 
 Backpropagate through long MAML inner loops with exact meta-gradients while
-keeping only a few inner-loop states in memory:
+keeping only a few inner-loop states in memory.
 
-* :class:`GradientCheckpointMAML` -- the checkpointed engine;
-* :class:`NaiveMAML` -- the reference that keeps every step's graph;
+The core API lives here, at the top level (each name has exactly one public
+path); the implementation modules are private. Three public namespaces hold
+the tools around the core and are not re-exported here: :mod:`memmaml.tasks`
+(task sources for meta-training), :mod:`memmaml.models` (the model builders of
+the scripts, notebooks and benchmarks) and :mod:`memmaml.bench` (the benchmark
+library).
+
+* :class:`MAML` (and the torch_maml names :class:`NaiveMAML`,
+  :class:`GradientCheckpointMAML`) over the functional core :func:`unroll`;
+* schedules :class:`Uniform`, :class:`SqrtUniform`, :class:`Binomial`,
+  :class:`Auto` (and host offload) deciding what the checkpointed engine keeps;
+  the plans they produce and the cost model that predicts them;
 * in-graph optimizers :class:`SGD`, :class:`RMSProp`, :class:`Adam` (and the
   torch_maml names :class:`IngraphGradientDescent`, :class:`IngraphRMSProp`);
-* :func:`unroll` -- the functional core both wrappers call;
-* schedules :class:`Uniform`, :class:`Binomial`, :class:`Auto` (and host
-  offload of stored states) deciding what the checkpointed engine keeps;
 * :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA;
-* :class:`MetaTrainer` with its :class:`TrainerConfig`, task sources
-  (:mod:`memmaml.tasks`), held-out evaluation (:func:`batched_evaluate`) and
-  the vmap-over-tasks meta-gradient (:func:`batched_meta_gradient`) for
-  meta-training runs.
+* :class:`MetaTrainer` with its :class:`TrainerConfig`, held-out evaluation
+  (:func:`batched_evaluate`) and the vmap-over-tasks meta-gradient
+  (:func:`batched_meta_gradient`) for meta-training runs.
 """
 
-from . import schedules, tasks
+from ._adapted import AdaptedModule
 from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
 from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
+from ._cost_model import Choice, StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
 from ._evaluation import batched_evaluate
+from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
+from ._memory import MemoryTracker, peak_rss_bytes, track_memory
 from ._metrics_log import MetricsLog
-from ._trainer import MetaTrainer
-from ._trainer_config import TrainerConfig
-from .adapted import AdaptedModule
-from .engine import Unrolled, measure_step_costs, unroll
-from .maml import GradientCheckpointMAML, NaiveMAML, Result
-from .memory import MemoryTracker, host_allocations, peak_rss_bytes, track_memory
-from .optim import (
+from ._optim import (
     SGD,
     Adam,
     AdamState,
@@ -39,7 +42,24 @@ from .optim import (
     RMSPropState,
     SGDState,
 )
-from .schedules import Auto, Binomial, Plan, Schedule, Uniform, parse_schedule
+from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
+from ._replay_check import ReplayMismatchError
+from ._schedules import (
+    Auto,
+    Binomial,
+    Schedule,
+    SqrtUniform,
+    Uniform,
+    best_uniform,
+    binomial_evaluations,
+    binomial_slots,
+    parse_schedule,
+    sqrt_steps,
+)
+from ._trainer import MetaTrainer
+from ._trainer_config import TrainerConfig
+from ._units import format_bytes, parse_size
+from ._unroll import Result, choose_schedule, measure_step_costs, unroll
 
 __version__ = "0.1.0"
 
@@ -47,39 +67,55 @@ __all__ = [
     "Adam",
     "AdamState",
     "AdaptedModule",
+    "Advance",
     "Auto",
     "BatchedMetaGradient",
     "Binomial",
+    "Choice",
+    "Drop",
     "GradientCheckpointMAML",
     "IncompatibleCheckpointError",
     "IngraphGradientDescent",
     "IngraphRMSProp",
     "InnerOptimizer",
+    "MAML",
     "MemoryTracker",
     "MetaTrainer",
     "MetricsLog",
     "NaiveMAML",
     "Plan",
+    "PlanStats",
     "RMSProp",
     "RMSPropState",
+    "ReplayMismatchError",
     "Result",
+    "Reverse",
     "SGD",
     "SGDState",
     "Schedule",
+    "SqrtUniform",
+    "StepCosts",
     "TrainerConfig",
     "Uniform",
-    "Unrolled",
     "atomic_save",
     "batched_evaluate",
     "batched_meta_gradient",
+    "best_uniform",
+    "binomial_evaluations",
+    "binomial_slots",
+    "check_plan",
     "check_vmappable",
-    "host_allocations",
+    "choose_schedule",
+    "format_bytes",
     "load_checkpoint_file",
+    "longest_steps",
     "measure_step_costs",
     "parse_schedule",
+    "parse_size",
     "peak_rss_bytes",
-    "schedules",
-    "tasks",
+    "predicted_peak_bytes",
+    "predicted_seconds",
+    "sqrt_steps",
     "track_memory",
     "unroll",
 ]

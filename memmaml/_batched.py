@@ -6,7 +6,7 @@ one task is written with ``torch.func`` and ``vmap`` runs it for all tasks at
 once: every operator is issued once per meta-batch, on tensors with a leading
 task dimension.
 
-Per task, step ``i`` is the engine's inner step (:mod:`memmaml.engine`)::
+Per task, step ``i`` is the engine's inner step (:mod:`memmaml._step`)::
 
     grads = torch.func.grad(loss_function)(params, support)      # at model(params)
     updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)
@@ -68,10 +68,10 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as pytree
 
+from ._adapted import AdaptedModule
 from ._checks import int_at_least
+from ._optim import InnerOptimizer
 from ._params import learnable_tensors, select_parameters
-from .adapted import AdaptedModule
-from .optim import InnerOptimizer
 from .tasks import Task
 
 __all__ = ["BatchedMetaGradient", "batched_meta_gradient", "check_vmappable"]

@@ -3,7 +3,7 @@
 :func:`batched_evaluate` adapts every task of a stacked batch on its support
 set and measures the query loss (and metrics such as accuracy) after each step
 count in ``steps`` (``0`` is the unadapted model). It runs either task by task
-with the engine (:func:`memmaml.engine.unroll`, first order, no meta-graph) or
+with the engine (:func:`memmaml.unroll`, first order, no meta-graph) or
 all tasks at once under ``torch.func.vmap`` (the per-task inner loop of
 :mod:`memmaml._batched`); both give the same numbers (float64: to rounding,
 ``tests/test_evaluation.py``). :class:`memmaml.MetaTrainer` uses it for both
@@ -31,9 +31,9 @@ from ._batched import _Adapter, _check_tasks, check_vmappable
 from ._checks import int_at_least, one_of
 from ._distributed import Processes
 from ._params import select_parameters
-from .adapted import AdaptedModule
-from .engine import unroll
-from .optim import InnerOptimizer
+from ._adapted import AdaptedModule
+from ._unroll import unroll
+from ._optim import InnerOptimizer
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["batched_evaluate", "held_out_share", "summarize"]
@@ -153,7 +153,7 @@ def _task_by_task(model: nn.Module, loss_function: Callable[..., Tensor], tasks:
                 out = unroll(model, loss_function, [task.support] * (target - done), optimizer, params=current,
                              opt_state=opt_state, opt_kwargs=opt_kwargs, first_order=True)
                 current = {k: v.detach() for k, v in out.params.items()}
-                opt_state = out.opt_state
+                opt_state = out.optimizer_state
                 done = target
             with torch.no_grad():
                 view = AdaptedModule(model, current)

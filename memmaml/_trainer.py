@@ -59,8 +59,8 @@ from ._evaluation import batched_evaluate, held_out_share, summarize
 from ._metrics_log import MetricsLog, TrainWindow
 from ._params import select_parameters
 from ._trainer_config import TrainerConfig
-from .adapted import AdaptedModule
-from .engine import unroll
+from ._adapted import AdaptedModule
+from ._unroll import unroll
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["MetaTrainer"]
@@ -266,7 +266,7 @@ class MetaTrainer:
             loss = self.loss_function(AdaptedModule(self.model, out.params), task.query)
             (loss / n).backward()
             query.append(loss.detach())
-            before.append(out.losses[0].detach())
+            before.append(out.loss_history[0].detach())
         return torch.stack(query), torch.stack(before)
 
     def step(self) -> dict[str, float]:

@@ -8,8 +8,8 @@ from typing import Any
 
 from ._checkpoint_io import plain
 from ._checks import int_at_least, integer, number_in, one_of, positive_int, positive_number
-from .optim import SGD, InnerOptimizer
-from .schedules import Schedule, parse_schedule
+from ._optim import SGD, InnerOptimizer
+from ._schedules import Schedule, parse_schedule
 
 __all__ = ["TrainerConfig"]
 
@@ -35,7 +35,7 @@ class TrainerConfig:
             meta-parameters of the default outer optimizer.
         num_inner_steps: inner steps per task during training.
         schedule: ``None`` runs the naive engine; a
-            :class:`~memmaml.schedules.Schedule` or its text form
+            :class:`~memmaml.Schedule` or its text form
             (``"uniform:5"``, ``"binomial:4"``, ``"sqrt"``, ``"auto:1GiB"``; see
             :func:`memmaml.parse_schedule`) runs the checkpointed engine with it.
         first_order: first-order MAML (inner gradients are constants).
@@ -162,7 +162,7 @@ class TrainerConfig:
 
 def _check_schedule(schedule: Any) -> None:
     if not isinstance(schedule, (Schedule, str)):
-        raise TypeError(f"schedule must be a memmaml.schedules.Schedule, its text form (e.g. 'binomial:4') or "
+        raise TypeError(f"schedule must be a memmaml.Schedule, its text form (e.g. 'binomial:4') or "
                         f"None, got {type(schedule).__name__}")
     try:
         parse_schedule(schedule)

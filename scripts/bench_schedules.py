@@ -10,7 +10,7 @@ Two subcommands, each writing JSON and a Markdown table to ``--out``:
     the same with ``--offload``). Records the peak live-tensor bytes
     (``memmaml.track_memory``), the process's peak RSS, the wall time per inner
     step, and the number of loss evaluations, checked against
-    ``memmaml.schedules.binomial_evaluations``.
+    ``memmaml.binomial_evaluations``.
 
 ``combine``
     Plots peak memory against steps for several ``scripts/compare_memory.py``
@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 import memmaml
-from memmaml.schedules import Binomial, binomial_evaluations, format_bytes, parse_size
+from memmaml import Binomial, binomial_evaluations, format_bytes, parse_size
 
 
 def _model_and_batch(image_size: int, batch_size: int, seed: int = 0):
@@ -164,7 +164,7 @@ def _uniform_peak(n: int, S: int, A: int, base: int) -> int:
     return min(base + (-(-n // k) + 1) * S + k * A for k in {1, k_best - 1 or 1, k_best, k_best + 1, n})
 
 
-def predict(costs: memmaml.schedules.StepCosts, params_bytes: int, budget: int, max_slowdown: float,
+def predict(costs: memmaml.StepCosts, params_bytes: int, budget: int, max_slowdown: float,
             host_bytes: int) -> dict:
     S, A = costs.state_bytes, costs.graph_bytes
     base = 2 * params_bytes  # the meta-parameters and their .grad, outside the unroll

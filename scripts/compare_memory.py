@@ -105,9 +105,9 @@ RECORD_FIELDS = [
 
 # ---------------------------------------------------------------------------------------- parsing
 def parse_size(text: str) -> int:
-    """``'11GiB'`` -> bytes, as :func:`memmaml.schedules.parse_size` reads it (k/M/G/T powers of 1000,
+    """``'11GiB'`` -> bytes, as :func:`memmaml.parse_size` reads it (k/M/G/T powers of 1000,
     KiB/MiB/GiB/TiB powers of 1024), with an argparse error."""
-    from memmaml.schedules import parse_size as size_in_bytes
+    from memmaml import parse_size as size_in_bytes
 
     try:
         return size_in_bytes(str(text))
@@ -310,7 +310,7 @@ def build_model(name: str, *, channels: int, image_size: int, num_classes: int, 
 
 
 def checkpoint_steps_for(spec_k: int | str, n: int) -> int:
-    from memmaml.schedules import sqrt_steps
+    from memmaml import sqrt_steps
 
     return sqrt_steps(n) if spec_k == "sqrt" else int(spec_k)
 
@@ -330,7 +330,7 @@ def schedule_offloads(schedule: str) -> bool:
 
 def make_schedule(schedule: str, checkpoint_steps: int):
     import memmaml
-    from memmaml.schedules import parse_schedule
+    from memmaml import parse_schedule
 
     name = schedule[: -len("+offload")] if schedule_offloads(schedule) else schedule
     if name == "uniform":
@@ -345,7 +345,7 @@ def plan_shape(kind: str, schedule: str, n: int, checkpoint_steps: int | None) -
     """(stored states, graph steps alive at once) of a method at ``n`` steps, for the memory model."""
     if kind == "naive":
         return 0, n
-    from memmaml.schedules import check_plan
+    from memmaml import check_plan
 
     stats = check_plan(make_schedule(schedule, checkpoint_steps).plan(n))
     if schedule_offloads(schedule):

@@ -154,7 +154,7 @@ def test_check_replay_names_the_step_of_a_counting_loss():
         return _ce(model, batch) * (1 + 0.01 * calls[0])
 
     # n = 4, k = 2: the backward pass replays steps 2 and 3 first, with different counts
-    with pytest.raises(memmaml.engine.ReplayMismatchError, match=r"inner step 2 .*params\['0.weight'\] differs"):
+    with pytest.raises(memmaml.ReplayMismatchError, match=r"inner step 2 .*params\['0.weight'\] differs"):
         _checked(counting)
 
 
@@ -165,7 +165,7 @@ def test_check_replay_catches_an_uncontrolled_random_generator():
         keep = rng.randrange(3, 6)  # a subset of the batch drawn from Python's random, not torch's
         return _ce(model, (batch[0][:keep], batch[1][:keep]))
 
-    with pytest.raises(memmaml.engine.ReplayMismatchError, match="inner step 2 "):
+    with pytest.raises(memmaml.ReplayMismatchError, match="inner step 2 "):
         _checked(noisy)
 
 
@@ -176,7 +176,7 @@ def test_check_replay_catches_a_loss_function_that_flips_the_training_flag():
         return loss
 
     model = _mlp()
-    with pytest.raises(memmaml.engine.ReplayMismatchError, match="inner step 2 "):
+    with pytest.raises(memmaml.ReplayMismatchError, match="inner step 2 "):
         _checked(switching, model)
 
 
@@ -194,7 +194,7 @@ def test_check_replay_names_a_buffer_and_catches_a_branch_on_mutable_state():
 
     # the parameters do not depend on running statistics in train mode: the first tensor that differs
     # is a buffer
-    with pytest.raises(memmaml.engine.ReplayMismatchError, match="inner step 2 .*buffer '1.running_mean'"):
+    with pytest.raises(memmaml.ReplayMismatchError, match="inner step 2 .*buffer '1.running_mean'"):
         _checked(branching, model)
 
 

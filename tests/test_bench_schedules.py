@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memmaml.schedules import StepCosts, binomial_evaluations
+from memmaml import StepCosts, binomial_evaluations
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_schedules.py"
 spec = importlib.util.spec_from_file_location("bench_schedules", SCRIPT)

@@ -119,7 +119,7 @@ def test_gradcheck_through_checkpointed_steps(optimizer):
         params = dict(zip(names, tensors))
         # (no max_grad_grad_norm here: clipping makes the backward deliberately differ from the Jacobian)
         out = memmaml.unroll(model, mse, batches, opt, params=params, schedule=memmaml.Uniform(3))
-        return mse(memmaml.AdaptedModule(model, out.params), query) + out.losses[-1]
+        return mse(memmaml.AdaptedModule(model, out.params), query) + out.loss_history[-1]
 
     inputs = (torch.tensor(0.1, dtype=DTYPE, requires_grad=True),
               *[p.detach().clone().requires_grad_() for p in model.parameters()])

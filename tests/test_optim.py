@@ -128,7 +128,16 @@ def test_opt_kwargs_override_and_aliases():
     "make, error, match",
     [
         (lambda: memmaml.SGD(0.1).resolve({"learnin_rate": 1}), TypeError, "unknown hyperparameter 'learnin_rate'"),
-        (lambda: memmaml.SGD(-0.1), ValueError, "lr must be non-negative, got -0.1"),
+        (lambda: memmaml.SGD(-0.1), ValueError, r"SGD: lr must satisfy 0.0 <= lr, got -0.1"),
+        # the ranges torch.optim checks, NaN included
+        (lambda: memmaml.SGD(float("nan")), ValueError, r"SGD: lr must satisfy 0.0 <= lr, got nan"),
+        (lambda: memmaml.Adam(beta1=1.5), ValueError, r"Adam: beta1 must satisfy 0.0 <= beta1 < 1.0, got 1.5"),
+        (lambda: memmaml.Adam(beta2=1.0), ValueError, r"Adam: beta2 must satisfy 0.0 <= beta2 < 1.0, got 1.0"),
+        (lambda: memmaml.RMSProp(0.1, eps=-1e-8), ValueError, r"RMSProp: eps must satisfy 0.0 <= eps"),
+        (lambda: memmaml.RMSProp(0.1, alpha=float("nan")), ValueError, r"RMSProp: alpha must satisfy"),
+        (lambda: memmaml.SGD(0.1, momentum=-0.5), ValueError, r"SGD: momentum must satisfy 0.0 <= momentum"),
+        (lambda: memmaml.SGD({"w": -0.1}), ValueError, r"SGD: lr\['w'\] must satisfy 0.0 <= lr\['w'\]"),
+        (lambda: memmaml.Adam(0.1).resolve({"beta1": 1.0}), ValueError, r"beta1 must satisfy 0.0 <= beta1 < 1.0"),
         (lambda: memmaml.SGD(0.1).resolve({"momentum": 0.9}), ValueError, "built without momentum"),
         (lambda: memmaml.SGD(0.1, nesterov=True), ValueError, "nesterov=True needs a non-zero momentum"),
         (lambda: memmaml.Adam("0.1"), TypeError, "lr must be a number, a tensor"),

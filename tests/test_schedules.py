@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import memmaml
-from memmaml.schedules import (Advance, Auto, Binomial, Drop, Plan, Reverse, StepCosts, Uniform,
-                               binomial_evaluations, check_plan, parse_schedule, parse_size)
+from memmaml import (Advance, Auto, Binomial, Drop, Plan, Reverse, StepCosts, Uniform,
+                     binomial_evaluations, check_plan, parse_schedule, parse_size)
 from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 
 
@@ -200,7 +200,7 @@ def test_auto_picks_uniform_then_binomial_as_the_budget_shrinks():
     tight = Auto(2_000 + 100 * 12).choose(n, COSTS)
     assert isinstance(tight.schedule, Binomial) and tight.schedule.slots == 10
     assert tight.evaluations == binomial_evaluations(n, 10)
-    assert "Binomial(slots=10)" in tight.describe(n) and "evaluations per step" in tight.describe(n)
+    assert "Binomial(slots=10)" in tight.describe() and "evaluations per step" in tight.describe()
     offloaded = Auto(2_000 + 100 * 3).choose(n, COSTS, offload=True)
     assert offloaded.schedule is not None and offloaded.predicted_peak_bytes <= 2_300
 
@@ -217,9 +217,10 @@ def test_auto_measures_one_step_and_reports_its_choice():
     maml = memmaml.GradientCheckpointMAML(model, mse, memmaml.SGD(0.1), schedule=auto)
     result = maml(regression_batches(30))
     mse(result.model, regression_batches(1)[0]).backward()
-    assert auto.costs.state_bytes == _state_bytes(model)
-    assert auto.costs.graph_bytes > auto.costs.state_bytes
-    assert auto.choice is not None and "Auto(budget=64.0 KiB) chose" in auto.describe()
+    assert maml.step_costs.state_bytes == _state_bytes(model)
+    assert maml.step_costs.graph_bytes > maml.step_costs.state_bytes
+    assert maml.last_choice is not None and "Auto(budget=64.0 KiB) chose" in maml.last_choice.describe()
+    assert maml.last_choice.schedule is not None, "64 KiB does not hold 30 graphs: a checkpoint schedule"
 
 
 # -------------------------------------------------------------------------- bad input

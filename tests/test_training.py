@@ -22,7 +22,7 @@ from memmaml import (
     atomic_save,
     load_checkpoint_file,
 )
-from memmaml.schedules import Binomial, Schedule, Uniform
+from memmaml import Binomial, Schedule, Uniform
 from memmaml.tasks import Sinusoid
 
 DTYPE = torch.float64
@@ -261,7 +261,7 @@ BAD_CONFIGS = [
     ({"num_eval_tasks": -1}, ValueError, "num_eval_tasks must be an integer >= 1, got -1"),
     ({"inner_optimizer": torch.optim.SGD}, TypeError, "inner_optimizer must be a memmaml in-graph optimizer"),
     ({"eval_optimizer": "sgd"}, TypeError, "eval_optimizer must be a memmaml in-graph optimizer"),
-    ({"schedule": 5}, TypeError, "schedule must be a memmaml.schedules.Schedule, its text form"),
+    ({"schedule": 5}, TypeError, "schedule must be a memmaml.Schedule, its text form"),
     ({"schedule": "binomial:0"}, ValueError, "schedule: bad schedule 'binomial:0': slots must be a positive integer"),
     ({"schedule": "revolve:3"}, ValueError, "schedule: unknown schedule 'revolve:3'"),
     ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm must be a positive number, got 0.0"),

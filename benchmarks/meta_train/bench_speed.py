@@ -29,7 +29,7 @@ from torch import nn
 
 import memmaml
 from memmaml import MetaTrainer, TrainerConfig
-from memmaml.schedules import Uniform
+from memmaml import Uniform
 from memmaml.tasks import Sinusoid
 
 

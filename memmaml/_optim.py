@@ -45,12 +45,16 @@ NOTE [ Square roots at zero ]
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from numbers import Number
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from ._checks import number_in
+from ._params import learnable_tensors
 
 __all__ = [
     "Adam",
@@ -109,24 +113,20 @@ def _check_hyperparam(owner: str, name: str, value: Any) -> None:
         raise TypeError(f"{owner}: hyperparameter {name} must be a floating-point tensor, got dtype {value.dtype}")
 
 
-def _tensors_in(value: Any) -> Iterator[Tensor]:
-    if isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors_in(item)
-    elif isinstance(value, Tensor):
-        yield value
-
-
 class InnerOptimizer:
     """Base class of the in-graph optimizers.
 
     Subclasses define ``_defaults`` (hyperparameter names and default values),
     ``init`` and ``_update``. ``_aliases`` maps alternative keyword names (those
-    of ``torch_maml``) onto the canonical ones.
+    of ``torch_maml``) onto the canonical ones. ``_ranges`` gives the range of
+    each hyperparameter as ``torch.optim`` checks it (``(low, high)``, high
+    excluded); numbers outside it, NaN included, raise ``ValueError``. Tensors
+    are not checked: reading their values would be a host sync.
     """
 
     _defaults: dict[str, Any] = {}
     _aliases: dict[str, str] = {}
+    _ranges: dict[str, tuple[float, float]] = {}
 
     def __init__(self, **hyperparams: Any) -> None:
         self.hyperparams = self.resolve(hyperparams, base=self._defaults)
@@ -154,17 +154,19 @@ class InnerOptimizer:
 
     def _validate(self, hyperparams: Mapping[str, Any]) -> None:
         for name, value in hyperparams.items():
-            if isinstance(value, Number) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be non-negative, got {value}")
+            low, high = self._ranges.get(name, (0.0, math.inf))
+            items = value.items() if isinstance(value, Mapping) else [(None, value)]
+            for key, item in items:
+                if isinstance(item, Number):
+                    label = name if key is None else f"{name}[{key!r}]"
+                    try:
+                        number_in(label, item, low, high)
+                    except ValueError as err:
+                        raise ValueError(f"{type(self).__name__}: {err}") from None
 
     def parameters(self) -> Iterator[Tensor]:
         """The tensor hyperparameters that require grad (learnable ones), for a meta-optimizer."""
-        seen: set[int] = set()
-        for value in self.hyperparams.values():
-            for tensor in _tensors_in(value):
-                if tensor.requires_grad and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    yield tensor
+        yield from learnable_tensors(self.hyperparams)
 
     # -- pure functions --------------------------------------------------
     def init(self, params: Params) -> Any:
@@ -377,6 +379,7 @@ class Adam(InnerOptimizer):
     """
 
     _defaults = {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "eps_root": 0.0}
+    _ranges = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
 
     def __init__(
         self,

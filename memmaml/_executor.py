@@ -1,0 +1,237 @@
+"""The checkpointed engine: executes a :class:`~memmaml.Plan` inside one autograd Function.
+
+NOTE [ What crosses the Function ]
+    Everything that needs a meta-gradient is an explicit input of
+    :class:`CheckpointedUnroll`: the initial parameters and optimizer state,
+    and every tensor that requires grad among the hyperparameters, the model
+    parameters that are not adapted ("static" parameters), the batches and
+    ``loss_kwargs``. Inside, they are replaced by detached leaves, so no graph
+    leaks out of a segment and nothing reaches the meta-gradient through a
+    closure. Tensors captured by the loss function's closure are *not* inputs:
+    they get no meta-gradient from the checkpointed engine (the naive one
+    would give them one).
+
+The forward pass runs every step without a graph and stores the states the
+plan asks for; the backward pass executes the plan's operations (see
+:mod:`memmaml._plans`): ``Advance`` replays steps without a graph to store a
+state, ``Reverse`` replays a segment with its graph and pulls the cotangent
+through it, ``Drop`` frees a state. Replays restore what
+:class:`~memmaml._replay_context.ReplayContext` captured (NOTE [ Replay must be
+exact ]); with ``check_replay`` every replayed step is compared with the
+forward pass (NOTE [ Checking the replay ]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.utils import _pytree as pytree
+
+from ._plans import Advance, Drop, Plan, Reverse, check_plan
+from ._replay_check import Digest, check_digest, digest
+from ._replay_context import ReplayContext
+from ._step import Extras, InnerStep, progress_bar
+from ._store import Store, StoredState
+
+__all__ = ["CheckpointedUnroll", "Executor"]
+
+
+class Executor:
+    """Runs one unroll's forward pass and, later, its plan's backward operations.
+
+    Args:
+        step: the inner step.
+        context: what replays restore.
+        leaves, spec: the flattened initial state ``(params, opt_state)``.
+        plan: the plan; ``None`` to run the steps once and keep nothing.
+        offload: keep stored states in host memory.
+        check_replay: compare every replayed step with the forward pass.
+        progress: tqdm bars.
+    """
+
+    def __init__(self, step: InnerStep, context: ReplayContext, leaves: list[Any], spec: Any, plan: Plan | None,
+                 *, offload: bool = False, check_replay: bool = False, progress: bool = False) -> None:
+        self.step = step
+        self.context = context
+        self.spec = spec
+        self.plan = Plan(step.num_steps, (), ()) if plan is None else plan
+        self.stats = None if plan is None else check_plan(plan)
+        self.check_replay = check_replay
+        self.progress = progress
+        self.tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        self.constant_leaves = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        self.float_outputs = [leaves[i].is_floating_point() for i in self.tensor_slots]
+        # tensors among the extras that require grad are inputs of the Function (deduplicated)
+        self.extra_inputs: list[Tensor] = []
+        self.extra_slots: list[tuple[int, int]] = []  # (leaf position in extras, index into extra_inputs)
+        index_of: dict[int, int] = {}
+        for position, leaf in enumerate(pytree.tree_leaves(step.extras)):
+            if isinstance(leaf, Tensor) and leaf.requires_grad:
+                if id(leaf) not in index_of:
+                    index_of[id(leaf)] = len(self.extra_inputs)
+                    self.extra_inputs.append(leaf)
+                self.extra_slots.append((position, index_of[id(leaf)]))
+        self.store = Store(offload)
+        self.consumed = False
+        self.digests: dict[int, Digest] = {}  # state index -> digest of the forward pass's state
+
+    # -- layout ----------------------------------------------------------------------
+    def extras_with(self, substitutes: Sequence[Tensor]) -> Extras:
+        """The extras with ``substitutes`` in place of the tensors that require grad."""
+        leaves, spec = pytree.tree_flatten(self.step.extras)
+        for position, index in self.extra_slots:
+            leaves[position] = substitutes[index]
+        return pytree.tree_unflatten(leaves, spec)
+
+    def state_leaves(self, tensors: Sequence[Tensor]) -> list[Any]:
+        """The flattened state with ``tensors`` in its tensor slots."""
+        leaves = list(self.constant_leaves)
+        for slot, tensor in zip(self.tensor_slots, tensors):
+            leaves[slot] = tensor
+        return leaves
+
+    # -- replay check ----------------------------------------------------------------
+    def _digest(self, leaves: list[Any], buffers: dict[str, Tensor] | None) -> Digest:
+        return digest([leaves[slot] for slot in self.tensor_slots] + self.context.buffers_of(buffers))
+
+    def _check(self, index: int, leaves: list[Any], buffers: dict[str, Tensor] | None) -> None:
+        if self.check_replay:
+            check_digest(index - 1, self.digests[index], self._digest(leaves, buffers), self._tensor_names())
+
+    def _tensor_names(self) -> list[str]:
+        tree = pytree.tree_unflatten(list(range(len(self.constant_leaves))), self.spec)
+        by_leaf = {leaf: ("params" if path[0].idx == 0 else "opt_state") + pytree.keystr(path[1:])
+                   for path, leaf in pytree.tree_flatten_with_path(tree)[0]}
+        return [by_leaf[slot] for slot in self.tensor_slots] + [f"buffer {n!r}" for n in self.context.buffer_names]
+
+    # -- forward ---------------------------------------------------------------------
+    def run_forward(self, state_tensors: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """All steps without a graph, storing the plan's states; the final state tensors and the losses."""
+        context, step = self.context, self.step
+        extras = self.extras_with([t.detach() for t in self.extra_inputs])
+        leaves = self.state_leaves([t.detach() for t in state_tensors])
+        saves = set(self.plan.forward_saves)
+        losses = []
+        with progress_bar(self.progress, step.num_steps, "memmaml forward") as bar, context.ambient.restored():
+            for i in range(step.num_steps):
+                if i in saves:
+                    self.store.put(i, StoredState(leaves, context.buffers_snapshot(), context.snapshot_rng()))
+                leaves, loss = step(i, leaves, self.spec, extras, None, "nograph")
+                if self.check_replay:
+                    self.digests[i + 1] = self._digest(leaves, None)
+                losses.append(loss)
+                if bar is not None:
+                    bar.update()
+        self.initial_state = self.store.states.get(0)
+        return [leaves[slot] for slot in self.tensor_slots], torch.stack(losses)
+
+    # -- backward --------------------------------------------------------------------
+    def run_backward(self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
+                     ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """Execute the plan's backward operations: cotangents of the initial state and of the extras."""
+        # states are freed as the plan drops them, so the backward pass holds what the schedule says;
+        # the input state is kept aside, and a second backward pass (retain_graph=True) first
+        # rebuilds the forward pass's stored states from it
+        store = self._forward_store() if self.consumed else self.store
+        self.store, self.consumed = Store(store.offload), True
+        extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
+        extras = self.extras_with(extra_leaves)
+        extra_grads: list[Tensor | None] = [None] * len(extra_leaves)
+        cot = list(state_cotangents)
+        work = self.stats.replayed_steps + self.stats.reversed_steps
+        with progress_bar(self.progress, work, "memmaml replay") as bar:
+            for op in self.plan.backward:
+                if isinstance(op, Drop):
+                    store.pop(op.index)
+                elif isinstance(op, Advance):
+                    store.put(op.stop, self._advance(store.get(op.start), op, extras, bar))
+                elif isinstance(op, Reverse):
+                    cot, grads = self._reverse(store.get(op.start), op, extras, extra_leaves, cot,
+                                               loss_cotangents, bar)
+                    for index, grad in enumerate(grads):
+                        if grad is not None:
+                            extra_grads[index] = grad if extra_grads[index] is None else extra_grads[index] + grad
+        return cot, extra_grads
+
+    def _forward_store(self) -> Store:
+        """The forward pass's stored states again, recomputed from the kept input state."""
+        store = Store(self.store.offload)
+        store.states[0] = self.initial_state
+        extras = self.extras_with([t.detach() for t in self.extra_inputs])
+        saves = sorted(self.plan.forward_saves)
+        for start, stop in zip(saves, saves[1:]):
+            store.put(stop, self._advance(store.get(start), Advance(start, stop), extras, None))
+        return store
+
+    def _advance(self, state: StoredState, op: Advance, extras: Extras, bar) -> StoredState:
+        context = self.context
+        buffers = context.buffers_snapshot(state.buffers)
+        leaves = state.leaves
+        with context.restored(state.rng):
+            for i in range(op.start, op.stop):
+                leaves, _ = self.step(i, leaves, self.spec, extras, buffers, "nograph")
+                self._check(i + 1, leaves, buffers)
+                if bar is not None:
+                    bar.update()
+            rng = context.snapshot_rng()
+        return StoredState(leaves, buffers, rng)
+
+    def _reverse(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor],
+                 cot: list[Tensor | None], loss_cotangents: Tensor | None, bar):
+        buffers = self.context.buffers_snapshot(state.buffers)
+        inputs = [state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
+                  for slot in self.tensor_slots]
+        leaves = self.state_leaves(inputs)
+        losses = []
+        with self.context.restored(state.rng), torch.enable_grad():
+            for i in range(op.start, op.stop):
+                leaves, loss = self.step(i, leaves, self.spec, extras, buffers, "graph")
+                self._check(i + 1, leaves, buffers)
+                losses.append(loss)
+                if bar is not None:
+                    bar.update()
+        outputs, grad_outputs = [], []
+        for output, grad in zip((leaves[slot] for slot in self.tensor_slots), cot):
+            if grad is not None and output.requires_grad:
+                outputs.append(output)
+                grad_outputs.append(grad)
+        if loss_cotangents is not None:
+            for i, loss in zip(range(op.start, op.stop), losses):
+                if loss.requires_grad:
+                    outputs.append(loss)
+                    grad_outputs.append(loss_cotangents[i])
+        wrt = [t for t in inputs if t.requires_grad] + extra_leaves
+        grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)) if outputs else (
+            [None] * len(wrt))
+        new_cot = [grads.pop(0) if t.requires_grad else None for t in inputs]
+        return new_cot, grads
+
+
+class CheckpointedUnroll(torch.autograd.Function):
+    """Runs the inner loop without a graph and replays it in the backward pass.
+
+    Inputs: the :class:`Executor`, the number of state tensors, the state tensors,
+    then the extras that require grad. Outputs: the final state tensors and the
+    losses stacked into one tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, executor: Executor, num_state: int, *inputs: Tensor) -> tuple[Tensor, ...]:
+        final, losses = executor.run_forward(inputs[:num_state])
+        ctx.executor = executor
+        ctx.num_state = num_state
+        outputs = (*final, losses)
+        ctx.mark_non_differentiable(*(t for t in outputs if not t.is_floating_point()))
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
+        executor: Executor = ctx.executor
+        state_cot = [g if is_float else None for g, is_float in zip(grads[: ctx.num_state], executor.float_outputs)]
+        state_grads, extra_grads = executor.run_backward(state_cot, grads[ctx.num_state])
+        return (None, None, *state_grads, *extra_grads)

@@ -1,0 +1,129 @@
+"""What a replayed step must see besides its inputs: RNG, train/eval flags, buffers, autocast.
+
+NOTE [ Replay must be exact ]
+    A replay must compute the function whose states the forward pass stored,
+    or the meta-gradient silently belongs to another computation. What a step
+    computes depends on its inputs and on ambient state, so a replay restores:
+
+    * the state itself: a stored state holds the parameters, the optimizer
+      state, a copy of the model's buffers and the RNG state (CPU and the CUDA
+      devices in use) as they were before its step;
+    * the RNG state, inside ``torch.random.fork_rng`` (the caller's random
+      stream is untouched), so dropout draws the same masks;
+    * every submodule's ``training`` flag as it was when the inner loop ran;
+    * the autocast state (enabled, and the low-precision dtype) of ``cpu`` and
+      of every device type the model, the state and the extras live on,
+      captured when :func:`~memmaml.unroll` is called. The backward pass
+      usually runs outside the user's ``with torch.autocast(...)`` block (and
+      on CUDA, in the autograd engine's own thread, where thread-local
+      autocast state is not set), so without this the replay computes in
+      float32 what the forward computed in bfloat16. The vector-Jacobian
+      product through a replayed segment runs in the caller's state, as the
+      naive engine's backward pass does;
+    * the buffers: the model runs on *copies* of the stored buffers, so
+      BatchNorm's running statistics are updated once per inner step, by the
+      forward pass, in the model itself, exactly as the naive loop updates
+      them, and never again.
+
+    The autocast weight cache changes no value: it keeps a low-precision copy
+    of each leaf tensor that requires grad until the outermost autocast block
+    exits. Every step the checkpointed engine runs starts from freshly detached
+    leaves, so a cache would keep a copy of every step's parameters alive
+    (memory growing with ``n``: measured 0.5 MB per step for a 330 kB MLP
+    under bf16). The engine's own steps therefore run with the cache off.
+
+    Left alone, because they are process-wide settings a program does not
+    change between a forward and a backward pass, and a change would be
+    caught by ``check_replay``: the default dtype, deterministic-algorithm and
+    cuDNN flags, float32 matmul precision, the number of threads. Grad mode is
+    set by the engine itself for every step. Saved-tensor hooks and anomaly
+    mode change where tensors live or what is checked, not what is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Ambient", "ReplayContext", "Rng"]
+
+Rng = tuple[Tensor, list[Tensor]]  # the CPU generator's state and one state per CUDA device in use
+
+
+class Ambient:
+    """The autocast state steps compute under, captured at construction."""
+
+    def __init__(self, device_types: Iterable[str]) -> None:
+        types = sorted(t for t in set(device_types) | {"cpu"} if torch.amp.is_autocast_available(t))
+        self.autocast = tuple((t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in types)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """Autocast as captured, with the weight cache off (it changes no value)."""
+        with contextlib.ExitStack() as stack:
+            for device_type, enabled, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype if enabled else None,
+                                                   enabled=enabled, cache_enabled=False))
+            yield
+
+
+class ReplayContext:
+    """Captures, when the inner loop starts, what its replays must restore; see NOTE [ Replay must be exact ].
+
+    Args:
+        model: the module the steps call.
+        tensors: every tensor the steps read besides the model (state and extras):
+            their device types decide which autocast states and CUDA generators are captured.
+        preserve_rng_state: restore the RNG state in replays.
+    """
+
+    def __init__(self, model: nn.Module, tensors: Iterable[Tensor], *, preserve_rng_state: bool) -> None:
+        tensors = [*tensors, *model.parameters(), *model.buffers()]
+        self.model = model
+        self.training_flags = [m.training for m in model.modules()]
+        self.buffer_names = [name for name, _ in model.named_buffers()]
+        self.preserve_rng_state = preserve_rng_state
+        self.cuda_devices: list[int] = []
+        if preserve_rng_state:
+            devices = {t.device.index for t in tensors if t.is_cuda}
+            self.cuda_devices = sorted(d if d is not None else torch.cuda.current_device() for d in devices)
+        self.ambient = Ambient(t.device.type for t in tensors)
+
+    def snapshot_rng(self) -> Rng | None:
+        """The RNG state now (``None`` when RNG state is not preserved)."""
+        if not self.preserve_rng_state:
+            return None
+        return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self.cuda_devices]
+
+    @contextlib.contextmanager
+    def restored(self, rng: Rng | None) -> Iterator[None]:
+        """Restore the RNG state ``rng``, the inner loop's training flags and its autocast state; undo all three."""
+        modules = list(self.model.modules())
+        saved_flags = [m.training for m in modules]
+        with torch.random.fork_rng(devices=self.cuda_devices, enabled=rng is not None), self.ambient.restored():
+            if rng is not None:
+                torch.set_rng_state(rng[0])
+                for device, state in zip(self.cuda_devices, rng[1]):
+                    torch.cuda.set_rng_state(state, device)
+            for module, flag in zip(modules, self.training_flags):
+                module.training = flag
+            try:
+                yield
+            finally:
+                for module, flag in zip(modules, saved_flags):
+                    module.training = flag
+
+    def buffers_snapshot(self, buffers: Mapping[str, Tensor] | None = None) -> dict[str, Tensor] | None:
+        """Copies of ``buffers`` (default: the model's own), or ``None`` for a model without buffers."""
+        if not self.buffer_names:
+            return None
+        source = dict(self.model.named_buffers()) if buffers is None else buffers
+        return {name: source[name].detach().clone() for name in self.buffer_names}
+
+    def buffers_of(self, buffers: Mapping[str, Tensor] | None) -> list[Tensor]:
+        """The tensors of ``buffers`` (default: the model's own) in a fixed order."""
+        source = dict(self.model.named_buffers()) if buffers is None else buffers
+        return [source[name] for name in self.buffer_names]

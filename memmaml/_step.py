@@ -1,0 +1,151 @@
+"""One inner step, the same for every engine: loss, gradient, optimizer update, clipping.
+
+NOTE [ Clipping through the unroll ]
+    With ``max_grad_grad_norm`` each step's new parameters pass through
+    ``_ClipCotangent``: an identity in the forward pass whose backward scales the
+    cotangent of all adapted parameters jointly to at most that global L2 norm
+    (scale ``min(1, max_norm / (norm + 1e-6))``, computed on the device, no
+    host sync). The naive and the checkpointed engine apply it at the same
+    places, so their meta-gradients agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from ._adapted import AdaptedModule
+from ._optim import InnerOptimizer
+
+__all__ = ["Extras", "InnerStep", "progress_bar", "tensors_in"]
+
+Params = dict[str, Tensor]
+#: everything a step reads besides its state: (hyperparameters, static parameters, batches, loss_kwargs)
+Extras = tuple[dict[str, Any], Params, list[Any], dict[str, Any]]
+
+
+class _ClipCotangent(torch.autograd.Function):
+    """Identity forward; backward clips the joint L2 norm of the cotangents."""
+
+    @staticmethod
+    def forward(ctx, max_norm: float, *tensors: Tensor) -> tuple[Tensor, ...]:
+        ctx.max_norm = max_norm
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
+        dtype = grads[0].dtype
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(dtype) for g in grads]))
+        scale = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
+        return (None, *(g * scale.to(g.device) for g in grads))
+
+
+def _clip(params: Params, max_norm: float | None) -> Params:
+    if max_norm is None:
+        return params
+    clipped = _ClipCotangent.apply(max_norm, *params.values())
+    return dict(zip(params, clipped))
+
+
+def tensors_in(tree: Any) -> list[Tensor]:
+    """The tensors among the leaves of ``tree``."""
+    return [leaf for leaf in pytree.tree_leaves(tree) if isinstance(leaf, Tensor)]
+
+
+def progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar over ``total`` steps, or a context yielding ``None`` when disabled."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False)
+
+
+class InnerStep:
+    """``step(i, state) -> (state after step i, loss before it)``, with or without a graph.
+
+    Args:
+        model: the module, called functionally at the adapted parameters.
+        loss_function: ``loss_function(model, batch, **loss_kwargs) -> 0-d tensor``.
+        optimizer: the in-graph optimizer.
+        extras: what the steps read besides the state (see :data:`Extras`).
+        first_order: inner gradients are constants.
+        max_grad_grad_norm: clip the cotangent of each step's new parameters.
+        allow_unused: an adapted parameter the loss does not use gets a zero gradient.
+        check_finite: raise at the first non-finite loss (one host sync per step).
+    """
+
+    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer,
+                 extras: Extras, *, first_order: bool, max_grad_grad_norm: float | None, allow_unused: bool,
+                 check_finite: bool) -> None:
+        self.model = model
+        self.loss_function = loss_function
+        self.optimizer = optimizer
+        self.extras = extras
+        self.num_steps = len(extras[2])
+        self.first_order = first_order
+        self.max_norm = max_grad_grad_norm
+        self.allow_unused = allow_unused
+        self.check_finite = check_finite
+
+    def loss_and_grads(self, step: int, params: Params, extras: Extras, buffers: Params | None,
+                       create_graph: bool) -> tuple[Tensor, Params]:
+        """Loss at ``params`` on batch ``step`` and its gradient with respect to ``params``.
+
+        With ``create_graph`` the gradient is differentiable (second order);
+        otherwise it is computed at detached copies and returned detached, as is
+        the loss.
+        """
+        _, static, batches, loss_kwargs = extras
+        if not create_graph:
+            params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        with torch.enable_grad():
+            view = AdaptedModule(self.model, {**static, **params, **(buffers or {})})
+            loss = self.loss_function(view, batches[step], **loss_kwargs)
+            self._check_loss(step, loss)
+            raw = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+        grads = {}
+        for (name, param), grad in zip(params.items(), raw):
+            if grad is None:
+                if not self.allow_unused:
+                    raise ValueError(
+                        f"adapted parameter {name!r} does not affect the loss at inner step {step}; "
+                        "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero")
+                grad = torch.zeros_like(param)
+            grads[name] = grad
+        if self.check_finite and not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"the loss at inner step {step} is not finite: {loss.item()}")
+        return (loss if create_graph else loss.detach()), grads
+
+    @staticmethod
+    def _check_loss(step: int, loss: Any) -> None:
+        if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.is_floating_point():
+            got = (f"a tensor of shape {tuple(loss.shape)} and dtype {loss.dtype}" if isinstance(loss, Tensor)
+                   else f"a {type(loss).__name__}")
+            raise ValueError(f"loss_function must return a floating-point scalar tensor; at inner step {step} "
+                             f"it returned {got}")
+        if not loss.requires_grad:
+            raise ValueError(f"the loss at inner step {step} does not depend on any adapted parameter; "
+                             "loss_function must compute the loss with the model it is given")
+
+    def __call__(self, step: int, leaves: list[Any], spec: Any, extras: Extras, buffers: Params | None,
+                 mode: str) -> tuple[list[Any], Tensor]:
+        """One inner step on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
+        params, opt_state = pytree.tree_unflatten(leaves, spec)
+        create_graph = mode == "graph" and not self.first_order
+        loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
+        with torch.enable_grad() if mode == "graph" else torch.no_grad():
+            updates, opt_state = self.optimizer.update(grads, opt_state, params, extras[0])
+            params = {name: params[name] + updates[name] for name in params}
+            if mode == "graph":
+                params = _clip(params, self.max_norm)
+        new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
+        if new_spec != spec:
+            raise TypeError(f"optimizer.update changed the structure of the state at inner step {step}: "
+                            f"{spec} became {new_spec}")
+        return new_leaves, loss

@@ -1,0 +1,245 @@
+"""``unroll``: the functional core every wrapper calls, and ``measure_step_costs``.
+
+Both engines run the same inner step (:mod:`memmaml._step`), so they agree to
+rounding:
+
+* ``schedule=None`` keeps the whole graph (the naive reference);
+* a schedule runs the steps inside :class:`~memmaml._executor.CheckpointedUnroll`,
+  which keeps only the states the schedule's plan asks for and replays the
+  steps in the backward pass (Chen et al. 2016; Griewank & Walther 2000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from ._adapted import AdaptedModule
+from ._checks import positive_number
+from ._cost_model import Choice, StepCosts
+from ._executor import CheckpointedUnroll, Executor
+from ._measure import measure_costs
+from ._optim import InnerOptimizer
+from ._replay_context import ReplayContext
+from ._schedules import Schedule, parse_schedule
+from ._step import InnerStep, progress_bar, tensors_in
+
+__all__ = ["Result", "choose_schedule", "measure_step_costs", "unroll"]
+
+Params = dict[str, Tensor]
+
+
+class Result(NamedTuple):
+    """What an unroll returns (``model, loss_history, optimizer_state = result`` unpacks it).
+
+    Attributes:
+        model: an :class:`~memmaml.AdaptedModule`; calling it computes with the
+            adapted parameters and is differentiable with respect to the
+            original model's parameters and the tensor hyperparameters.
+        loss_history: the inner loss *before* each step (0-d tensors, one per batch).
+            Differentiable in second-order mode; detached with ``first_order=True``.
+        optimizer_state: the inner optimizer's state after the last step
+            (differentiable); pass it back as ``opt_state`` / ``optimizer_state``
+            to continue.
+    """
+
+    model: AdaptedModule
+    loss_history: list[Tensor]
+    optimizer_state: Any
+
+    @property
+    def params(self) -> Params:
+        """The adapted parameters, keyed like ``model.named_parameters()``."""
+        return self.model.params
+
+
+def choose_schedule(schedule: Schedule | str | None, num_steps: int, measure: Callable[[], StepCosts], *,
+                    offload: bool = False) -> Choice:
+    """The concrete schedule for an unroll: ``schedule`` itself, or what it chooses from measured costs.
+
+    ``measure`` is called only for a schedule that ``needs_costs`` (:class:`~memmaml.Auto`).
+    """
+    if schedule is None:
+        if offload:
+            raise ValueError("offload=True needs a checkpoint schedule: the naive unroll stores no states")
+        return Choice.of(None, num_steps)
+    schedule = parse_schedule(schedule)
+    return schedule.choose(num_steps, measure() if schedule.needs_costs else None, offload=offload)
+
+
+class _Setup(NamedTuple):
+    step: InnerStep
+    context: ReplayContext
+    leaves: list[Any]
+    spec: Any
+
+
+def _setup(model: nn.Module, loss_function: Callable[..., Tensor], batches: Sequence[Any],
+           optimizer: InnerOptimizer, params: Params, opt_state: Any, opt_kwargs: Mapping[str, Any] | None,
+           loss_kwargs: Mapping[str, Any] | None, *, preserve_rng_state: bool = True, **options: Any) -> _Setup:
+    static = {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
+    extras = (optimizer.resolve(opt_kwargs), static, list(batches), dict(loss_kwargs or {}))
+    if opt_state is None:
+        with torch.no_grad():
+            opt_state = optimizer.init({name: p.detach() for name, p in params.items()})
+    leaves, spec = pytree.tree_flatten((params, opt_state))
+    context = ReplayContext(model, tensors_in((leaves, extras)), preserve_rng_state=preserve_rng_state)
+    return _Setup(InnerStep(model, loss_function, optimizer, extras, **options), context, leaves, spec)
+
+
+def unroll(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    batches: Sequence[Any],
+    optimizer: InnerOptimizer,
+    *,
+    params: Params,
+    opt_state: Any = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    loss_kwargs: Mapping[str, Any] | None = None,
+    schedule: Schedule | str | None = None,
+    offload: bool = False,
+    first_order: bool = False,
+    max_grad_grad_norm: float | None = None,
+    allow_unused: bool = False,
+    check_finite: bool = False,
+    preserve_rng_state: bool = True,
+    progress: bool = False,
+    check_replay: bool = False,
+) -> Result:
+    """Run ``len(batches)`` inner steps of ``optimizer`` on ``params``; differentiable.
+
+    Step ``i`` computes ``loss_function(model at params, batches[i], **loss_kwargs)``,
+    its gradient with respect to ``params``, and ``params + update``.
+
+    Differentiable with respect to: ``params`` and ``opt_state`` (whatever their
+    history), every model parameter that is not adapted but requires grad, and
+    every tensor that requires grad in the hyperparameters, ``opt_kwargs``,
+    ``batches`` and ``loss_kwargs``. Not with respect to tensors captured by
+    ``loss_function``'s closure when a schedule is given.
+
+    Args:
+        model: the module; it is called functionally with ``params``.
+        loss_function: ``loss_function(model, batch, **loss_kwargs) -> scalar``.
+            It is run again during replays: it must compute the same thing each
+            time it sees the same state (README, "What the loss function must
+            not do"); ``check_replay`` verifies it.
+        batches: one batch per inner step.
+        optimizer: an :class:`~memmaml.InnerOptimizer`.
+        params: the parameters to adapt, keyed like ``model.named_parameters()``.
+        opt_state: the initial optimizer state (default: ``optimizer.init(params)``).
+        opt_kwargs: hyperparameter overrides for this unroll.
+        loss_kwargs: keyword arguments for ``loss_function``.
+        schedule: ``None`` keeps the whole graph (naive); a
+            :class:`~memmaml.Schedule` (or its text form, e.g. ``"binomial:20"``,
+            see :func:`~memmaml.parse_schedule`) keeps only its stored states and
+            replays steps in the backward pass; :class:`~memmaml.Auto` measures
+            one step on ``batches[0]`` and runs the schedule it chooses.
+        offload: keep the schedule's stored states in host memory (pinned,
+            copied asynchronously on CUDA); device memory then no longer grows
+            with the number of steps. Needs a schedule.
+        first_order: treat each inner gradient as a constant (first-order MAML).
+        max_grad_grad_norm: clip the cotangent of each step's new parameters to
+            this global L2 norm in the backward pass.
+        allow_unused: an adapted parameter that does not affect the loss gets a
+            zero gradient instead of an error.
+        check_finite: raise ``FloatingPointError`` at the first non-finite loss
+            (one host sync per step).
+        preserve_rng_state: replays see the random numbers of the first run.
+        progress: show tqdm bars over inner steps (forward and replay).
+        check_replay: compare every replayed step's state (parameters,
+            optimizer state, buffers) with the forward pass's, bitwise, and
+            raise :class:`~memmaml.ReplayMismatchError` naming the step and the
+            first tensor that differs (NOTE [ Checking the replay ]). Costs a
+            pass over the state per step and a host sync per replayed step. The
+            naive engine replays nothing, so there it does nothing. On CUDA it
+            needs deterministic kernels (``torch.use_deterministic_algorithms(True)``),
+            or legitimate last-bit differences raise.
+
+    Autocast: the steps run under the autocast state of the call (captured
+    here and restored in every replay), so naive and checkpointed engines run
+    the same operations in reduced precision (NOTE [ Replay must be exact ]).
+
+    Returns:
+        :class:`Result` ``(model, loss_history, optimizer_state)``; ``result.params``
+        are the adapted parameters.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("inputs must hold at least one batch (one per inner step), got none")
+    if max_grad_grad_norm is not None:
+        max_grad_grad_norm = positive_number("max_grad_grad_norm", max_grad_grad_norm)
+    if not params:
+        raise ValueError("there are no parameters to adapt")
+    setup = _setup(model, loss_function, batches, optimizer, params, opt_state, opt_kwargs, loss_kwargs,
+                   preserve_rng_state=bool(preserve_rng_state), first_order=bool(first_order),
+                   max_grad_grad_norm=max_grad_grad_norm, allow_unused=bool(allow_unused),
+                   check_finite=bool(check_finite))
+    choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
+    if choice.schedule is None:
+        return _naive(setup, progress=bool(progress))
+    executor = Executor(setup.step, setup.context, setup.leaves, setup.spec, choice.schedule.plan(len(batches)),
+                        offload=choice.offload, check_replay=bool(check_replay), progress=bool(progress))
+    state_tensors = [setup.leaves[i] for i in executor.tensor_slots]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + executor.extra_inputs):
+        outputs = CheckpointedUnroll.apply(executor, len(state_tensors), *state_tensors, *executor.extra_inputs)
+        final, losses = list(outputs[:-1]), outputs[-1]
+    else:  # nothing to differentiate: run once, keep nothing
+        executor = Executor(setup.step, setup.context, setup.leaves, setup.spec, None, progress=bool(progress))
+        final, losses = executor.run_forward(state_tensors)
+    params, opt_state = pytree.tree_unflatten(executor.state_leaves(final), setup.spec)
+    return Result(AdaptedModule(model, params), list(losses.unbind(0)), opt_state)
+
+
+def _naive(setup: _Setup, *, progress: bool) -> Result:
+    step, leaves = setup.step, list(setup.leaves)
+    # leaves that cannot carry a graph still need gradients inside the step
+    params, opt_state = pytree.tree_unflatten(leaves, setup.spec)
+    params = {name: p if p.requires_grad else p.detach().requires_grad_(True) for name, p in params.items()}
+    leaves = pytree.tree_flatten((params, opt_state))[0]
+    losses = []
+    with progress_bar(progress, step.num_steps, "memmaml naive") as bar:
+        for i in range(step.num_steps):
+            leaves, loss = step(i, leaves, setup.spec, step.extras, None, "graph")
+            losses.append(loss)
+            if bar is not None:
+                bar.update()
+    params, opt_state = pytree.tree_unflatten(leaves, setup.spec)
+    return Result(AdaptedModule(step.model, params), losses, opt_state)
+
+
+def _measure(setup: _Setup) -> StepCosts:
+    executor = Executor(setup.step, setup.context, setup.leaves, setup.spec, None)
+    return measure_costs(executor, [setup.leaves[i] for i in executor.tensor_slots])
+
+
+def measure_step_costs(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    batch: Any,
+    optimizer: InnerOptimizer,
+    *,
+    params: Params | None = None,
+    opt_kwargs: Mapping[str, Any] | None = None,
+    loss_kwargs: Mapping[str, Any] | None = None,
+) -> StepCosts:
+    """Measure one inner step on ``batch``: what :class:`~memmaml.Auto` plans with.
+
+    Returns :class:`~memmaml.StepCosts`: the bytes of one stored state (adapted
+    parameters, optimizer state, buffers), the peak bytes one step adds while
+    its graph is alive (measured with :func:`memmaml.track_memory` on the
+    parameters' device), and the seconds of one step without and with its graph
+    (the latter including its backward pass). It runs under the current
+    autocast state. The model's buffers and the RNG state are left as they were.
+
+    Args:
+        params: the parameters to adapt (default: every parameter that requires grad).
+    """
+    if params is None:
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return _measure(_setup(model, loss_function, [batch], optimizer, params, None, opt_kwargs, loss_kwargs,
+                           first_order=False, max_grad_grad_norm=None, allow_unused=True, check_finite=False))
