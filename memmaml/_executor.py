@@ -11,11 +11,12 @@ NOTE [ What crosses the Function ]
     they get no meta-gradient from the checkpointed engine (the naive one
     would give them one).
 
-The forward pass runs every step without a graph and stores the states the
-plan asks for; the backward pass executes the plan's operations (see
-:mod:`memmaml._plans`): ``Advance`` replays steps without a graph to store a
-state, ``Reverse`` replays a segment with its graph and pulls the cotangent
-through it, ``Drop`` frees a state. Replays restore what
+The forward pass runs the steps without a graph and stores the states the plan
+asks for, except the last segment, whose graph it keeps (NOTE [ The last
+segment is not replayed ]); the backward pass executes the plan's operations
+(see :mod:`memmaml._plans`): ``Advance`` replays steps without a graph to store
+a state, ``Reverse`` replays a segment with its graph (or takes the kept one)
+and pulls the cotangent through it, ``Drop`` frees a state. Replays restore what
 :class:`~memmaml._replay_context.ReplayContext` captured (NOTE [ Replay must be
 exact ]); with ``check_replay`` every replayed step is compared with the
 forward pass (NOTE [ Checking the replay ]).
@@ -24,20 +25,29 @@ forward pass (NOTE [ Checking the replay ]).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
-from ._plans import Advance, Drop, Plan, Reverse, check_plan
+from ._plans import Advance, Drop, Plan, Reverse, check_plan, kept_graph_start
 from ._replay_check import Digest, check_digest, digest
 from ._replay_context import ReplayContext
 from ._step import Extras, InnerStep, progress_bar
 from ._store import Store, StoredState
 
 __all__ = ["CheckpointedUnroll", "Executor"]
+
+
+class _Segment(NamedTuple):
+    """A segment run with its graph: its input leaves, its outputs and losses, and the extras it read."""
+
+    inputs: list[Tensor]
+    leaves: list[Any]
+    losses: list[Tensor]
+    extra_leaves: list[Tensor]
 
 
 class Executor:
@@ -77,6 +87,7 @@ class Executor:
                 self.extra_slots.append((position, index_of[id(leaf)]))
         self.store = Store(offload)
         self.consumed = False
+        self.kept: _Segment | None = None  # the last segment, run with its graph by the forward pass
         self.digests: dict[int, Digest] = {}  # state index -> digest of the forward pass's state
 
     # -- layout ----------------------------------------------------------------------
@@ -110,24 +121,54 @@ class Executor:
 
     # -- forward ---------------------------------------------------------------------
     def run_forward(self, state_tensors: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """All steps without a graph, storing the plan's states; the final state tensors and the losses."""
-        context, step = self.context, self.step
+        """The steps, storing the plan's states; the final state tensors and the losses (detached).
+
+        Steps before the kept segment run without a graph; the kept segment runs
+        with it (NOTE [ The last segment is not replayed ]).
+        """
+        context, step, n = self.context, self.step, self.step.num_steps
+        kept_start = n if self.stats is None else kept_graph_start(self.plan)
         extras = self.extras_with([t.detach() for t in self.extra_inputs])
         leaves = self.state_leaves([t.detach() for t in state_tensors])
         saves = set(self.plan.forward_saves)
         losses = []
-        with progress_bar(self.progress, step.num_steps, "memmaml forward") as bar, context.ambient.restored():
-            for i in range(step.num_steps):
+        with progress_bar(self.progress, n, "memmaml forward") as bar, context.ambient.restored():
+            for i in range(kept_start):
                 if i in saves:
                     self.store.put(i, StoredState(leaves, context.buffers_snapshot(), context.snapshot_rng()))
                 leaves, loss = step(i, leaves, self.spec, extras, None, "nograph")
-                if self.check_replay:
-                    self.digests[i + 1] = self._digest(leaves, None)
+                self._record(i + 1, leaves)
                 losses.append(loss)
                 if bar is not None:
                     bar.update()
+            if kept_start < n:
+                if kept_start == 0:  # the input state, kept for a second backward pass (its leaves are not copies)
+                    self.store.put(0, StoredState(leaves, context.buffers_snapshot(), context.snapshot_rng()))
+                self.kept = self._forward_segment(kept_start, leaves, bar)
+                leaves = [t.detach() if isinstance(t, Tensor) else t for t in self.kept.leaves]
+                losses += [loss.detach() for loss in self.kept.losses]
         self.initial_state = self.store.states.get(0)
         return [leaves[slot] for slot in self.tensor_slots], torch.stack(losses)
+
+    def _record(self, index: int, leaves: list[Any]) -> None:
+        if self.check_replay:
+            self.digests[index] = self._digest(leaves, None)
+
+    def _forward_segment(self, start: int, leaves: list[Any], bar) -> _Segment:
+        """Steps ``start .. n-1`` with their graph, on the model's own buffers, as the naive loop runs them."""
+        extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
+        extras = self.extras_with(extra_leaves)
+        inputs = [leaves[slot].detach().requires_grad_(leaves[slot].is_floating_point())
+                  for slot in self.tensor_slots]
+        leaves, losses = self.state_leaves(inputs), []
+        with torch.enable_grad():
+            for i in range(start, self.step.num_steps):
+                leaves, loss = self.step(i, leaves, self.spec, extras, None, "graph")
+                self._record(i + 1, leaves)
+                losses.append(loss)
+                if bar is not None:
+                    bar.update()
+        return _Segment(inputs, leaves, losses, extra_leaves)
 
     # -- backward --------------------------------------------------------------------
     def run_backward(self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
@@ -138,11 +179,12 @@ class Executor:
         # rebuilds the forward pass's stored states from it
         store = self._forward_store() if self.consumed else self.store
         self.store, self.consumed = Store(store.offload), True
+        kept, self.kept = self.kept, None  # a second backward pass replays the last segment too
         extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
         extras = self.extras_with(extra_leaves)
         extra_grads: list[Tensor | None] = [None] * len(extra_leaves)
         cot = list(state_cotangents)
-        work = self.stats.replayed_steps + self.stats.reversed_steps
+        work = self.stats.replayed_steps + self.stats.reversed_steps - (0 if kept is None else len(kept.losses))
         with progress_bar(self.progress, work, "memmaml replay") as bar:
             for op in self.plan.backward:
                 if isinstance(op, Drop):
@@ -150,8 +192,11 @@ class Executor:
                 elif isinstance(op, Advance):
                     store.put(op.stop, self._advance(store.get(op.start), op, extras, bar))
                 elif isinstance(op, Reverse):
-                    cot, grads = self._reverse(store.get(op.start), op, extras, extra_leaves, cot,
-                                               loss_cotangents, bar)
+                    if kept is not None:  # the first Reverse: the forward pass kept its graph
+                        segment, kept = kept, None
+                    else:
+                        segment = self._replay(store.get(op.start), op, extras, extra_leaves, bar)
+                    cot, grads = self._pull(segment, op, cot, loss_cotangents)
                     for index, grad in enumerate(grads):
                         if grad is not None:
                             extra_grads[index] = grad if extra_grads[index] is None else extra_grads[index] + grad
@@ -180,8 +225,9 @@ class Executor:
             rng = context.snapshot_rng()
         return StoredState(leaves, buffers, rng)
 
-    def _reverse(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor],
-                 cot: list[Tensor | None], loss_cotangents: Tensor | None, bar):
+    def _replay(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor],
+                bar) -> _Segment:
+        """Steps ``op.start .. op.stop-1`` again, with their graph, from stored ``state``."""
         buffers = self.context.buffers_snapshot(state.buffers)
         inputs = [state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
                   for slot in self.tensor_slots]
@@ -194,20 +240,26 @@ class Executor:
                 losses.append(loss)
                 if bar is not None:
                     bar.update()
+        return _Segment(inputs, leaves, losses, extra_leaves)
+
+    def _pull(self, segment: _Segment, op: Reverse, cot: list[Tensor | None], loss_cotangents: Tensor | None
+              ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+        """Pull the cotangent of state ``op.stop`` (and of the segment's losses) back through its graph:
+        the cotangent of state ``op.start`` and the segment's contribution to the extras' gradients."""
         outputs, grad_outputs = [], []
-        for output, grad in zip((leaves[slot] for slot in self.tensor_slots), cot):
+        for output, grad in zip((segment.leaves[slot] for slot in self.tensor_slots), cot):
             if grad is not None and output.requires_grad:
                 outputs.append(output)
                 grad_outputs.append(grad)
         if loss_cotangents is not None:
-            for i, loss in zip(range(op.start, op.stop), losses):
+            for i, loss in zip(range(op.start, op.stop), segment.losses):
                 if loss.requires_grad:
                     outputs.append(loss)
                     grad_outputs.append(loss_cotangents[i])
-        wrt = [t for t in inputs if t.requires_grad] + extra_leaves
+        wrt = [t for t in segment.inputs if t.requires_grad] + segment.extra_leaves
         grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)) if outputs else (
             [None] * len(wrt))
-        new_cot = [grads.pop(0) if t.requires_grad else None for t in inputs]
+        new_cot = [grads.pop(0) if t.requires_grad else None for t in segment.inputs]
         return new_cot, grads
 
 

@@ -13,13 +13,24 @@ Operations of the backward pass
 
 The backward pass starts with the cotangent of state ``n``; a valid plan ends
 with the cotangent of state 0, reversing every step exactly once.
+
+NOTE [ The last segment is not replayed ]
+    When the backward pass starts with ``Reverse(a, n)`` and state ``a`` is
+    stored by the forward pass, the forward pass runs steps ``a .. n-1`` with
+    their graph and keeps it, and that first ``Reverse`` backpropagates
+    through the kept graph instead of replaying the segment: the forward pass
+    evaluates ``a`` steps without a graph, not ``n``. Peak memory is the same
+    (the backward pass holds that segment's graph anyway), state ``a`` need not
+    be stored, and ``n - a`` replays are saved (a uniform schedule's last
+    segment; a binomial schedule's last step). A second backward pass through
+    the same result replays it as any other segment.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Union
 
-__all__ = ["Advance", "Drop", "Plan", "PlanStats", "Reverse", "check_plan"]
+__all__ = ["Advance", "Drop", "Plan", "PlanStats", "Reverse", "check_plan", "kept_graph_start"]
 
 
 class Advance(NamedTuple):
@@ -64,7 +75,8 @@ class PlanStats(NamedTuple):
 
     Attributes:
         max_stored: the most states stored at once (state 0, the input, included).
-        forward_steps: steps evaluated without a graph (forward pass plus ``Advance``).
+        forward_steps: steps evaluated without a graph (forward pass plus ``Advance``;
+            see NOTE [ The last segment is not replayed ]).
         replayed_steps: steps evaluated without a graph during the backward pass only.
         reversed_steps: steps replayed with their graph (``n`` for a valid plan).
         max_segment: the longest ``Reverse``, i.e. how many steps' graphs are alive at once.
@@ -86,7 +98,7 @@ def check_plan(plan: Plan) -> PlanStats:
 
     Example:
         >>> check_plan(Plan(4, (0, 2), (Reverse(2, 4), Drop(2), Reverse(0, 2), Drop(0))))
-        PlanStats(max_stored=2, forward_steps=4, replayed_steps=0, reversed_steps=4, max_segment=2)
+        PlanStats(max_stored=2, forward_steps=2, replayed_steps=0, reversed_steps=4, max_segment=2)
     """
     n = plan.num_steps
     saves = sorted(set(plan.forward_saves))
@@ -121,4 +133,13 @@ def check_plan(plan: Plan) -> PlanStats:
             raise ValueError(f"unknown operation {op!r}")
     if pending != 0 or reversed_steps != n:
         raise ValueError(f"plan ends with the cotangent of state {pending}, not 0")
-    return PlanStats(max_stored, n + replayed, replayed, reversed_steps, max_segment)
+    return PlanStats(max_stored, kept_graph_start(plan) + replayed, replayed, reversed_steps, max_segment)
+
+
+def kept_graph_start(plan: Plan) -> int:
+    """Where the segment whose graph the forward pass keeps starts (``n`` if none);
+    see NOTE [ The last segment is not replayed ]."""
+    first = plan.backward[0] if plan.backward else None
+    if isinstance(first, Reverse) and first.stop == plan.num_steps and first.start in plan.forward_saves:
+        return first.start
+    return plan.num_steps

@@ -71,8 +71,10 @@ class Uniform(Schedule):
     The forward pass keeps the state at the start of every segment; the backward
     pass replays one segment at a time with its graph. Memory is about
     ``ceil(n / k)`` states plus ``k`` steps' graphs; ``k ≈ sqrt(n * state / graph)``
-    minimises it. Every step is evaluated twice: once in the forward pass
-    without a graph and once in the replay with it.
+    minimises it. Every step but those of the last segment is evaluated twice:
+    once in the forward pass without a graph and once in the replay with it;
+    the forward pass keeps the last segment's graph (``n - k`` replays for
+    ``k`` dividing ``n``).
 
     Args:
         checkpoint_steps: steps per segment, a positive integer. A value of at
@@ -95,7 +97,9 @@ class Uniform(Schedule):
 
     def stats(self, num_steps: int) -> PlanStats:
         n = _check_num_steps(num_steps)
-        return PlanStats(-(-n // self.checkpoint_steps), n, 0, n, min(n, self.checkpoint_steps))
+        k = self.checkpoint_steps
+        last_start = (n - 1) // k * k  # the last segment's graph is kept by the forward pass
+        return PlanStats(-(-n // k), last_start, 0, n, min(n, k))
 
     def __repr__(self) -> str:
         return f"Uniform(checkpoint_steps={self.checkpoint_steps})"
@@ -145,14 +149,15 @@ def _advance_cost(num_steps: int, slots: int) -> int:
 def binomial_evaluations(num_steps: int, slots: int) -> int:
     """Steps evaluated without a graph by :class:`Binomial` ``(slots)`` over ``num_steps`` steps.
 
-    This counts the forward pass (``n`` steps) plus every replay in the backward
-    pass; each step is also evaluated once more with its graph. Closed form:
-    ``t * n - C(s + t, s + 1) + 1`` with ``t`` the least integer such that
-    ``C(s + t, s) >= n`` (Griewank & Walther 2000): the first ``n - 1`` advances
-    of the optimal reversal are done by the forward pass itself.
+    This counts the forward pass (``n - 1`` steps: it runs the last one with its
+    graph, which the backward pass uses directly) plus every replay in the
+    backward pass; each step is also evaluated once with its graph. Closed
+    form: ``t * n - C(s + t, s + 1)`` with ``t`` the least integer such that
+    ``C(s + t, s) >= n`` (Griewank & Walther 2000): the optimal reversal's
+    first ``n - 1`` advances are the forward pass itself.
     """
     _check_num_steps(num_steps)
-    return _advance_cost(num_steps, slots) + 1
+    return _advance_cost(num_steps, slots)
 
 
 def _binomial_split(distance: int, slots: int) -> int:
@@ -178,9 +183,9 @@ class Binomial(Schedule):
     states, the working state and a single step's graph. Among all schedules
     with that many stored states it evaluates the fewest steps: with ``t`` the
     least integer such that ``C(slots + t, slots) >= n``, it runs
-    ``t * n - C(slots + t, slots + 1) + 1`` steps without a graph (forward
-    pass included; see :func:`binomial_evaluations`), i.e. each step at most
-    about ``t + 1`` times, plus once with its graph. ``t`` grows like
+    ``t * n - C(slots + t, slots + 1)`` steps without a graph (forward pass
+    included; see :func:`binomial_evaluations`), i.e. each step at most ``t``
+    times, plus once with its graph. ``t`` grows like
     ``log n`` for ``slots ∝ log n``; with 200 slots, 100,000 steps need ``t = 3``.
 
     Args:
@@ -191,7 +196,7 @@ class Binomial(Schedule):
         >>> check_plan(Binomial(slots=3).plan(20)).max_stored  # the input + 3
         4
         >>> binomial_evaluations(20, 3)
-        46
+        45
     """
 
     def __init__(self, slots: int) -> None:
@@ -226,7 +231,7 @@ class Binomial(Schedule):
     def stats(self, num_steps: int) -> PlanStats:
         n = _check_num_steps(num_steps)
         evaluations = binomial_evaluations(n, self.slots)
-        return PlanStats(1 + min(self.slots, n - 1), evaluations, evaluations - n, n, 1)
+        return PlanStats(1 + min(self.slots, n - 1), evaluations, evaluations - (n - 1), n, 1)
 
     def __repr__(self) -> str:
         return f"Binomial(slots={self.slots})"

@@ -57,7 +57,8 @@ class Store:
         return StoredState(leaves, buffers, state.rng, devices)
 
     def pop(self, index: int) -> None:
-        self.states.pop(index)
+        """Free state ``index``; the state a kept segment starts from was never stored."""
+        self.states.pop(index, None)
 
 
 def _to_host(tensor: Tensor) -> Tensor:

@@ -138,7 +138,7 @@ def test_low_precision_halves_the_graph_of_a_conv_step():
 
 
 # ------------------------------------------------------------------------ check_replay
-def _checked(loss_function, model=None, n=4, k=2):
+def _checked(loss_function, model=None, n=6, k=2):
     model = _mlp() if model is None else model
     batches, query = _data((4,), n=n)
     maml = memmaml.GradientCheckpointMAML(model, loss_function, memmaml.SGD(0.1), checkpoint_steps=k)
@@ -153,7 +153,8 @@ def test_check_replay_names_the_step_of_a_counting_loss():
         calls[0] += 1
         return _ce(model, batch) * (1 + 0.01 * calls[0])
 
-    # n = 4, k = 2: the backward pass replays steps 2 and 3 first, with different counts
+    # n = 6, k = 2: the forward pass keeps the graph of steps 4 and 5; the backward pass replays steps 2 and 3
+    # first, with different counts
     with pytest.raises(memmaml.ReplayMismatchError, match=r"inner step 2 .*params\['0.weight'\] differs"):
         _checked(counting)
 
@@ -188,7 +189,7 @@ def test_check_replay_names_a_buffer_and_catches_a_branch_on_mutable_state():
 
     def branching(model, batch):
         calls[0] += 1
-        if calls[0] > 4:  # true only in the replay; the output is unused, the buffers are not
+        if calls[0] > 6:  # true only in the replay; the output is unused, the buffers are not
             model(batch[0])
         return _ce(model, batch)
 

@@ -19,10 +19,11 @@ def _counting_loss(calls):
 @pytest.mark.parametrize(
     "n, k, replays",
     [
-        (7, 3, [6, 3, 4, 5, 0, 1, 2]),
-        (6, 2, [4, 5, 2, 3, 0, 1]),
-        (5, 1, [4, 3, 2, 1, 0]),
-        (4, 9, [0, 1, 2, 3]),
+        # the last segment is not replayed: the forward pass kept its graph (n - k replays for k dividing n)
+        (7, 3, [3, 4, 5, 0, 1, 2]),
+        (6, 2, [2, 3, 0, 1]),
+        (5, 1, [3, 2, 1, 0]),
+        (4, 9, []),
     ],
 )
 def test_each_segment_is_replayed_exactly_once_in_reverse_order(n, k, replays):
@@ -33,8 +34,15 @@ def test_each_segment_is_replayed_exactly_once_in_reverse_order(n, k, replays):
     result = maml(batches)
     assert calls == list(range(n)), "forward pass: each step once, in order"
     calls.clear()
-    mse(result.model, regression_batches(1)[0]).backward()
+    loss = mse(result.model, regression_batches(1)[0])
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
     assert calls == replays
+    calls.clear()
+    second = torch.autograd.grad(loss, list(model.parameters()))
+    last_start = (n - 1) // k * k
+    rebuilt = list(range(last_start))  # the forward pass's stored states, recomputed from the input
+    assert calls == rebuilt + list(range(last_start, n)) + replays, "a second backward pass replays every segment"
+    assert_rel_close(list(second), list(first), what="second backward")
 
 
 def test_naive_does_not_replay():
