@@ -23,6 +23,7 @@ library).
   (:func:`batched_meta_gradient`) for meta-training runs.
 """
 
+from . import models, tasks  # public namespaces, not re-exported here
 from ._adapted import AdaptedModule
 from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
 from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
