@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml import MetaTrainer, TrainerConfig
+from memmaml import MetaTrainer, TrainerConfig, models
 from memmaml.tasks import ImageFolderTasks, Omniglot, Sinusoid, SyntheticClassification
 
 # arguments that may change between a run and its resumption
@@ -129,31 +129,16 @@ def build_sources(args: argparse.Namespace, dtype: torch.dtype):
 
 def build_model(args: argparse.Namespace, source) -> nn.Module:
     kind = args.model or ("conv" if args.task in ("imagefolder", "omniglot") else "mlp")
-    if kind == "mlp":
-        sample = source.sample(0)
-        in_features = sample.support[0][0].numel()
-        out_features = 1 if args.task == "sinusoid" else args.num_ways
-        sizes = [in_features, *(int(h) for h in args.hidden.split(",") if h), out_features]
-        layers: list[nn.Module] = [nn.Flatten()] if sample.support[0].dim() > 2 else []
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        return nn.Sequential(*layers)
     sample = source.sample(0).support[0]
+    if kind == "mlp":
+        out_features = 1 if args.task == "sinusoid" else args.num_ways
+        sizes = [sample[0].numel(), *(int(h) for h in args.hidden.split(",") if h), out_features]
+        return models.mlp(sizes, flatten=sample.dim() > 2)
     if sample.dim() != 4:
         sys.exit("--model conv needs image tasks")
-    channels, f = sample.shape[1], args.filters
-    layers = []
-    for i in range(4):
-        # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible
-        layers += [nn.Conv2d(channels if i == 0 else f, f, 3, padding=1),
-                   nn.BatchNorm2d(f, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
-    layers.append(nn.Flatten())
-    with torch.no_grad():
-        features = nn.Sequential(*layers)(sample[:1]).shape[1]
-    layers.append(nn.Linear(features, args.num_ways))
-    return nn.Sequential(*layers)
+    # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible
+    return models.conv4(sample.shape[1], args.num_ways, image_size=tuple(sample.shape[2:]), filters=args.filters,
+                        track_running_stats=False, ceil_mode=True)
 
 
 def build_schedule(args: argparse.Namespace) -> str | None:

@@ -3,21 +3,14 @@
 import torch
 from torch import nn
 
+from memmaml import models
+
 DTYPE = torch.float64
 
 
 def mlp(seed=0, sizes=(4, 8, 8, 2), dropout=0.0, batchnorm=False):
     torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(b))
-            layers.append(nn.Tanh())
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers).to(DTYPE)
+    return models.mlp(sizes, activation=nn.Tanh, norm=nn.BatchNorm1d if batchnorm else None, dropout=dropout).to(DTYPE)
 
 
 def regression_batches(n, in_features=4, out_features=2, size=6, seed=1):

@@ -28,14 +28,13 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml import MetaTrainer, TrainerConfig
-from memmaml import Uniform
+from memmaml import MetaTrainer, TrainerConfig, Uniform, models
 from memmaml.tasks import Sinusoid
 
 
 def build(inner_steps: int, first_order: bool, vectorize: bool, schedule=None) -> MetaTrainer:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    model = models.mlp([1, 40, 40, 1])
     config = TrainerConfig(inner_optimizer=memmaml.SGD(0.01), num_inner_steps=inner_steps, first_order=first_order,
                            vectorize=vectorize, schedule=schedule, meta_batch_size=25, num_eval_tasks=10)
     return MetaTrainer(model, Sinusoid(num_shots=10), config)

@@ -31,13 +31,7 @@ def main() -> None:
     ckpt = load_checkpoint_file(run / "checkpoint.pt")
     config = ckpt["config"]
     hidden = [int(h) for h in config["run.hidden"].split(",") if h]
-    sizes = [1, *hidden, 1]
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
+    model = models.mlp([1, *hidden, 1])
     model.load_state_dict(ckpt["model"])
     source = Sinusoid(config["task.num_shots"], config["task.num_query"])
     seeds = draw_seeds(torch.Generator().manual_seed(config["eval_seed"]), config["num_eval_tasks"])
