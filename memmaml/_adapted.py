@@ -8,7 +8,18 @@ from typing import Any
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["AdaptedModule"]
+__all__ = ["AdaptedModule", "has_tied_weights"]
+
+
+def has_tied_weights(module: nn.Module) -> bool:
+    """Whether one tensor is registered under several names (a shared embedding, say)."""
+    for named in (module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False)):
+        seen: set[int] = set()
+        for _, tensor in named:
+            if id(tensor) in seen:
+                return True
+            seen.add(id(tensor))
+    return False
 
 
 class AdaptedModule(nn.Module):
@@ -34,15 +45,20 @@ class AdaptedModule(nn.Module):
         module: the original module.
         params: tensors keyed like ``module.named_parameters()`` /
             ``module.named_buffers()``.
+        tie_weights: a tensor given for one of several tied names is used for
+            all of them (as ``torch.func.functional_call``). Finding the ties
+            costs a walk over the module's parameters on every call; pass
+            ``False`` for a module without tied weights (:func:`has_tied_weights`).
     """
 
-    def __init__(self, module: nn.Module, params: dict[str, Tensor]) -> None:
+    def __init__(self, module: nn.Module, params: dict[str, Tensor], *, tie_weights: bool = True) -> None:
         super().__init__()
         object.__setattr__(self, "module", module)  # not a submodule: it owns no parameters here
         self.params = dict(params)
+        self.tie_weights = tie_weights
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.module, self.params, args, kwargs, tie_weights=True, strict=False)
+        return functional_call(self.module, self.params, args, kwargs, tie_weights=self.tie_weights, strict=False)
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
                          ) -> Iterator[tuple[str, Tensor]]:

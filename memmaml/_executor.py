@@ -79,7 +79,8 @@ class Executor:
         self.extra_inputs: list[Tensor] = []
         self.extra_slots: list[tuple[int, int]] = []  # (leaf position in extras, index into extra_inputs)
         index_of: dict[int, int] = {}
-        for position, leaf in enumerate(pytree.tree_leaves(step.extras)):
+        self._extras_flat = pytree.tree_flatten(step.extras)  # flattened once: the batches may be many
+        for position, leaf in enumerate(self._extras_flat[0]):
             if isinstance(leaf, Tensor) and leaf.requires_grad:
                 if id(leaf) not in index_of:
                     index_of[id(leaf)] = len(self.extra_inputs)
@@ -93,7 +94,9 @@ class Executor:
     # -- layout ----------------------------------------------------------------------
     def extras_with(self, substitutes: Sequence[Tensor]) -> Extras:
         """The extras with ``substitutes`` in place of the tensors that require grad."""
-        leaves, spec = pytree.tree_flatten(self.step.extras)
+        if not self.extra_slots:
+            return self.step.extras
+        leaves, spec = list(self._extras_flat[0]), self._extras_flat[1]
         for position, index in self.extra_slots:
             leaves[position] = substitutes[index]
         return pytree.tree_unflatten(leaves, spec)
@@ -276,6 +279,9 @@ class CheckpointedUnroll(torch.autograd.Function):
         final, losses = executor.run_forward(inputs[:num_state])
         ctx.executor = executor
         ctx.num_state = num_state
+        # outputs the caller did not use get None, not zeros: backpropagating zeros through every step's
+        # loss (when the loss history is unused) would cost a first-order backward pass per step
+        ctx.set_materialize_grads(False)
         outputs = (*final, losses)
         ctx.mark_non_differentiable(*(t for t in outputs if not t.is_floating_point()))
         return outputs

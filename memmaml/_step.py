@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from ._adapted import AdaptedModule
-from ._optim import InnerOptimizer
+from ._adapted import AdaptedModule, has_tied_weights
+from ._inner_optimizer import InnerOptimizer
 
 __all__ = ["Extras", "InnerStep", "progress_bar", "tensors_in"]
 
@@ -84,6 +84,7 @@ class InnerStep:
                  extras: Extras, *, first_order: bool, max_grad_grad_norm: float | None, allow_unused: bool,
                  check_finite: bool) -> None:
         self.model = model
+        self.tie_weights = has_tied_weights(model)  # checked once: functional_call would look on every step
         self.loss_function = loss_function
         self.optimizer = optimizer
         self.extras = extras
@@ -105,7 +106,7 @@ class InnerStep:
         if not create_graph:
             params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         with torch.enable_grad():
-            view = AdaptedModule(self.model, {**static, **params, **(buffers or {})})
+            view = AdaptedModule(self.model, {**static, **params, **(buffers or {})}, tie_weights=self.tie_weights)
             loss = self.loss_function(view, batches[step], **loss_kwargs)
             self._check_loss(step, loss)
             raw = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
@@ -141,7 +142,8 @@ class InnerStep:
         loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
         with torch.enable_grad() if mode == "graph" else torch.no_grad():
             updates, opt_state = self.optimizer.update(grads, opt_state, params, extras[0])
-            params = {name: params[name] + updates[name] for name in params}
+            # one foreach launch instead of one addition per tensor (the same values)
+            params = dict(zip(params, torch._foreach_add(list(params.values()), [updates[n] for n in params])))
             if mode == "graph":
                 params = _clip(params, self.max_norm)
         new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
