@@ -32,17 +32,8 @@ from ._evaluation import batched_evaluate
 from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
 from ._memory import MemoryTracker, peak_rss_bytes, track_memory
 from ._metrics_log import MetricsLog
-from ._optim import (
-    SGD,
-    Adam,
-    AdamState,
-    IngraphGradientDescent,
-    IngraphRMSProp,
-    InnerOptimizer,
-    RMSProp,
-    RMSPropState,
-    SGDState,
-)
+from ._inner_optimizer import InnerOptimizer
+from ._optim import SGD, Adam, AdamState, IngraphGradientDescent, IngraphRMSProp, RMSProp, RMSPropState, SGDState
 from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
 from ._replay_check import ReplayMismatchError
 from ._schedules import (

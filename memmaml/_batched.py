@@ -70,7 +70,7 @@ from torch.utils import _pytree as pytree
 
 from ._adapted import AdaptedModule
 from ._checks import int_at_least
-from ._optim import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer
 from ._params import learnable_tensors, select_parameters
 from .tasks import Task
 

@@ -33,7 +33,7 @@ from ._distributed import Processes
 from ._params import select_parameters
 from ._adapted import AdaptedModule
 from ._unroll import unroll
-from ._optim import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["batched_evaluate", "held_out_share", "summarize"]

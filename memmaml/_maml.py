@@ -16,7 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._cost_model import Choice, StepCosts
-from ._optim import IngraphGradientDescent, InnerOptimizer
+from ._inner_optimizer import InnerOptimizer
+from ._optim import IngraphGradientDescent
 from ._params import select_parameters
 from ._schedules import Schedule, Uniform, parse_schedule
 from ._unroll import Result, choose_schedule, measure_step_costs, unroll

@@ -8,7 +8,8 @@ from typing import Any
 
 from ._checkpoint_io import plain
 from ._checks import int_at_least, integer, number_in, one_of, positive_int, positive_number
-from ._optim import SGD, InnerOptimizer
+from ._inner_optimizer import InnerOptimizer
+from ._optim import SGD
 from ._schedules import Schedule, parse_schedule
 
 __all__ = ["TrainerConfig"]

@@ -23,7 +23,7 @@ from ._checks import positive_number
 from ._cost_model import Choice, StepCosts
 from ._executor import CheckpointedUnroll, Executor
 from ._measure import measure_costs
-from ._optim import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer
 from ._replay_context import ReplayContext
 from ._schedules import Schedule, parse_schedule
 from ._step import InnerStep, progress_bar, tensors_in
