@@ -25,14 +25,15 @@ Any of them can keep its stored states in host memory (``offload=True``).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ._checks import positive_int
 from ._cost_model import Choice, StepCosts, predicted_peak_bytes
 from ._plans import Advance, Drop, Op, Plan, PlanStats, Reverse, check_plan
 from ._units import format_bytes, parse_size
 
-__all__ = ["Auto", "Binomial", "Schedule", "SqrtUniform", "Uniform", "binomial_evaluations", "parse_schedule",
-           "sqrt_steps"]
+__all__ = ["Auto", "Binomial", "EngineSpec", "Schedule", "SqrtUniform", "Uniform", "best_uniform",
+           "binomial_evaluations", "binomial_slots", "parse_engine", "parse_schedule", "sqrt_steps"]
 
 
 def _check_num_steps(num_steps: int) -> int:
@@ -256,6 +257,9 @@ def binomial_slots(num_steps: int, costs: StepCosts, budget: int, *, offload: bo
     return int(max(0, min(useful, (budget - A - 2 * S) // S)))
 
 
+_FAMILIES = ("naive", "uniform", "binomial")
+
+
 class Auto(Schedule):
     """The schedule with the least predicted time that fits a memory budget.
 
@@ -277,19 +281,30 @@ class Auto(Schedule):
     Args:
         budget: bytes (int) or a size string such as ``"11GiB"`` or ``"500MB"``:
             the memory the unroll may add on top of what is allocated when it
-            starts.
+            starts. ``None`` only with ``among=("uniform",)``: the segment
+            length with the least peak, whatever it is.
+        among: the families to choose from (``"naive"``, ``"uniform"``,
+            ``"binomial"``); text forms ``"uniform:best"`` and
+            ``"binomial:auto"`` (:func:`parse_engine`) choose within one.
 
     Example:
         >>> from memmaml import Auto, StepCosts
         >>> costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
-        >>> Auto(10_000).choose(1000, costs).describe()
-        'Auto(budget=9.8 KiB) chose Binomial(slots=78) for 1000 steps: 78 stored states, 1.92 no-graph evaluations per step, predicted peak 9.8 KiB, predicted 4.92e+03 s'
+        >>> Auto(10_000).choose(1000, costs).describe()  # doctest: +NORMALIZE_WHITESPACE
+        'Auto(budget=9.8 KiB) chose Binomial(slots=78) for 1000 steps: 78 stored states,
+         1.92 no-graph evaluations per step, predicted peak 9.8 KiB, predicted 4.92e+03 s'
     """
 
     needs_costs = True
 
-    def __init__(self, budget: int | str) -> None:
-        self.budget = parse_size(budget)
+    def __init__(self, budget: int | str | None, *, among: tuple[str, ...] = _FAMILIES) -> None:
+        among = tuple(among)
+        if not among or any(family not in _FAMILIES for family in among):
+            raise ValueError(f"among must name some of {_FAMILIES}, got {among!r}")
+        if budget is None and among != ("uniform",):
+            raise ValueError(f"Auto(among={among!r}) needs a memory budget")
+        self.budget = None if budget is None else parse_size(budget)
+        self.among = among
 
     def plan(self, num_steps: int) -> Plan:
         raise TypeError(f"{self!r} is not a plan: it chooses one from measured step costs; use "
@@ -302,29 +317,39 @@ class Auto(Schedule):
         """The fastest candidate that fits the budget.
 
         Raises:
-            ValueError: ``costs`` missing, or the budget below one step's graph
-                plus two states (the message says how much is needed).
+            ValueError: ``costs`` missing, or the budget below what the smallest
+                candidate needs (the message says how much).
         """
         n = _check_num_steps(num_steps)
         if costs is None:
             raise ValueError(f"{self!r} chooses from measured step costs: pass costs=measure_step_costs(...)")
         S, A = costs.state_bytes, costs.graph_bytes
-        if self.budget < A + 2 * S:
+        budget = math.inf if self.budget is None else self.budget
+        candidates: list[Schedule | None] = []
+        if "naive" in self.among:
+            candidates.append(None)
+        if "uniform" in self.among:
+            candidates.append(best_uniform(n, costs, offload=offload))
+        if "binomial" in self.among:
+            slots = binomial_slots(n, costs, int(min(budget, 2**62)), offload=offload)
+            if slots >= 1:
+                candidates.append(Binomial(slots))
+        choices = [Choice.of(s, n, costs, offload=offload, chooser=repr(self).replace("'", "")) for s in candidates]
+        fitting = [c for c in choices if c.predicted_peak_bytes <= budget]
+        if not fitting:
+            smallest = min((c.predicted_peak_bytes for c in choices), default=A + 2 * S)
+            if "binomial" in self.among and n > 1:
+                smallest = min(smallest, predicted_peak_bytes(Binomial(1).stats(n), n, costs, offload=offload))
             raise ValueError(
-                f"memory budget {format_bytes(self.budget)} is smaller than one inner step's graph "
-                f"({format_bytes(A)}) plus two states ({format_bytes(2 * S)}): at least "
-                f"{format_bytes(A + 2 * S)} is needed")
-        candidates = [None, best_uniform(n, costs, offload=offload)]
-        slots = binomial_slots(n, costs, self.budget, offload=offload)
-        if slots >= 1:
-            candidates.append(Binomial(slots))
-        chooser = f"Auto(budget={format_bytes(self.budget)})"
-        choices = [Choice.of(s, n, costs, offload=offload, chooser=chooser) for s in candidates]
-        fitting = [c for c in choices if c.predicted_peak_bytes <= self.budget]
+                f"memory budget {format_bytes(budget)} is smaller than what {n} steps need with "
+                f"{' or '.join(self.among)}: at least {format_bytes(smallest)} (one inner step's graph is "
+                f"{format_bytes(A)}, one state {format_bytes(S)})")
         return min(fitting, key=lambda c: (c.predicted_seconds, c.predicted_peak_bytes))
 
     def __repr__(self) -> str:
-        return f"Auto(budget={format_bytes(self.budget)!r})"
+        budget = "None" if self.budget is None else repr(format_bytes(self.budget))
+        among = "" if self.among == _FAMILIES else f", among={self.among!r}"
+        return f"Auto(budget={budget}{among})"
 
 
 # ------------------------------------------------------------------------------- parsing
@@ -359,3 +384,57 @@ def parse_schedule(spec: str | Schedule) -> Schedule:
     except ValueError as err:
         raise ValueError(f"bad schedule {spec!r}: {err}") from None
     raise ValueError(f"unknown schedule {spec!r}; use one of {_FORMS}")
+
+
+class EngineSpec(NamedTuple):
+    """What runs an unroll: a schedule (``None``: naive) and whether stored states go to host memory."""
+
+    schedule: Schedule | None
+    offload: bool
+
+
+_ENGINE_FORMS = f"'naive', {_FORMS}, 'uniform:best', 'binomial:auto', each but 'naive' optionally + '+offload'"
+
+
+def parse_engine(spec: str, *, budget: int | str | None = None) -> EngineSpec:
+    """The engine a text names, as command lines write it.
+
+    Forms: ``"naive"``; every :func:`parse_schedule` form; ``"uniform:best"``
+    (the segment length with the least peak for each ``n``) and
+    ``"binomial:auto"`` (the most slots that fit ``budget``), which are
+    :class:`Auto` restricted to one family; any of those followed by
+    ``"+offload"``.
+
+    Raises:
+        ValueError: an unknown form (listing the accepted ones), or
+            ``"binomial:auto"`` without a budget.
+
+    Example:
+        >>> parse_engine("binomial:auto+offload", budget="11GiB")
+        EngineSpec(schedule=Auto(budget='11.0 GiB', among=('binomial',)), offload=True)
+        >>> parse_engine("naive")
+        EngineSpec(schedule=None, offload=False)
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"an engine must be given as text ({_ENGINE_FORMS}), got {type(spec).__name__}")
+    text = spec.strip()
+    offload = text.lower().endswith("+offload")
+    if offload:
+        text = text[: -len("+offload")].strip()
+    name = text.lower()
+    if name == "naive":
+        if offload:
+            raise ValueError(f"bad engine {spec!r}: the naive unroll stores no states to offload")
+        return EngineSpec(None, False)
+    if name == "uniform:best":
+        return EngineSpec(Auto(budget, among=("uniform",)), offload)
+    if name == "binomial:auto":
+        if budget is None:
+            raise ValueError(f"{spec!r} chooses its slots for a memory budget: give one (e.g. --budget 11GiB)")
+        return EngineSpec(Auto(budget, among=("binomial",)), offload)
+    try:
+        return EngineSpec(parse_schedule(text), offload)
+    except ValueError as err:
+        if "unknown schedule" in str(err):
+            raise ValueError(f"unknown engine {spec!r}; use one of {_ENGINE_FORMS}") from None
+        raise

@@ -143,3 +143,43 @@ def test_auto_is_a_choice_not_a_plan():
 def test_sqrt_uniform_says_what_it_is():
     assert repr(SqrtUniform()) == "SqrtUniform()" and repr(memmaml.parse_schedule("sqrt")) == "SqrtUniform()"
     assert SqrtUniform().stats(10).max_segment == 4
+
+
+# ---------------------------------------------------------------------- engine text forms
+@pytest.mark.parametrize("text, schedule, offload", [
+    ("naive", "None", False),
+    ("uniform:5", "Uniform(checkpoint_steps=5)", False),
+    ("uniform:5+offload", "Uniform(checkpoint_steps=5)", True),
+    ("sqrt", "SqrtUniform()", False),
+    ("binomial:4 +offload", "Binomial(slots=4)", True),
+    ("auto:1GiB", "Auto(budget='1.0 GiB')", False),
+    ("uniform:best", "Auto(budget='11.0 GiB', among=('uniform',))", False),
+    ("binomial:auto+offload", "Auto(budget='11.0 GiB', among=('binomial',))", True),
+])
+def test_parse_engine_reads_every_form(text, schedule, offload):
+    spec = memmaml.parse_engine(text, budget="11GiB")
+    assert repr(spec.schedule) == schedule and spec.offload is offload
+
+
+@pytest.mark.parametrize("text, message", [
+    ("revolve:3", r"unknown engine 'revolve:3'; use one of 'naive', 'uniform:K', 'sqrt', 'binomial:SLOTS'"),
+    ("naive+offload", "the naive unroll stores no states to offload"),
+    ("binomial:0", "slots must be a positive integer"),
+])
+def test_parse_engine_says_what_is_accepted(text, message):
+    with pytest.raises(ValueError, match=message):
+        memmaml.parse_engine(text, budget="1GiB")
+    with pytest.raises(ValueError, match="chooses its slots for a memory budget"):
+        memmaml.parse_engine("binomial:auto")
+
+
+def test_auto_restricted_to_one_family():
+    uniform = Auto(None, among=("uniform",)).choose(100, COSTS)
+    assert isinstance(uniform.schedule, Uniform) and uniform.schedule == uniform.schedule
+    assert uniform.schedule.checkpoint_steps == memmaml.best_uniform(100, COSTS).checkpoint_steps
+    binomial = Auto(50_000, among=("binomial",)).choose(100, COSTS)
+    assert isinstance(binomial.schedule, Binomial) and binomial.predicted_peak_bytes <= 50_000
+    with pytest.raises(ValueError, match="needs a memory budget"):
+        Auto(None)
+    with pytest.raises(ValueError, match="among must name some of"):
+        Auto("1GiB", among=("revolve",))

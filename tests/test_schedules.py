@@ -207,8 +207,10 @@ def test_auto_picks_uniform_then_binomial_as_the_budget_shrinks():
 
 
 def test_auto_budget_too_small_says_how_much_is_needed():
-    with pytest.raises(ValueError, match=r"smaller than one inner step's graph \(2.0 KiB\) plus two states "
-                                         r"\(200 B\): at least 2.1 KiB is needed"):
+    # the smallest candidate: Binomial(1), the input, one slot and the working state beside one graph
+    with pytest.raises(ValueError, match=r"memory budget 1000 B is smaller than what 10 steps need with naive or "
+                                         r"uniform or binomial: at least 2.2 KiB \(one inner step's graph is "
+                                         r"2.0 KiB, one state 100 B\)"):
         Auto(1_000).choose(10, COSTS)
 
 
