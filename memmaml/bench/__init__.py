@@ -1,0 +1,75 @@
+"""The benchmark library: what ``scripts/compare_memory.py``, ``scripts/gpu_check.py`` and the notebooks share.
+
+* :class:`Workload` -- a meta-step's problem as plain values (model, data,
+  inner optimizer), built with :mod:`memmaml.models`;
+* :class:`Method` and the peer adapters -- memmaml's engines
+  (:func:`memmaml.parse_engine` text) and torch_maml, higher, torchopt;
+* :class:`Runner` -- each configuration in a fresh process, failures recorded;
+* :func:`run_sweep` -- memory and interleaved time over engines and step counts;
+* :func:`fit_costs` / :func:`answer_budget` -- memmaml's cost model fitted to the
+  runs, the longest unroll per engine;
+* :func:`render` -- ``results.json`` to Markdown, CSV and a plot;
+  :func:`provenance` -- commit, versions, device and command of every result;
+* :func:`quick_mode` -- the notebooks' small-size switch.
+
+Also :func:`quick_mode`, which every notebook reads once to
+choose its sizes. The test suite sets ``MEMMAML_NOTEBOOK_QUICK=1`` and runs each
+notebook top to bottom in seconds; ``python notebooks/build.py --execute``
+removes the variable and stores the outputs of a full run. The switch lives in
+the package, not beside the notebooks, because the Colab notebook installs
+memmaml and has no other file of the repository.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._fit import Fit, answer_budget, fit_costs
+from ._methods import PEER_INSTALL, Method, meta_step
+from ._provenance import provenance
+from ._report import render
+from ._runner import Runner, host_available_bytes
+from ._sweep import concrete_engine, engine_stats, run_sweep
+from ._workload import Built, Workload
+
+__all__ = [
+    "PEER_INSTALL",
+    "QUICK_MODE_VARIABLE",
+    "Built",
+    "Fit",
+    "Method",
+    "Runner",
+    "Workload",
+    "answer_budget",
+    "concrete_engine",
+    "engine_stats",
+    "fit_costs",
+    "host_available_bytes",
+    "meta_step",
+    "provenance",
+    "quick_mode",
+    "render",
+    "run_sweep",
+]
+
+#: the environment variable :func:`quick_mode` reads
+QUICK_MODE_VARIABLE = "MEMMAML_NOTEBOOK_QUICK"
+
+
+def quick_mode() -> bool:
+    """Whether to run at the small sizes of a smoke test instead of the full ones.
+
+    True when the environment variable ``MEMMAML_NOTEBOOK_QUICK`` is set to
+    anything but an empty string or ``"0"``. It is read at every call.
+
+    Example:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"MEMMAML_NOTEBOOK_QUICK": "1"}):
+        ...     quick_mode()
+        True
+        >>> with mock.patch.dict(os.environ, {"MEMMAML_NOTEBOOK_QUICK": "0"}):
+        ...     quick_mode()
+        False
+    """
+    return os.environ.get(QUICK_MODE_VARIABLE, "0") not in ("", "0")

@@ -1,0 +1,140 @@
+"""memmaml's cost model fitted to measured runs, and the budget answered per engine.
+
+The model is :mod:`memmaml._cost_model`'s -- the one :class:`~memmaml.Auto`
+plans with -- plus what a measured run holds besides the unroll (the model,
+the batches, the meta-gradient: a base per engine family):
+
+* memory: naive ``base_naive + n * A``; checkpointed ``base_checkpoint +
+  (max_stored + 1) * S + max_segment * A`` (``2 * S`` with offload);
+* time: ``base_seconds + forward_steps * t_nograph + n * t_graph``.
+
+Least squares over the measured records gives ``S``, ``A`` and the bases;
+every answer below is then a prediction from measurements, and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .._cost_model import StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
+from .._plans import PlanStats
+from ._sweep import concrete_engine, engine_stats
+
+__all__ = ["Fit", "answer_budget", "fit_costs"]
+
+FLAT_STEPS = (1_000, 10_000, 100_000)
+
+
+class Fit(NamedTuple):
+    """Fitted costs: ``costs`` (``S``, ``A``, ``t_nograph``, ``t_graph``) and the bases."""
+
+    costs: StepCosts
+    base_naive: float
+    base_checkpoint: float
+    base_seconds: float
+    memory_points: int
+    max_relative_residual: float
+    time_from: str  # "fit" or "probe ratio" (when the timed runs cannot separate t_nograph from t_graph)
+
+    def peak(self, engine: str, n: int) -> float:
+        stats, offload = engine_stats(engine, n)
+        base = self.base_naive if stats is None else self.base_checkpoint
+        return predicted_peak_bytes(None if stats is None else PlanStats(**stats), n, self.costs, offload=offload,
+                                    base=int(base))
+
+    def seconds(self, engine: str, n: int) -> float:
+        stats, _ = engine_stats(engine, n)
+        return self.base_seconds + predicted_seconds(None if stats is None else PlanStats(**stats), n, self.costs)
+
+
+def _lstsq(rows: list[list[float]], target: list[float]) -> tuple[list[float], list[float]] | None:
+    import numpy as np
+
+    design, y = np.array(rows, dtype=float), np.array(target, dtype=float)
+    if len(rows) < design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
+        return None
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return coef.tolist(), (design @ coef).tolist()
+
+
+def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None) -> Fit | None:
+    """Fit the model to memmaml's measured records; ``None`` when they cannot determine it.
+
+    Memory needs naive and checkpointed runs with different numbers of stored
+    states and graph steps. Time uses the untracked runs; when they cannot
+    separate the two step times (every schedule replayed nothing, say), the
+    probe's ratio of no-graph to graph time fixes it and only the scale is fitted.
+    """
+    points = [r for r in records if r.get("library") == "memmaml" and r.get("status") == "ok"
+              and r.get("peak_bytes") is not None]
+    rows, target = [], []
+    for r in points:
+        stats, n = r.get("stats"), r["steps"]
+        if stats is None:
+            rows.append([1.0, 0.0, 0.0, float(n)])
+        else:
+            stored = 2 if r.get("offload") else stats["max_stored"] + 1
+            rows.append([0.0, 1.0, float(stored), float(stats["max_segment"])])
+        target.append(float(r["peak_bytes"]))
+    memory = _lstsq(rows, target)
+    if memory is None:
+        return None
+    (base_naive, base_checkpoint, state, graph), fitted = memory
+    residual = max(abs(f - t) / t for f, t in zip(fitted, target))
+    timed = [r for r in points if r.get("seconds_untracked")] or [r for r in points if r.get("seconds")]
+    seconds_of = (lambda r: r.get("seconds_untracked") or r["seconds"])
+    rows = [[1.0, float((r["stats"] or {}).get("forward_steps", 0)), float(r["steps"])] for r in timed]
+    time = _lstsq(rows, [seconds_of(r) for r in timed])
+    how = "fit"
+    if time is None or time[0][1] < 0 or time[0][2] <= 0:
+        ratio = probe.nograph_seconds / probe.graph_seconds if probe else 0.3
+        rows = [[1.0, row[1] * ratio + row[2]] for row in rows]
+        scale = _lstsq(rows, [seconds_of(r) for r in timed]) if timed else None
+        if scale is None:
+            t_graph = probe.graph_seconds if probe else 1.0
+            base_seconds = 0.0
+        else:
+            base_seconds, t_graph = scale[0]
+        time, how = ([base_seconds, ratio * t_graph, t_graph], None), "probe ratio"
+    base_seconds, t_nograph, t_graph = time[0]
+    costs = StepCosts(int(round(state)), int(round(graph)), float(t_nograph), float(t_graph))
+    return Fit(costs, base_naive, base_checkpoint, float(base_seconds), len(points), residual, how)
+
+
+def answer_budget(fit: Fit, engine: str, budget: int, *, host_budget: int | None = None, limit: int = 10**7
+                  ) -> dict[str, Any]:
+    """The longest unroll ``engine`` fits in ``budget`` (predicted), with its time per step relative to naive's.
+
+    For an engine whose memory does not grow with ``n`` (binomial with slots
+    chosen for the budget, offload) there is no longest unroll: the answer says
+    so and gives the time per step at 1,000, 10,000 and 100,000 steps instead.
+    With offload, ``host_budget`` bounds the stored states in host memory.
+    """
+    room = max(int(budget - fit.base_checkpoint), 1)
+
+    def concrete(n: int) -> str | None:
+        try:
+            return concrete_engine(engine, n, fit.costs, room, host_budget)
+        except ValueError:  # nothing of this family fits the room at n
+            return None
+
+    def peak(n: int) -> float:
+        text = concrete(n)
+        return float("inf") if text is None else fit.peak(text, n)
+
+    def per_step(n: int) -> dict[str, Any]:
+        text = concrete(n)
+        seconds = fit.seconds(text, n)
+        naive = fit.seconds("naive", n)
+        return {"steps": n, "engine": text, "predicted_peak_bytes": peak(n),
+                "predicted_seconds_per_step": seconds / n, "time_ratio_to_naive": seconds / naive}
+
+    longest = longest_steps(peak, budget, limit=limit)
+    answer: dict[str, Any] = {"engine": engine, "budget_bytes": budget, "host_budget_bytes": host_budget,
+                              "measured": False}
+    if longest is None:
+        answer.update(grows_with_steps=False, at=[per_step(n) for n in FLAT_STEPS])
+    else:
+        answer.update(grows_with_steps=True, longest_steps=longest, at=[per_step(longest)] if longest else [])
+    return answer

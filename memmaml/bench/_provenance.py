@@ -1,0 +1,57 @@
+"""Where a figure came from: the code, the libraries, the machine and the command."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["provenance"]
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[str, Any]:
+    """The memmaml commit (and whether the tree had uncommitted changes), versions, device and command line.
+
+    Outside a git checkout the commit is ``None`` and the version stands alone.
+    """
+    import torch
+
+    import memmaml
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    info: dict[str, Any] = {
+        "memmaml_version": memmaml.__version__,
+        "memmaml_commit": commit,
+        "memmaml_dirty": None if status is None else bool(status),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "command": " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device_name"] = platform.processor() or platform.machine()
+    for library, dist in (("torch_maml", "torch-maml"), ("higher", "higher"), ("torchopt", "torchopt")):
+        try:
+            info[library] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
