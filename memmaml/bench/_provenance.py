@@ -23,7 +23,7 @@ def _git(*args: str) -> str | None:
 
 
 def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[str, Any]:
-    """The memmaml commit (and whether the tree had uncommitted changes), versions, device and command line.
+    """The memmaml commit (and whether its code had uncommitted changes), versions, device and command line.
 
     Outside a git checkout the commit is ``None`` and the version stands alone.
     """
@@ -32,7 +32,8 @@ def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[st
     import memmaml
 
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # uncommitted changes to the code that ran (the package and the scripts), not to notes or notebooks
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "memmaml", "scripts") if commit else None
     info: dict[str, Any] = {
         "memmaml_version": memmaml.__version__,
         "memmaml_commit": commit,
