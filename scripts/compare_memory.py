@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from memmaml import parse_engine, parse_size
-from memmaml.bench import Method, Runner, Workload, host_available_bytes, provenance, render, run_sweep
+from memmaml.bench import Method, Runner, Workload, host_available_bytes, provenance, render, run_sweep, unavailable
 
 DEFAULT_ENGINES = "naive,uniform:5,uniform:best,binomial:auto,binomial:auto+offload"
 PEERS = {"torch_maml": [Method("torch_maml", "naive"), Method("torch_maml", "uniform:{k}")],
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=7200.0, help="seconds before a run is stopped")
     s.add_argument("--max-run-seconds", type=float, default=None,
                    help="skip runs the probe predicts to take longer (recorded with the reason)")
-    p.add_argument("--budget", type=_size, default=None, help="memory budget to answer, e.g. 11GiB")
+    p.add_argument("--budget", type=_size, default="11GiB", help="memory budget to answer (the seed demo's card)")
     p.add_argument("--host-budget", type=_size, default=None,
                    help="host memory for offloaded states (default: what this machine has available)")
     p.add_argument("--out", default="results/compare_memory", help="output folder")
@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--device {args.device}: CUDA is not available on this machine")
     peers = [Method(m.library, m.engine.format(k=args.peer_checkpoint_steps))
              for name in args.peers.split(",") if name for m in PEERS[name]]
+    for library in dict.fromkeys(m.library for m in peers):
+        reason = unavailable(Method(library), args.optimizer)
+        if reason:
+            print(f"skipping {library}: {reason}", file=sys.stderr)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     host_budget = args.host_budget or host_available_bytes()
     time_steps = args.time_steps or args.steps[-1:]

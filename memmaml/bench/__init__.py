@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 
 from ._fit import Fit, answer_budget, fit_costs
-from ._methods import PEER_INSTALL, Method, meta_step
+from ._methods import PEER_INSTALL, Method, meta_step, unavailable
 from ._provenance import provenance
 from ._report import render
 from ._runner import Runner, host_available_bytes
@@ -50,6 +50,7 @@ __all__ = [
     "quick_mode",
     "render",
     "run_sweep",
+    "unavailable",
 ]
 
 #: the environment variable :func:`quick_mode` reads

@@ -51,6 +51,8 @@ class Fit(NamedTuple):
 def _lstsq(rows: list[list[float]], target: list[float]) -> tuple[list[float], list[float]] | None:
     import numpy as np
 
+    if not rows:
+        return None
     design, y = np.array(rows, dtype=float), np.array(target, dtype=float)
     if len(rows) < design.shape[1] or np.linalg.matrix_rank(design) < design.shape[1]:
         return None
@@ -132,7 +134,7 @@ def answer_budget(fit: Fit, engine: str, budget: int, *, host_budget: int | None
 
     longest = longest_steps(peak, budget, limit=limit)
     answer: dict[str, Any] = {"engine": engine, "budget_bytes": budget, "host_budget_bytes": host_budget,
-                              "measured": False}
+                              "measured": False, "one_step_bytes": fit.peak(concrete(1) or "naive", 1)}
     if longest is None:
         answer.update(grows_with_steps=False, at=[per_step(n) for n in FLAT_STEPS])
     else:

@@ -125,11 +125,13 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         for a in answers:
             if a["grows_with_steps"]:
                 at = a["at"][0] if a["at"] else None
-                lines.append(f"| {a['engine']} | {a['longest_steps']} | {at['engine'] if at else '–'} | "
-                             f"{format_bytes(at['predicted_peak_bytes']) if at else '–'} | "
-                             f"{at['time_ratio_to_naive']:.2f} |" if at else f"| {a['engine']} | 0 | – | – | – |")
+                lines.append(f"| {a['engine']} | {a['longest_steps']} | {at['engine']} | "
+                             f"{format_bytes(at['predicted_peak_bytes'])} | {at['time_ratio_to_naive']:.2f} |" if at
+                             else f"| {a['engine']} | 0: one step needs {format_bytes(a['one_step_bytes'])} | – | – | – |")
             else:
                 per = ", ".join(f"{x['time_ratio_to_naive']:.2f} at n={x['steps']:,}" for x in a["at"])
+                if a.get("host_budget_bytes") and "offload" in a["engine"]:
+                    per += f" (stored states within {format_bytes(a['host_budget_bytes'])} of host memory)"
                 lines.append(f"| {a['engine']} | does not grow with n | {a['at'][-1]['engine']} | "
                              f"{format_bytes(a['at'][-1]['predicted_peak_bytes'])} | {per} |")
     return "\n".join(lines) + "\n"
@@ -173,10 +175,14 @@ def _plot(path: Path, data: dict[str, Any], records: list[dict[str, Any]], fit: 
             tim.plot(xs, ts, "-", color=color, label=label)
     if data.get("budget_bytes"):
         mem.axhline(data["budget_bytes"] / 2**30, color="k", ls="--", lw=1, label="budget")
-    mem.set(xscale="log", yscale="log", xlabel="inner steps n", ylabel="peak memory (GiB)",
+    mem.set(xlabel="inner steps n", ylabel="peak memory (GiB)",
             title=f"measured (dots) and fitted model (lines), {_device(data)}")
-    tim.set(xscale="log", xlabel="inner steps n", ylabel="time per step / naive's (predicted)",
+    if any(r.get("status") == "ok" and r.get("peak_bytes") for r in records):  # log scales need data
+        mem.set(xscale="log", yscale="log")
+    tim.set(xlabel="inner steps n", ylabel="time per step / naive's (predicted)",
             title="predicted time relative to naive")
+    if tim.lines:
+        tim.set(xscale="log")
     mem.legend(fontsize=8)
     if tim.lines:
         tim.legend(fontsize=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -68,7 +69,7 @@ class Runner:
         try:
             with open(f"{tag}.log", "w") as log:
                 returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=self.timeout,
-                                            env=_child_env()).returncode
+                                            env=_child_env(), preexec_fn=_die_with_parent).returncode
         except subprocess.TimeoutExpired:
             returncode = None
         if result.exists():
@@ -83,6 +84,16 @@ class Runner:
             record.update(status="failed", error=f"exit status {returncode}: {tail}")
         record["grad_path"] = spec["grad_path"] if record.get("status") == "ok" else None
         return record
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it starts: on Linux, be killed when the sweep's process dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _child_env() -> dict[str, str]:

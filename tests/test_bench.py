@@ -1,0 +1,114 @@
+"""The benchmark library: the fit recovers known costs, the budget answers match brute force, runs fail softly."""
+
+import math
+
+import pytest
+
+import memmaml
+from memmaml import StepCosts, binomial_evaluations
+from memmaml.bench import Method, Runner, Workload, answer_budget, concrete_engine, engine_stats, fit_costs
+from memmaml.bench._worker import is_out_of_memory
+
+S, A, BASE_NAIVE, BASE_CKPT = 43e6, 700e6, 600e6, 650e6
+
+
+def _record(engine, n, *, library="memmaml", status="ok", seconds=None):
+    stats, offload = engine_stats(engine, n)
+    stored = 0 if stats is None else (2 if offload else stats["max_stored"] + 1)
+    peak = BASE_NAIVE + n * A if stats is None else BASE_CKPT + stored * S + stats["max_segment"] * A
+    forward = 0 if stats is None else stats["forward_steps"]
+    return {"library": library, "engine": engine, "label": engine, "steps": n, "status": status, "stats": stats,
+            "offload": offload, "peak_bytes": peak, "seconds_untracked": seconds or (2 + 0.3 * forward + 1.0 * n)}
+
+
+def _synthetic():
+    records = [_record("naive", n) for n in (1, 2, 4)]
+    records += [_record(e, n) for e in ("uniform:2", "uniform:1", "binomial:2+offload") for n in (2, 4, 8)]
+    # runs that must not enter the fit: a peer, a failure
+    records.append({**_record("naive", 8), "library": "torch_maml", "peak_bytes": 10**15})
+    records.append({**_record("naive", 16), "status": "oom", "peak_bytes": None})
+    return records
+
+
+def test_fit_recovers_the_costs_of_the_cost_model():
+    fit = fit_costs(_synthetic())
+    assert fit.base_naive == pytest.approx(BASE_NAIVE) and fit.base_checkpoint == pytest.approx(BASE_CKPT)
+    assert fit.costs.state_bytes == pytest.approx(S, abs=1) and fit.costs.graph_bytes == pytest.approx(A, abs=1)
+    assert fit.max_relative_residual < 1e-9 and fit.memory_points == 12
+    assert fit.time_from == "fit"
+    assert fit.costs.nograph_seconds == pytest.approx(0.3) and fit.costs.graph_seconds == pytest.approx(1.0)
+    assert fit.base_seconds == pytest.approx(2.0)
+
+
+def test_fit_needs_both_families():
+    assert fit_costs([r for r in _synthetic() if r["engine"] == "naive"]) is None
+
+
+def test_budget_answers_match_brute_force():
+    fit = fit_costs(_synthetic())
+    budget = 11 * 2**30
+    naive = answer_budget(fit, "naive", budget)
+    assert naive["longest_steps"] == math.floor((budget - BASE_NAIVE) / A)
+
+    def uniform_peak(n, k):
+        return BASE_CKPT + (-(-n // k) + 1) * S + min(k, n) * A
+
+    fixed = answer_budget(fit, "uniform:5", budget)["longest_steps"]
+    assert uniform_peak(fixed, 5) <= budget < uniform_peak(fixed + 1, 5)
+    best = answer_budget(fit, "uniform:best", budget)
+    n = best["longest_steps"]
+    assert min(uniform_peak(n, k) for k in range(1, 200)) <= budget < min(uniform_peak(n + 1, k) for k in range(1, 200))
+    assert best["at"][0]["engine"].startswith("uniform:") and n > 30 * naive["longest_steps"]
+    # binomial with slots chosen for the budget: memory does not grow with n; time per step grows slowly
+    binomial = answer_budget(fit, "binomial:auto", budget)
+    assert binomial["grows_with_steps"] is False and [a["steps"] for a in binomial["at"]] == [1000, 10_000, 100_000]
+    slots = (budget - BASE_CKPT - A - 2 * S) // S
+    assert binomial["at"][0]["engine"] == f"binomial:{int(slots)}"
+    n = 100_000
+    expected = (2 + 0.3 * binomial_evaluations(n, int(slots)) + n) / (2 + n)
+    assert binomial["at"][-1]["time_ratio_to_naive"] == pytest.approx(expected, rel=1e-3)
+    offload = answer_budget(fit, "binomial:auto+offload", budget, host_budget=int(200 * S))
+    assert offload["grows_with_steps"] is False and offload["at"][-1]["engine"] == "binomial:200+offload"
+    tiny = answer_budget(fit, "uniform:best", int(BASE_CKPT))
+    assert tiny["longest_steps"] == 0 and tiny["one_step_bytes"] > BASE_CKPT
+
+
+def test_concrete_engines():
+    costs = StepCosts(int(S), int(A), 0.3, 1.0)
+    assert concrete_engine("uniform:best", 1000, costs, None) == f"uniform:{memmaml.best_uniform(1000, costs).checkpoint_steps}"
+    assert concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=int(10 * S)) == "binomial:10+offload"
+    assert concrete_engine("naive", 5, None, None) == "naive"
+    with pytest.raises(ValueError, match="unknown engine 'revolve'"):
+        concrete_engine("revolve", 5, costs, None)
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"))
+    assert not is_out_of_memory(ValueError("shape mismatch"))
+
+
+def test_workload_validation():
+    with pytest.raises(ValueError, match="model must be one of 'resnet18', 'conv4', 'mlp'; got 'vgg16'"):
+        Workload(model="vgg16")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        Workload(batch_size=0)
+    assert Workload().describe() == "resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32"
+
+
+def test_a_failing_run_is_recorded_not_raised(tmp_path):
+    runner = Runner(Workload(model="mlp", image_size=4, batch_size=2, width=4), tmp_path, timeout=0.01)
+    record = runner.run(Method("memmaml", "naive"), 2, track=True)
+    assert record["status"] == "timeout" and "stopped after 0.01 s" in record["error"]
+    with pytest.raises(ValueError, match="unknown library 'learn2learn'"):
+        runner.run(Method("learn2learn"), 2, track=True)
+
+
+def test_a_peer_that_is_not_installed_is_skipped_with_the_install_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "higher" else real(name, *a))
+    record = Runner(Workload(model="mlp", image_size=4), tmp_path).run(Method("higher"), 2, track=True)
+    assert record["status"] == "unavailable" and record["error"] == "higher is not installed: pip install higher"
