@@ -142,8 +142,8 @@ class InnerStep:
         loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
         with torch.enable_grad() if mode == "graph" else torch.no_grad():
             updates, opt_state = self.optimizer.update(grads, opt_state, params, extras[0])
-            # one foreach launch instead of one addition per tensor (the same values)
-            params = dict(zip(params, torch._foreach_add(list(params.values()), [updates[n] for n in params])))
+            # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
+            params = {name: params[name] + updates[name] for name in params}
             if mode == "graph":
                 params = _clip(params, self.max_norm)
         new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
