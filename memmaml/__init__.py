@@ -32,7 +32,7 @@ from ._evaluation import batched_evaluate
 from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
 from ._memory import MemoryTracker, peak_rss_bytes, track_memory
 from ._metrics_log import MetricsLog
-from ._inner_optimizer import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer, PerStep, at_step
 from ._optim import SGD, Adam, AdamState, IngraphGradientDescent, IngraphRMSProp, RMSProp, RMSPropState, SGDState
 from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
 from ._replay_check import ReplayMismatchError
@@ -78,6 +78,7 @@ __all__ = [
     "MetaTrainer",
     "MetricsLog",
     "NaiveMAML",
+    "PerStep",
     "Plan",
     "PlanStats",
     "RMSProp",
@@ -92,6 +93,7 @@ __all__ = [
     "StepCosts",
     "TrainerConfig",
     "Uniform",
+    "at_step",
     "atomic_save",
     "batched_evaluate",
     "batched_meta_gradient",

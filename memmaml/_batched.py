@@ -70,7 +70,7 @@ from torch.utils import _pytree as pytree
 
 from ._adapted import AdaptedModule
 from ._checks import int_at_least
-from ._inner_optimizer import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer, at_step
 from ._params import learnable_tensors, select_parameters
 from .tasks import Task
 
@@ -144,14 +144,14 @@ class _Adapter:
             raise ValueError("loss_function must return a 0-d tensor per task")
         return loss
 
-    def step(self, params: Params, opt_state: Any, batch: Any) -> tuple[Params, Any, Tensor]:
+    def step(self, params: Params, opt_state: Any, batch: Any, index: int = 0) -> tuple[Params, Any, Tensor]:
         if self.first_order:
             # the inner gradient is a constant: compute it at detached parameters, so no
             # second-order graph is recorded at all
             grads, loss = grad_and_value(self.loss)({k: v.detach() for k, v in params.items()}, batch)
         else:
             grads, loss = grad_and_value(self.loss)(params, batch)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params, self.hyperparams)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params, at_step(self.hyperparams, index))
         return {name: params[name] + updates[name] for name in params}, opt_state, loss.detach()
 
 
@@ -244,8 +244,8 @@ def batched_meta_gradient(
         current = {k: model_params[k] for k in adapted_names}
         opt_state = optimizer.init({k: v.detach() for k, v in current.items()})
         losses = []
-        for _ in range(num_steps):
-            current, opt_state, loss = adapter.step(current, opt_state, support)
+        for index in range(num_steps):
+            current, opt_state, loss = adapter.step(current, opt_state, support, index)
             losses.append(loss)
         return adapter.loss(current, query), torch.stack(losses)
 

@@ -131,7 +131,7 @@ def _vectorized(model: nn.Module, loss_function: Callable[..., Tensor], tasks: T
             if step in steps:
                 rows.append(measure(current, query))
             if step < steps[-1]:
-                current, opt_state, _ = adapter.step(current, opt_state, support)
+                current, opt_state, _ = adapter.step(current, opt_state, support, step)
         return tuple(torch.stack([row[i] for row in rows]) for i in range(1 + len(metrics)))
 
     with torch.no_grad():

@@ -16,6 +16,13 @@ Hyperparameters
       each a scalar or a tensor broadcastable to that parameter (Meta-SGD,
       Li et al. 2017: one learning rate per weight).
 
+    * a :class:`PerStep` ``(values, every=1)``: a tensor with one entry per
+      inner step (or per block of ``every`` steps), for a schedule of the
+      hyperparameter over the unroll -- a learned learning-rate schedule, say
+      (Maclaurin, Duvenaud & Adams 2015). The engine passes ``update`` the
+      entry of the step it runs (:func:`at_step`); the gradient of every entry
+      is exact.
+
     ``optimizer.hyperparams`` holds the values given at construction; the
     engine passes ``{**optimizer.hyperparams, **opt_kwargs}`` to ``update`` so
     a call can override them.
@@ -26,16 +33,56 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from numbers import Number
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
 from ._checks import number_in
 from ._params import learnable_tensors
 
-__all__ = ["InnerOptimizer", "for_parameter", "is_zero"]
+__all__ = ["InnerOptimizer", "PerStep", "at_step", "for_parameter", "is_zero", "per_step_length"]
 
 Params = dict[str, Tensor]
+
+
+class PerStep(NamedTuple):
+    """A hyperparameter that changes with the inner step: step ``i`` uses ``values[i // every]``.
+
+    Attributes:
+        values: a floating-point tensor whose first dimension runs over the steps
+            (or blocks of ``every`` steps); each entry is a scalar or broadcasts
+            to the parameters it applies to. Learnable when it requires grad.
+        every: steps per entry.
+
+    Example:
+        >>> import torch, memmaml
+        >>> log_lr = torch.full((4,), -2.0, requires_grad=True)   # one learning rate per 5 steps
+        >>> opt = memmaml.SGD(memmaml.PerStep(log_lr.exp(), every=5))
+        >>> memmaml.at_step(opt.hyperparams, 12)["lr"]  # step 12 uses entry 2
+        tensor(0.1353, grad_fn=<SelectBackward0>)
+    """
+
+    values: Tensor
+    every: int = 1
+
+
+def at_step(hyperparams: Any, step: int) -> Any:
+    """``hyperparams`` with every :class:`PerStep` replaced by its entry for inner step ``step``."""
+    if isinstance(hyperparams, PerStep):
+        return hyperparams.values[step // hyperparams.every]
+    if isinstance(hyperparams, Mapping):
+        return {key: at_step(value, step) for key, value in hyperparams.items()}
+    return hyperparams
+
+
+def per_step_length(hyperparams: Any) -> int | None:
+    """The number of steps the shortest :class:`PerStep` in ``hyperparams`` covers (``None`` if there is none)."""
+    if isinstance(hyperparams, PerStep):
+        return len(hyperparams.values) * hyperparams.every
+    if isinstance(hyperparams, Mapping):
+        lengths = [n for n in (per_step_length(v) for v in hyperparams.values()) if n is not None]
+        return min(lengths, default=None)
+    return None
 
 
 def for_parameter(value: Any, name: str) -> Any:
@@ -57,6 +104,13 @@ def is_zero(value: Any) -> bool:
 
 
 def _check_hyperparam(owner: str, name: str, value: Any) -> None:
+    if isinstance(value, PerStep):
+        if not isinstance(value.values, Tensor) or value.values.dim() < 1 or not value.values.is_floating_point():
+            raise TypeError(f"{owner}: PerStep {name} needs a floating-point tensor with one entry per step "
+                            f"(at least one dimension), got {value.values!r}")
+        if isinstance(value.every, bool) or not isinstance(value.every, int) or value.every < 1:
+            raise ValueError(f"{owner}: PerStep {name}: every must be a positive integer, got {value.every!r}")
+        return
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ._adapted import AdaptedModule, has_tied_weights
-from ._inner_optimizer import InnerOptimizer
+from ._inner_optimizer import InnerOptimizer, at_step, per_step_length
 
 __all__ = ["Extras", "InnerStep", "progress_bar", "tensors_in"]
 
@@ -89,6 +89,10 @@ class InnerStep:
         self.optimizer = optimizer
         self.extras = extras
         self.num_steps = len(extras[2])
+        covered = per_step_length(extras[0])
+        if covered is not None and covered < self.num_steps:
+            raise ValueError(f"a PerStep hyperparameter covers {covered} inner steps, but there are "
+                             f"{self.num_steps} batches (one per step)")
         self.first_order = first_order
         self.max_norm = max_grad_grad_norm
         self.allow_unused = allow_unused
@@ -141,7 +145,7 @@ class InnerStep:
         create_graph = mode == "graph" and not self.first_order
         loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
         with torch.enable_grad() if mode == "graph" else torch.no_grad():
-            updates, opt_state = self.optimizer.update(grads, opt_state, params, extras[0])
+            updates, opt_state = self.optimizer.update(grads, opt_state, params, at_step(extras[0], step))
             # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
             params = {name: params[name] + updates[name] for name in params}
             if mode == "graph":
