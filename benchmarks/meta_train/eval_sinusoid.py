@@ -19,6 +19,7 @@ from torch import nn
 
 import memmaml
 from memmaml import batched_evaluate, load_checkpoint_file
+from memmaml import models
 from memmaml.tasks import Sinusoid, draw_seeds, mse_loss
 
 
