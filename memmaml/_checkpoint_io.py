@@ -41,9 +41,9 @@ CHECKPOINT_FORMAT = "memmaml.training/1"  # a format name, not a module path: ch
 
 #: configuration keys (or key prefixes) that may differ between a checkpoint and the run that
 #: resumes it: they change speed, rounding or what is evaluated, not the training problem.
-#: ``randomness`` only matters on the vmap path, and ``vectorize`` may change.
-RESUME_MAY_CHANGE = frozenset({"vectorize", "chunk_size", "randomness", "world_size", "eval_task", "eval_optimizer",
-                               "num_eval_tasks", "eval_steps", "eval_seed"})
+#: ``randomness`` only matters on the vmap path, and ``vectorize`` may change; ``offload`` moves states, not values.
+RESUME_MAY_CHANGE = frozenset({"vectorize", "chunk_size", "randomness", "offload", "world_size", "eval_task",
+                               "eval_optimizer", "num_eval_tasks", "eval_steps", "eval_seed"})
 
 
 class IncompatibleCheckpointError(ValueError):

@@ -54,13 +54,14 @@ from ._checkpoint_io import (
     plain,
 )
 from ._checks import int_at_least
+from ._cost_model import Choice
 from ._distributed import Processes
 from ._evaluation import batched_evaluate, held_out_share, summarize
 from ._metrics_log import MetricsLog, TrainWindow
 from ._params import select_parameters
 from ._trainer_config import TrainerConfig
 from ._adapted import AdaptedModule
-from ._unroll import unroll
+from ._unroll import choose_schedule, measure_step_costs, unroll
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["MetaTrainer"]
@@ -153,6 +154,7 @@ class MetaTrainer:
             raise ValueError("model has no parameters to meta-train")
 
         self.model, self.config = model, config.resolved()
+        self._choice: Choice | None = None  # the concrete schedule, chosen on the first task
         self.task_source, self.eval_source = task_source, eval_source
         self.loss_function = task_source.loss_function if loss_function is None else loss_function
         if not callable(self.loss_function):
@@ -212,6 +214,16 @@ class MetaTrainer:
                 names += [f"eval_{metric}@{s}", f"eval_{metric}@{s}_ci95"]
         return names
 
+    def _schedule_choice(self, task: Task) -> Choice:
+        """The concrete schedule of the inner loop; an Auto schedule measures one step, once per trainer."""
+        if self._choice is None:
+            config = self.config
+            self._choice = choose_schedule(
+                config.schedule, config.num_inner_steps,
+                lambda: measure_step_costs(self.model, self.loss_function, task.support, config.inner_optimizer,
+                                           params=self._adapted_parameters()), offload=config.offload)
+        return self._choice
+
     def _adapted_parameters(self) -> dict[str, Tensor]:
         return select_parameters(self.model, self.get_parameters)
 
@@ -260,9 +272,11 @@ class MetaTrainer:
         query, before = [], []
         for t in range(n):
             task = tasks.select(t)
+            choice = self._schedule_choice(task)
             out = unroll(self.model, self.loss_function, [task.support] * config.num_inner_steps,
-                         config.inner_optimizer, params=self._adapted_parameters(), schedule=config.schedule,
-                         first_order=config.first_order, max_grad_grad_norm=config.max_grad_grad_norm)
+                         config.inner_optimizer, params=self._adapted_parameters(), schedule=choice.schedule,
+                         offload=choice.offload, first_order=config.first_order,
+                         max_grad_grad_norm=config.max_grad_grad_norm)
             loss = self.loss_function(AdaptedModule(self.model, out.params), task.query)
             (loss / n).backward()
             query.append(loss.detach())

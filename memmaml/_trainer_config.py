@@ -52,6 +52,7 @@ class TrainerConfig:
             num_inner_steps``); stored sorted, without repeats.
         eval_optimizer: inner optimizer at evaluation (default: ``inner_optimizer``).
         eval_seed: seed of the held-out task seeds (default ``seed + 1``).
+        offload: keep the schedule's stored states in host memory (needs a schedule).
         vectorize: adapt a process's tasks in one ``torch.func.vmap`` call, for
             training and evaluation; needs ``schedule=None``, no
             ``max_grad_grad_norm`` and a model without BatchNorm running
@@ -88,6 +89,7 @@ class TrainerConfig:
     eval_optimizer: InnerOptimizer | None = None
     eval_seed: int | None = None
     # execution: speed and memory, not the training problem
+    offload: bool = False
     vectorize: bool = False
     chunk_size: int | None = None
     randomness: str = "error"
@@ -105,8 +107,10 @@ class TrainerConfig:
             put(name, int_at_least(name, getattr(self, name), 1))
         if self.schedule is not None:
             _check_schedule(self.schedule)
-        for name in ("first_order", "vectorize"):
+        for name in ("first_order", "vectorize", "offload"):
             put(name, bool(getattr(self, name)))
+        if self.offload and self.schedule is None:
+            raise ValueError("offload=True needs a checkpoint schedule: the naive unroll stores no states")
         for name in ("max_grad_grad_norm", "max_grad_norm"):
             if getattr(self, name) is not None:
                 put(name, positive_number(name, getattr(self, name), allow_inf=True))
@@ -156,6 +160,7 @@ class TrainerConfig:
             "seed": config.seed,
             "eval_seed": config.eval_seed,
             "vectorize": config.vectorize,
+            "offload": config.offload,
             "chunk_size": config.chunk_size,
             "randomness": config.randomness,
         }

@@ -72,11 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--inner-optimizer", choices=["sgd", "adam", "rmsprop"], default="sgd")
     g.add_argument("--inner-lr", type=float, default=0.01)
     g.add_argument("--inner-steps", type=int, default=1)
-    g.add_argument("--engine", choices=["naive", "checkpoint"], default="naive")
-    g.add_argument("--checkpoint-steps", type=int, default=1, help="checkpoint engine: steps per segment")
-    g.add_argument("--schedule", default=None,
-                   help="checkpoint engine: a schedule's text form (memmaml.parse_schedule), e.g. 'uniform:5', "
-                   "'binomial:4', 'sqrt', 'auto:1GiB' (default: uniform:CHECKPOINT_STEPS)")
+    g.add_argument("--engine", default="naive",
+                   help="the inner loop's engine in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, "
+                        "binomial:SLOTS, auto:BUDGET, any but naive followed by +offload")
     g.add_argument("--first-order", action="store_true")
     g.add_argument("--vectorize", action="store_true", help="adapt the meta-batch with torch.func.vmap")
     g.add_argument("--chunk-size", type=int, default=None, help="vmap over at most this many tasks at once")
@@ -141,19 +139,12 @@ def build_model(args: argparse.Namespace, source) -> nn.Module:
                         track_running_stats=False, ceil_mode=True)
 
 
-def build_schedule(args: argparse.Namespace) -> str | None:
-    """The schedule's text form for TrainerConfig (``None``: the naive engine)."""
-    if args.engine == "naive":
-        if args.schedule is not None:
-            sys.exit("--schedule needs --engine checkpoint")
-        return None
-    if args.schedule is None:
-        return f"uniform:{args.checkpoint_steps}"
+def build_engine(args: argparse.Namespace) -> memmaml.EngineSpec:
+    """The schedule (``None``: naive) and offload flag for TrainerConfig."""
     try:
-        memmaml.parse_schedule(args.schedule)
+        return memmaml.parse_engine(args.engine)
     except ValueError as error:
-        sys.exit(f"--schedule {args.schedule!r}: {error}")
-    return args.schedule
+        sys.exit(f"--engine {args.engine!r}: {error}")
 
 
 def build_inner_optimizer(args: argparse.Namespace) -> memmaml.InnerOptimizer:
@@ -187,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (isinstance(outer_cls, type) and issubclass(outer_cls, torch.optim.Optimizer)):
             sys.exit(f"--outer-optimizer {args.outer_optimizer!r} is not a torch.optim optimizer class")
         inner = build_inner_optimizer(args)
+        engine = build_engine(args)
         outer = outer_cls(model.parameters(), lr=args.outer_lr)
         eval_steps = None if args.eval_steps is None else [int(s) for s in args.eval_steps.split(",") if s]
         run_config = {k: v for k, v in vars(args).items()}
         config = TrainerConfig(
-            inner_optimizer=inner, num_inner_steps=args.inner_steps, schedule=build_schedule(args),
+            inner_optimizer=inner, num_inner_steps=args.inner_steps, schedule=engine.schedule, offload=engine.offload,
             first_order=args.first_order, outer_lr=args.outer_lr, meta_batch_size=args.meta_batch_size,
             max_grad_norm=args.max_grad_norm, num_eval_tasks=args.num_eval_tasks, eval_steps=eval_steps,
             seed=args.seed, eval_seed=args.eval_seed, vectorize=args.vectorize, chunk_size=args.chunk_size)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import memmaml
+import memmaml._trainer
 from memmaml import (
     IncompatibleCheckpointError,
     MetaTrainer,
@@ -230,19 +231,26 @@ def test_bad_arguments_name_the_argument():
         MetricsLog("metrics.txt")
 
 
-@pytest.mark.parametrize("schedule", ["uniform:2", "binomial:2", "sqrt", "auto:1GiB"])
-def test_string_schedules_give_the_naive_meta_gradient(schedule):
+@pytest.mark.parametrize("schedule, offload", [("uniform:2", False), ("binomial:2", False), ("sqrt", False),
+                                               ("auto:1GiB", False), ("binomial:2", True)])
+def test_string_schedules_give_the_naive_meta_gradient(schedule, offload, monkeypatch):
     """A schedule's text form runs the checkpointed engine: the meta-gradient is the naive trainer's."""
     naive = make_trainer(num_inner_steps=5)
     ref_stats = naive.compute_meta_gradient(naive.sample_tasks())
-    text = make_trainer(num_inner_steps=5, schedule=schedule)
-    assert isinstance(text.config.schedule, Schedule)  # parsed once, so Auto measures once
+    text = make_trainer(num_inner_steps=5, schedule=schedule, offload=offload)
+    assert isinstance(text.config.schedule, Schedule)
+    measured = []
+    real = memmaml._trainer.measure_step_costs
+    monkeypatch.setattr(memmaml._trainer, "measure_step_costs", lambda *a, **k: measured.append(1) or real(*a, **k))
     stats = text.compute_meta_gradient(text.sample_tasks())  # the same seed: the same meta-batch
     assert max(p.grad.abs().max().item() for p in naive.meta_params) > 1e-3
     for got, ref in zip(text.meta_params, naive.meta_params, strict=True):
         torch.testing.assert_close(got.grad, ref.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(stats["loss"], ref_stats["loss"], rtol=1e-12, atol=0)
     torch.testing.assert_close(stats["loss_before"], ref_stats["loss_before"], rtol=1e-12, atol=0)
+    text.compute_meta_gradient(text.sample_tasks())
+    assert len(measured) == (1 if schedule.startswith("auto") else 0), "Auto measures once per trainer"
+    assert text._schedule_choice(None).offload is offload
 
 
 def test_string_and_object_schedules_are_the_same_configuration(tmp_path):
@@ -256,6 +264,7 @@ def test_string_and_object_schedules_are_the_same_configuration(tmp_path):
 
 
 BAD_CONFIGS = [
+    ({"offload": True}, ValueError, "offload=True needs a checkpoint schedule"),
     ({"num_inner_steps": 0}, ValueError, "num_inner_steps must be an integer >= 1, got 0"),
     ({"meta_batch_size": 2.5}, ValueError, "meta_batch_size must be an integer >= 1, got 2.5"),
     ({"num_eval_tasks": -1}, ValueError, "num_eval_tasks must be an integer >= 1, got -1"),
