@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 1 + len(args.steps) * (len(engines) + len(peers)) + len(time_steps) * args.repeats * (len(engines) + len(peers))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    origin = provenance(args.device, ["python", "scripts/compare_memory.py", *argv])  # the code the runs import
     with _progress_bar(total, args.no_progress) as bar:
         def progress(stage: str, record: dict | None) -> None:
             bar.update()
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = run_sweep(runner, engines, args.steps, peers=peers, repeats=args.repeats, time_steps=time_steps,
                           budget=args.budget, host_budget=host_budget, max_run_seconds=args.max_run_seconds,
                           progress=progress)
-    payload = {"provenance": provenance(args.device, ["python", "scripts/compare_memory.py", *argv]),
+    payload = {"provenance": origin,
                "workload": workload.__dict__, "engines": engines, "peers": [m._asdict() for m in peers],
                "budget_bytes": args.budget, "host_budget_bytes": host_budget, "threads": threads, "wall_seconds": time.time() - started, **sweep}
     (out / "results.json").write_text(json.dumps(payload, indent=1))
