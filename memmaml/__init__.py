@@ -23,33 +23,22 @@ library).
   (:func:`batched_meta_gradient`) for meta-training runs.
 """
 
-from . import models, tasks  # public namespaces, not re-exported here
+from . import bench, models, tasks  # noqa: F401  (public namespaces, not re-exported here)
 from ._adapted import AdaptedModule
+from ._auto import Auto, best_uniform, binomial_slots
 from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
 from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
 from ._cost_model import Choice, StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
 from ._evaluation import batched_evaluate
+from ._inner_optimizer import InnerOptimizer, PerStep, at_step
 from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
 from ._memory import MemoryTracker, peak_rss_bytes, track_memory
 from ._metrics_log import MetricsLog
-from ._inner_optimizer import InnerOptimizer, PerStep, at_step
 from ._optim import SGD, Adam, AdamState, IngraphGradientDescent, IngraphRMSProp, RMSProp, RMSPropState, SGDState
+from ._parse import EngineSpec, parse_engine, parse_schedule
 from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
 from ._replay_check import ReplayMismatchError
-from ._schedules import (
-    Auto,
-    Binomial,
-    EngineSpec,
-    Schedule,
-    SqrtUniform,
-    Uniform,
-    best_uniform,
-    binomial_evaluations,
-    binomial_slots,
-    parse_engine,
-    parse_schedule,
-    sqrt_steps,
-)
+from ._schedules import Binomial, Schedule, SqrtUniform, Uniform, binomial_evaluations, sqrt_steps
 from ._trainer import MetaTrainer
 from ._trainer_config import TrainerConfig
 from ._units import format_bytes, parse_size

@@ -19,7 +19,8 @@ from ._cost_model import Choice, StepCosts
 from ._inner_optimizer import InnerOptimizer
 from ._optim import IngraphGradientDescent
 from ._params import select_parameters
-from ._schedules import Schedule, Uniform, parse_schedule
+from ._parse import parse_schedule
+from ._schedules import Schedule, Uniform
 from ._unroll import Result, choose_schedule, measure_step_costs, unroll
 
 __all__ = ["GradientCheckpointMAML", "MAML", "NaiveMAML"]

@@ -10,7 +10,8 @@ from ._checkpoint_io import plain
 from ._checks import int_at_least, integer, number_in, one_of, positive_int, positive_number
 from ._inner_optimizer import InnerOptimizer
 from ._optim import SGD
-from ._schedules import Schedule, parse_schedule
+from ._parse import parse_schedule
+from ._schedules import Schedule
 
 __all__ = ["TrainerConfig"]
 

@@ -25,7 +25,8 @@ from ._executor import CheckpointedUnroll, Executor
 from ._measure import measure_costs
 from ._inner_optimizer import InnerOptimizer
 from ._replay_context import ReplayContext
-from ._schedules import Schedule, parse_schedule
+from ._parse import parse_schedule
+from ._schedules import Schedule
 from ._step import InnerStep, progress_bar, tensors_in
 
 __all__ = ["Result", "choose_schedule", "measure_step_costs", "unroll"]

@@ -12,7 +12,8 @@ import importlib.util
 import warnings
 from typing import Any, NamedTuple
 
-from .._schedules import Uniform, parse_engine
+from .._parse import parse_engine
+from .._schedules import Uniform
 from ._workload import Built
 
 __all__ = ["PEER_INSTALL", "Method", "meta_step", "unavailable"]

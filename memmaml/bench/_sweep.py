@@ -18,7 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._cost_model import StepCosts, predicted_peak_bytes, predicted_seconds
-from .._schedules import Auto, Binomial, EngineSpec, parse_engine
+from .._auto import Auto
+from .._parse import EngineSpec, parse_engine
+from .._schedules import Binomial
 from ._methods import Method
 from ._runner import Runner, host_available_bytes
 
