@@ -1,254 +1,19 @@
-"""Task sources for meta-training: few-shot regression and classification tasks.
-
-A task is a pair of batches, ``Task(support, query)``: the inner loop adapts on
-the support set and the meta-loss is measured on the query set. A task source
-turns an integer seed into one task, deterministically::
-
-    source = Sinusoid(num_shots=10)
-    task = source.sample(seed=123)           # the same task on every call and machine
-    batch = source.sample_batch([1, 2, 3])   # three tasks stacked along a new first dim
-
-Seeds, not a shared random stream, identify tasks. A meta-training loop draws
-one seed per task from its own generator (:func:`draw_seeds`), so a process
-that handles only a share of a meta-batch builds exactly its own tasks, a
-resumed run sees the tasks it would have seen, and a held-out set is a fixed
-list of seeds.
-
-Sources
-    * :class:`Sinusoid` -- regression on ``y = A sin(x - phi)`` (Finn, Abbeel,
-      Levine 2017, "Model-Agnostic Meta-Learning", section 5.1: amplitude
-      ``U[0.1, 5]``, phase ``U[0, pi]``, ``x ~ U[-5, 5]``, K shots).
-    * :class:`SyntheticClassification` -- N-way K-shot classification of
-      Gaussian clusters drawn from a fixed pool of classes (no files needed).
-    * :class:`ImageFolderTasks` -- N-way K-shot classification from a folder
-      with one subfolder of images per class.
-    * :class:`Omniglot` -- N-way K-shot Omniglot (Lake et al. 2015) read from
-      the layout ``torchvision.datasets.Omniglot`` uses, from a local root;
-      nothing is downloaded.
-
-Classification tasks label their ``num_ways`` classes ``0 .. num_ways-1`` in a
-random order per task; support and query sets hold disjoint examples.
-
-Losses and metrics matching the sources: :func:`mse_loss`,
-:func:`cross_entropy_loss`, :func:`accuracy`; each has the signature
-``fn(model, batch) -> 0-d tensor`` that :func:`memmaml.unroll` expects.
-"""
+"""N-way K-shot classification tasks: synthetic clusters, image folders, Omniglot."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._checks import integer, positive_int, range_pair
+from .._checks import positive_int
+from ._base import IMAGE_EXTENSIONS, Task, TaskSource, accuracy, cross_entropy_loss, generator_for
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageFolderTasks",
-    "Omniglot",
-    "Sinusoid",
-    "SyntheticClassification",
-    "Task",
-    "TaskSource",
-    "accuracy",
-    "cross_entropy_loss",
-    "draw_seeds",
-    "mse_loss",
-]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-
-_SEED_BOUND = 2**62
-
-
-class Task(NamedTuple):
-    """One task (or a stack of tasks along a new first dimension).
-
-    Attributes:
-        support: ``(inputs, targets)`` the inner loop adapts on.
-        query: ``(inputs, targets)`` the adapted model is evaluated on.
-    """
-
-    support: tuple[Tensor, Tensor]
-    query: tuple[Tensor, Tensor]
-
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Task":
-        """The task on ``device``, floating tensors cast to ``dtype`` (integer labels keep theirs)."""
-
-        def move(t: Tensor) -> Tensor:
-            if dtype is not None and t.is_floating_point():
-                return t.to(device=device, dtype=dtype)
-            return t.to(device=device) if device is not None else t
-
-        return Task(tuple(move(t) for t in self.support), tuple(move(t) for t in self.query))
-
-    def select(self, index: Any) -> "Task":
-        """Index every tensor along the task dimension (``batch.select(slice(0, 2))``, ``batch.select(3)``)."""
-        return Task(tuple(t[index] for t in self.support), tuple(t[index] for t in self.query))
-
-    @property
-    def num_tasks(self) -> int:
-        """The size of the leading (task) dimension of a stacked batch."""
-        return self.support[0].shape[0]
-
-
-def draw_seeds(generator: torch.Generator, num_tasks: int) -> list[int]:
-    """``num_tasks`` task seeds from ``generator`` (which advances).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> seeds = draw_seeds(g, 3)
-        >>> seeds == draw_seeds(torch.Generator().manual_seed(0), 3)
-        True
-    """
-    positive_int("num_tasks", num_tasks)
-    return torch.randint(0, _SEED_BOUND, (num_tasks,), generator=generator, dtype=torch.int64).tolist()
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(integer("seed", seed) % _SEED_BOUND)
-
-
-# ----------------------------------------------------------------------------- base
-class TaskSource:
-    """Base class: ``sample(seed)`` builds one :class:`Task`, deterministically.
-
-    Subclasses implement :meth:`_sample` (given a ``torch.Generator`` seeded with
-    the task seed) and :meth:`config` (a dict of plain values that identifies
-    the distribution, stored in checkpoints). ``loss_function`` and
-    ``metrics`` name what fits the source (see :class:`memmaml.MetaTrainer`).
-    """
-
-    #: ``loss_function(model, batch)`` that fits the source.
-    loss_function: Callable[[nn.Module, Any], Tensor]
-    #: query metrics besides the loss, ``{name: fn(model, batch)}``.
-    metrics: dict[str, Callable[[nn.Module, Any], Tensor]] = {}
-
-    def sample(self, seed: int) -> Task:
-        """The task identified by ``seed`` (an int; the same task on every call)."""
-        return self._sample(_generator(seed))
-
-    def sample_batch(self, seeds: Sequence[int]) -> Task:
-        """The tasks identified by ``seeds``, stacked along a new first dimension."""
-        seeds = list(seeds)
-        if not seeds:
-            raise ValueError("seeds must hold at least one task seed, got none")
-        tasks = [self.sample(seed) for seed in seeds]
-        return Task(
-            tuple(torch.stack(parts) for parts in zip(*(t.support for t in tasks))),
-            tuple(torch.stack(parts) for parts in zip(*(t.query for t in tasks))),
-        )
-
-    def _sample(self, generator: torch.Generator) -> Task:
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        """Plain values (numbers, strings, lists) that identify this task distribution."""
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "source")
-        return f"{type(self).__name__}({inner})"
-
-
-# ------------------------------------------------------------------- losses, metrics
-def mse_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Mean squared error of ``model(inputs)`` against ``targets``."""
-    inputs, targets = batch
-    return F.mse_loss(model(inputs), targets)
-
-
-def cross_entropy_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Cross-entropy of the logits ``model(inputs)`` against integer labels."""
-    inputs, labels = batch
-    return F.cross_entropy(model(inputs), labels)
-
-
-def accuracy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Fraction of ``inputs`` whose arg-max logit is the label (a 0-d float tensor, not differentiable)."""
-    inputs, labels = batch
-    logits = model(inputs)
-    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
-
-
-# ------------------------------------------------------------------------- sinusoid
-class Sinusoid(TaskSource):
-    """Sinusoid regression (Finn et al. 2017, section 5.1).
-
-    A task is ``y = amplitude * sin(x - phase)`` with amplitude ``U[0.1, 5]``,
-    phase ``U[0, pi]``; support and query inputs are drawn independently from
-    ``U[-5, 5]``. Inputs and targets have shape ``(num_points, 1)``.
-
-    Args:
-        num_shots: support points per task (K).
-        num_query: query points per task (default: ``num_shots``, as in the
-            reference code ``cbfinn/maml``).
-        amplitude_range, phase_range, x_range: the ranges above.
-        dtype: floating dtype of the tensors.
-
-    Example:
-        >>> source = Sinusoid(num_shots=10)
-        >>> task = source.sample(seed=7)
-        >>> task.support[0].shape, task.query[1].shape
-        (torch.Size([10, 1]), torch.Size([10, 1]))
-        >>> torch.equal(task.query[1], source.sample(seed=7).query[1])
-        True
-    """
-
-    loss_function = staticmethod(mse_loss)
-    metrics: dict[str, Callable[[nn.Module, Any], Tensor]] = {}
-
-    def __init__(
-        self,
-        num_shots: int = 10,
-        num_query: int | None = None,
-        *,
-        amplitude_range: tuple[float, float] = (0.1, 5.0),
-        phase_range: tuple[float, float] = (0.0, math.pi),
-        x_range: tuple[float, float] = (-5.0, 5.0),
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        positive_int("num_shots", num_shots)
-        num_query = num_shots if num_query is None else num_query
-        positive_int("num_query", num_query)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        self.num_shots = num_shots
-        self.num_query = num_query
-        self.amplitude_range = range_pair("amplitude_range", amplitude_range)
-        self.phase_range = range_pair("phase_range", phase_range)
-        self.x_range = range_pair("x_range", x_range)
-        self.dtype = dtype
-
-    def _uniform(self, generator: torch.Generator, size: tuple[int, ...], bounds: tuple[float, float]) -> Tensor:
-        low, high = bounds
-        return torch.rand(size, generator=generator, dtype=torch.float64) * (high - low) + low
-
-    def _sample(self, generator: torch.Generator) -> Task:
-        amplitude = self._uniform(generator, (), self.amplitude_range)
-        phase = self._uniform(generator, (), self.phase_range)
-        x = self._uniform(generator, (self.num_shots + self.num_query, 1), self.x_range)
-        y = amplitude * torch.sin(x - phase)
-        x, y = x.to(self.dtype), y.to(self.dtype)
-        k = self.num_shots
-        return Task((x[:k], y[:k]), (x[k:], y[k:]))
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "source": "sinusoid",
-            "num_shots": self.num_shots,
-            "num_query": self.num_query,
-            "amplitude_range": list(self.amplitude_range),
-            "phase_range": list(self.phase_range),
-            "x_range": list(self.x_range),
-            "dtype": str(self.dtype),
-        }
+__all__ = ["ImageFolderTasks", "Omniglot", "SyntheticClassification"]
 
 
 # ------------------------------------------------------------- classification base
@@ -361,7 +126,7 @@ class SyntheticClassification(_ClassPoolTasks):
         if not 0 < num_train < num_classes:
             raise ValueError(
                 f"num_classes={num_classes} with train_fraction={train_fraction} leaves an empty split")
-        pool = torch.randn(num_classes, num_features, generator=_generator(pool_seed), dtype=torch.float64)
+        pool = torch.randn(num_classes, num_features, generator=generator_for(pool_seed), dtype=torch.float64)
         chosen = {"train": slice(0, num_train), "test": slice(num_train, None), "all": slice(None)}[split]
         self.centres = pool[chosen] * class_separation
         self.num_features = num_features
