@@ -96,17 +96,22 @@ def _torch_maml(built: Built, method: Method, inputs: list[Any], clip: float | N
     return query_loss, result.loss_history
 
 
+def _steps(loss_of: Any, step: Any, inputs: list[Any]) -> list[Any]:
+    """A peer's inner loop: the loss of each batch, then its optimizer's step on it."""
+    losses = []
+    for batch in inputs:
+        losses.append(loss_of(batch))
+        step(losses[-1])
+    return losses
+
+
 def _higher(built: Built, method: Method, inputs: list[Any], clip: float | None) -> tuple[Any, list[Any]]:
     import higher
     import torch
 
     inner = torch.optim.SGD(built.model.parameters(), lr=built.optimizer.hyperparams["lr"])
     with higher.innerloop_ctx(built.model, inner, copy_initial_weights=False) as (fmodel, diffopt):
-        losses = []
-        for batch in inputs:
-            loss = built.loss_function(fmodel, batch)
-            losses.append(loss)
-            diffopt.step(loss)
+        losses = _steps(lambda batch: built.loss_function(fmodel, batch), diffopt.step, inputs)
         query_loss = built.loss_function(fmodel, built.query)
         query_loss.backward()
     return query_loss, losses
@@ -119,11 +124,7 @@ def _torchopt(built: Built, method: Method, inputs: list[Any], clip: float | Non
     originals = dict(model.named_parameters())
     inner = torchopt.MetaSGD(model, lr=built.optimizer.hyperparams["lr"])
     state = torchopt.extract_state_dict(model)
-    losses = []
-    for batch in inputs:
-        loss = built.loss_function(model, batch)
-        losses.append(loss)
-        inner.step(loss)
+    losses = _steps(lambda batch: built.loss_function(model, batch), inner.step, inputs)
     query_loss = built.loss_function(model, built.query)
     query_loss.backward()
     torchopt.recover_state_dict(model, state)  # the module holds its original leaves again
