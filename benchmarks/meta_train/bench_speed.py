@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import memmaml
 from memmaml import MetaTrainer, TrainerConfig, Uniform, models
+from memmaml.bench import provenance
 from memmaml.tasks import Sinusoid
 
 
@@ -90,8 +89,7 @@ def main() -> None:
         for order_name in ("second", "first"):
             loop, vm = by[("loop", order_name, steps)], by[("vmap", order_name, steps)]
             lines.append(f"| {steps} | {order_name} | {loop:.2f} | {vm:.2f} | {loop / vm:.1f}x |")
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor(), "rounds": args.rounds,
+    env = {**provenance("cpu"), "threads": torch.get_num_threads(), "rounds": args.rounds,
            "iterations_per_round": args.iterations}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
