@@ -106,9 +106,7 @@ class MAML(nn.Module):
             raise TypeError(
                 f"optimizer must be a memmaml in-graph optimizer (memmaml.SGD, memmaml.Adam, ...), "
                 f"got {type(optimizer).__name__}")
-        self.model = model
-        self.loss_function = loss_function
-        self.optimizer = optimizer
+        self.model, self.loss_function, self.optimizer = model, loss_function, optimizer
         self.get_parameters = get_parameters
         self.schedule = None if schedule is None else parse_schedule(schedule)
         if offload and self.schedule is None:
