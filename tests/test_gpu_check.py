@@ -1,5 +1,7 @@
-"""scripts/gpu_check.py: the smoke run end to end (every part, on the CPU), its time planning, its errors."""
+"""scripts/gpu_check.py and memmaml.bench's GPU parts: the smoke run end to end (every part, on the CPU), the
+time planning, the naive search, the report, failures and errors."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -10,8 +12,22 @@ import pytest
 import torch
 
 import memmaml
+from memmaml import StepCosts
+from memmaml.bench import (
+    GPU_PARTS,
+    GPU_SIZES,
+    Workload,
+    fit_steps,
+    plan_gpu_part,
+    predict_seconds,
+    probe_device,
+    run_gpu_part,
+    write_gpu_report,
+)
+from memmaml.bench._gpu import _part_naive, _part_offload
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+SMOKE_WORKLOAD = GPU_SIZES[True].workload
 
 
 @pytest.fixture(scope="module")
@@ -33,91 +49,243 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_records_every_part(smoke, gpu_check):
     out, results, stdout = smoke
-    assert list(results["parts"]) == gpu_check.ORDER
+    assert list(results["parts"]) == gpu_check.ORDER == list(GPU_PARTS)
     for name, part in results["parts"].items():
         assert part["status"] in ("ok", "skipped"), (name, part.get("error"))
         assert f"[{part['number']} {name}]" in stdout
     assert results["smoke"] and results["cap_bytes"] is None
     assert results["label"] == "smoke run on cpu, toy sizes: not a measurement of the seed"
-    assert results["memmaml"]["version"] and "--smoke" in results["command"]
+    provenance = results["provenance"]
+    assert provenance["memmaml_version"] and "--smoke" in provenance["command"] and provenance["device"] == "cpu"
+    assert results["probe"]["status"] == "ok" and results["environment"]["name"] == "cpu"
     parts = results["parts"]
     assert parts["naive"]["longest_n"] == 8 and parts["naive"]["first_failing_n"] is None  # no cap in a smoke run
     assert set(results["calibration"]["step_costs"]) == {"state_bytes", "graph_bytes", "nograph_seconds",
                                                         "graph_seconds"}
     assert "Binomial" in parts["binomial"]["schedule"]  # Auto chose a binomial schedule, as on the GPU
-    assert [r["config"] for r in parts["offload"]["runs"] if r["config"] != "warm-up"] == [
-        "Binomial(slots=2) + offload n=4", "Binomial(slots=2) n=4",
-        "Binomial(slots=2) + offload n=8", "Binomial(slots=2) n=8"]
+    assert [r["config"] for r in parts["binomial"]["runs"]] == [f"{parts['binomial']['spec']['engine']} n=8 (Auto "
+                                                                f"{memmaml.format_bytes(parts['binomial']['spec']['auto_budget'])})"]
+    assert parts["binomial"]["spec"]["engine"].startswith("binomial:")
+    # one n in the smoke run (two in test_offload_runs_with_and_without_at_each_n)
+    assert [r["config"] for r in parts["offload"]["runs"]] == ["binomial:2+offload n=8", "binomial:2 n=8"]
+    with_offload, without = parts["offload"]["runs"]
+    assert with_offload["host_peak_bytes"] > 0 and without["host_peak_bytes"] is None  # offloaded states, apart
+    assert with_offload["peak_allocated_bytes"] < without["peak_allocated_bytes"]
+    assert set(parts["offload"]["time_with_over_without"]) == {"8"}
     for name in ("uniform", "binomial", "offload"):
         for run in parts[name]["runs"]:
             assert run["status"] == "ok" and run["peak_allocated_bytes"] > 0 and run["seconds_per_step"] > 0
-            if run["config"] != "warm-up":
-                assert run["ratio_to_naive"] > 0
-        assert parts[name]["predicted_seconds"] > 0 and parts[name]["actual_seconds"] > 0
+            assert run["ratio_to_naive"] > 0
+        assert parts[name]["predicted_seconds"] > 0 and parts[name]["wall_seconds"] > 0
+        assert parts[name]["processes"] == len(parts[name]["runs"])  # each meta-step in a fresh process
     if importlib.util.find_spec("torch_maml") is None:
         assert parts["torch_maml"]["status"] == "skipped"
-        assert parts["torch_maml"]["plan_note"] == "skipped: pip install torch-maml"
+        assert parts["torch_maml"]["plan_note"] == "skipped: torch_maml is not installed: pip install torch-maml"
+    else:
+        assert [r["config"] for r in parts["torch_maml"]["runs"]] == ["uniform:2 n=8", "torch_maml uniform:2 n=8"]
+        assert parts["torch_maml"]["relative_difference"] < 1e-5  # the same meta-gradient, float32
+    assert not list(out.rglob("*.grad.pt"))  # saved meta-gradients are compared, then removed
 
 
 def test_smoke_exactness_is_bitwise_on_cpu(smoke):
     """A real check of the engine: float32, dropout and BatchNorm, every schedule and offload equal naive exactly."""
-    modes = smoke[1]["parts"]["exactness"]["modes"]
+    exactness = smoke[1]["parts"]["exactness"]
+    assert "dropout 0.2" in exactness["workload_text"] and exactness["workload_text"].startswith("conv4")
+    modes = exactness["modes"]
     assert set(modes) == {"default", "deterministic"}
     for mode in modes.values():
-        assert set(mode["methods"]) == {"naive (again)", "uniform k=3", "binomial slots=2",
-                                        "binomial slots=2 + offload"}
+        assert set(mode["methods"]) == {"naive (again)", "uniform:3", "binomial:2", "binomial:2+offload"}
         for name, method in mode["methods"].items():
             assert method["relative_difference"] == 0.0, name
             assert method["bitwise"] and method["buffers_bitwise"], name
 
 
 def test_smoke_outputs(smoke):
-    out, results, _ = smoke
+    out, _, _ = smoke
     text = (out / "results.md").read_text()
     assert text.startswith("# memmaml GPU check — smoke run on cpu, toy sizes: not a measurement of the seed")
     assert "| 5. exactness of the meta-gradients | ok |" in text and "| naive n=8 | ok |" in text
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "parts" / "naive.log").exists()
+    assert list((out / "parts" / "naive").glob("*.log")) and (out / "parts" / "probe" / "probe.log").exists()
+    assert (out / "parts" / "exactness" / "exactness.log").exists()
 
 
-def test_fit_steps_reduces_raises_or_skips(gpu_check):
-    predict = lambda n: 0.1 * n  # noqa: E731
-    assert gpu_check.fit_steps(500, predict, 100.0, 50) == (500, None)
-    n, note = gpu_check.fit_steps(500, predict, 20.0, 50)
+def test_fit_steps_reduces_raises_or_skips():
+    predict = lambda n: 0.1 * n
+    assert fit_steps(500, predict, 100.0, 50) == (500, None)
+    n, note = fit_steps(500, predict, 20.0, 50)
     assert n == 200 and note.startswith("reduced from 500 to 200")
-    n, note = gpu_check.fit_steps(2000, predict, 900.0, 100, grow_to=8000)
+    n, note = fit_steps(2000, predict, 900.0, 100, grow_to=8000)
     assert n == 8000 and "raised from 2000 to 8000" in note
-    n, note = gpu_check.fit_steps(500, predict, 1.0, 50)
+    n, note = fit_steps(500, predict, 1.0, 50)
     assert n is None and note.startswith("skipped: even n=50")
+    assert fit_steps(500, predict, 0.0, 50) == (None, "skipped: no time left in the budget")
 
 
-def test_plan_part_predicts_from_step_costs(gpu_check):
-    costs = {"state_bytes": 45 * 2**20, "graph_bytes": 700 * 2**20, "nograph_seconds": 0.01, "graph_seconds": 0.03}
-    size = gpu_check.SIZES[False]
-    spec, predicted, note = gpu_check.plan_part("uniform", size, None, costs, 1.0, 1000.0)
-    assert spec == {"k": 5, "n": 500} and note is None
+def test_plan_part_predicts_from_step_costs():
+    costs = StepCosts(state_bytes=45 * 2**20, graph_bytes=700 * 2**20, nograph_seconds=0.01, graph_seconds=0.03)
+    size = GPU_SIZES[False]
+    spec, predicted, note = plan_gpu_part("uniform", size, costs, 1000.0)
+    assert spec == {"engine": "uniform:5", "n": 500} and note is None
     # no-graph evaluations as the plan counts them (about n for uniform segments), plus n steps with a graph
-    evaluations = gpu_check.check_plan(memmaml.Uniform(5).plan(500)).forward_steps
+    evaluations = memmaml.check_plan(memmaml.Uniform(5).plan(500)).forward_steps
     assert 490 <= evaluations <= 500 and predicted == pytest.approx(evaluations * 0.01 + 500 * 0.03)
-    spec, predicted, _ = gpu_check.plan_part("offload", size, None, costs, 1.0, 1e6)
-    assert spec["ns"] == [200, 2000]
+    spec, predicted, _ = plan_gpu_part("offload", size, costs, 1e6)
+    assert spec == {"runs": [["binomial:100", 200], ["binomial:100", 2000]]}
     # Binomial(100): about t*n - C(100+t, 101) no-graph evaluations, t = 2 for both n (Griewank)
-    evaluations = {n: gpu_check.check_plan(memmaml.Binomial(100).plan(n)).forward_steps for n in (200, 2000)}
+    evaluations = {n: memmaml.check_plan(memmaml.Binomial(100).plan(n)).forward_steps for n in (200, 2000)}
     assert abs(evaluations[200] - 298) <= 1 and abs(evaluations[2000] - 3898) <= 1
     assert predicted == pytest.approx(sum(2 * (evaluations[n] * 0.01 + n * 0.03) for n in (200, 2000)))
-    spec, _, note = gpu_check.plan_part("binomial", size, 10 * 2**30, costs, 1.0, 30.0)
+    spec, _, note = plan_gpu_part("binomial", size, costs, 30.0, auto_budget=10 * 2**30)
     assert spec["n"] < 2000 and note.startswith("reduced from 2000")
-    spec, _, note = gpu_check.plan_part("uniform", size, None, None, 1.0, 1.0)  # part 1 gave no costs
+    spec, predicted, note = plan_gpu_part("binomial", size, costs, 1e6, auto_budget=2**30)
+    choice = memmaml.Auto(2**30).choose(8000, costs)  # what Auto itself chooses, at the largest n allowed
+    assert spec["n"] == 8000 and note == "raised from 2000 to 8000: the time allowed it"
+    assert spec["engine"] == f"binomial:{choice.schedule.slots}" and spec["schedule"] == choice.describe()
+    assert predicted == pytest.approx(choice.predicted_seconds)
+    spec, _, note = plan_gpu_part("uniform", size, None, 1.0)  # the probe gave no costs
     assert spec["n"] == 500 and "no prediction" in note
+    spec, _, note = plan_gpu_part("binomial", size, None, 1.0, auto_budget=10 * 2**30)  # Auto measures in the worker
+    assert spec["engine"] == f"auto:{10 * 2**30}" and "not recorded" in spec["schedule"]
+    assert plan_gpu_part("binomial", GPU_SIZES[True], None, 1.0)[0] is None  # the smoke budget needs costs
+    spec, _, note = plan_gpu_part("binomial", size, costs, 1e6, auto_budget=2**20)
+    assert spec is None and note.startswith("skipped: memory budget 1.0 MiB is smaller")
+    spec, _, note = plan_gpu_part("naive", size, costs, 5.0)
+    assert spec == {"n": 16, "max_n": 64, "seconds": 30.0} and note is None  # the search has at least 30 s
 
 
-def test_a_failing_or_hanging_part_is_recorded(gpu_check, tmp_path):
-    (tmp_path / "parts").mkdir()
-    spec = {"smoke": True, "device": "cpu", "cap_bytes": None, "n": 4}  # no "k": part 2 raises
-    record, _ = gpu_check.run_part("uniform", spec, tmp_path, timeout=120)
-    assert record["status"] == "failed" and record["error"] == "KeyError: 'k'" and "part_uniform" in record["traceback"]
-    record, wall = gpu_check.run_part("naive", {**spec, "max_n": 8, "seconds": 30}, tmp_path, timeout=0.2)
-    assert record["status"] == "failed" and record["error"].startswith("timed out after 0 s") and wall < 10
+def test_predict_seconds_scales_and_resolves_auto():
+    costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
+    assert predict_seconds("naive", 10, costs, scale=2.0) == 60.0
+    assert predict_seconds("auto:10000", 1000, costs) == pytest.approx(
+        memmaml.Auto(10_000).choose(1000, costs).predicted_seconds)
+    assert predict_seconds("uniform:5", 10, None) is None
+
+
+class _FakePart:
+    """Stands in for a part's runner: fits up to ``fits`` steps, an out-of-memory error above; offload halves the
+    peak and doubles the time."""
+
+    def __init__(self, fits, record):
+        self.fits, self.record = fits, record
+
+    def measure(self, engine, n, **_):
+        ok, offload = n <= self.fits, engine.endswith("+offload")
+        run = {"config": f"{engine} n={n}", "steps": n, "status": "ok" if ok else "oom",
+               "error": None if ok else "OutOfMemoryError: CUDA out of memory", "seconds_per_step": 0.1 if ok else None,
+               "seconds": 0.1 * n * (2 if offload else 1) if ok else None,
+               "peak_allocated_bytes": (1000 + 100 * n) // (2 if offload else 1) if ok else None}
+        self.record["runs"].append(run)
+        return run
+
+
+@pytest.mark.parametrize("fits, longest, tried", [(18, 18, [16, 17, 18, 19]), (13, 13, [16, 15, 14, 13]),
+                                                   (100, 20, [16, 17, 18, 19, 20])])
+def test_naive_search_goes_up_to_the_first_failure_or_down_to_the_first_fit(fits, longest, tried):
+    record = {"runs": []}
+    _part_naive(_FakePart(fits, record), {"n": 16, "max_n": 20, "seconds": 60.0}, record)
+    assert [r["steps"] for r in record["runs"]] == tried and record["longest_n"] == longest
+    if fits < 20:
+        assert record["first_failing_n"] == longest + 1 and "out of memory" in record["first_failing_error"]
+    else:
+        assert record["first_failing_n"] is None and record["note"] == "no out-of-memory up to n=20: the search limit"
+    assert record.get("bytes_per_step") == (None if fits == 13 else 100)  # from two fitting runs, if any
+    assert record["seconds_per_step"] == 0.1
+    record = {"runs": []}
+    with pytest.raises(RuntimeError, match="does not fit even at n=1"):
+        _part_naive(_FakePart(0, record), {"n": 2, "max_n": 4, "seconds": 60.0}, record)
+    assert [r["steps"] for r in record["runs"]] == [2, 1]
+
+
+def test_offload_runs_with_and_without_at_each_n():
+    record = {"runs": []}
+    _part_offload(_FakePart(100, record), {"runs": [["binomial:2", 4], ["binomial:2", 8]]}, record)
+    assert [r["config"] for r in record["runs"]] == [
+        "binomial:2+offload n=4", "binomial:2 n=4", "binomial:2+offload n=8", "binomial:2 n=8"]
+    assert record["device_peak_growth"] == 900 / 700  # the offloaded peaks, n=8 over n=4
+    assert record["time_with_over_without"] == {"4": 2.0, "8": 2.0}
+
+
+def _fake_cuda_results():
+    """The shape of a GPU run's results, with made-up values: a fixture for the report, not a measurement."""
+    def run(config, steps, status, per_step=None, allocated=None):
+        return {"config": config, "steps": steps, "status": status, "seconds_per_step": per_step,
+                "peak_allocated_bytes": allocated, "peak_reserved_bytes": allocated and allocated + 2**28,
+                "host_peak_bytes": None, "error": None if status == "ok" else "OutOfMemoryError: out of memory"}
+
+    part = lambda number, title, **fields: {"number": number, "title": title, "status": "ok", "wall_seconds": 1.0,
+                                            "work_seconds": 0.5, "predicted_seconds": 0.4, **fields}
+    modes = {"default": {"settings": {"cudnn.deterministic": False}, "nondeterministic_op_warnings": ["op X does not "
+             "have a deterministic implementation"], "methods": {"uniform:3": {
+                 "relative_difference": 2e-7, "bitwise": False, "buffers_bitwise": True}}}}
+    return {"label": "measured on Fake GPU", "smoke": False, "device": "cuda:0", "cap_bytes": 11 * 2**30,
+            "time_budget_seconds": 420.0, "total_seconds": 400.0, "workload_text": "resnet18, fake",
+            "provenance": {"memmaml_version": "0.1.0", "memmaml_commit": "abc123", "memmaml_dirty": True,
+                           "torch": "2.x", "cuda": "12.x", "command": "python scripts/gpu_check.py --out x"},
+            "environment": {"name": "Fake GPU", "total_bytes": 24 * 2**30, "context_bytes": 500 * 2**20,
+                            "context_method": "nvidia-smi", "non_allocator_bytes_after_probe": 700 * 2**20},
+            "parts": {"naive": part(1, "naive", longest_n=2, first_failing_n=3, seconds_per_step=0.5,
+                                    first_failing_error="OutOfMemoryError: out of memory",
+                                    runs=[run("naive n=2", 2, "ok", 0.5, 5 * 2**30), run("naive n=3", 3, "oom")]),
+                      "exactness": part(5, "exactness", modes=modes, workload_text="resnet18, dropout 0.2",
+                                        spec={"n": 8}),
+                      "uniform": part(2, "uniform", runs=[run("uniform:5 n=4", 4, "ok", 0.75, 3 * 2**30)]),
+                      "torch_maml": part(6, "torch_maml", status="skipped", plan_note="skipped: not installed")}}
+
+
+def test_report_from_a_results_dict(tmp_path):
+    results = _fake_cuda_results()
+    text = write_gpu_report(results, tmp_path)
+    assert (tmp_path / "results.md").read_text() == text
+    assert text.startswith("# memmaml GPU check — measured on Fake GPU")
+    assert "abc123 (uncommitted changes)" in text and "allocator cap: 11.0 GiB" in text
+    assert "CUDA context: 500.0 MiB (nvidia-smi)" in text and "kernels and library handles: 700.0 MiB" in text
+    assert "Peaks are the allocator's, absolute" in text
+    assert "| uniform:5 n=4 | ok | 3.0 GiB | 3.2 GiB | — | 750.0 ms | 1.50 |" in text  # × naive: 0.75 s / 0.5 s
+    assert "| naive n=3 | oom | — | — | — | — | — |" in text
+    assert "longest n = 2, first failing n = 3 (OutOfMemoryError: out of memory)" in text
+    assert "| 6. torch_maml | skipped | 0.4 | 0.5 | 1.0 | skipped: not installed |" in text
+    assert "| uniform:3 | 2e-07 | False | True |" in text and "Ops without a deterministic implementation" in text
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["parts"]["uniform"]["runs"][0]["ratio_to_naive"] == 1.5  # recomputed from part 1
+    assert saved["parts"]["naive"]["runs"][1]["ratio_to_naive"] is None
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "results.png").unlink()
+    write_gpu_report(results, tmp_path, with_plot=False)
+    assert not (tmp_path / "results.png").exists()
+
+
+def test_a_failing_or_hanging_part_is_recorded(tmp_path):
+    record = run_gpu_part("uniform", {"n": 4}, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=120)  # no "engine"
+    assert record["status"] == "failed" and record["error"] == "KeyError: 'engine'"
+    assert "_part_uniform" in record["traceback"]
+    record = run_gpu_part("naive", {"n": 4, "max_n": 8, "seconds": 30}, workload=SMOKE_WORKLOAD,
+                          workdir=tmp_path, timeout=0.2)
+    assert record["status"] == "failed" and record["error"].startswith("timed out after 0 s")
+    assert record["wall_seconds"] < 10 and record["runs"][0]["status"] == "timeout"
+    assert probe_device(SMOKE_WORKLOAD, tmp_path, timeout=0.01)["status"] == "timeout"
+
+
+def test_a_failing_child_process_is_recorded(tmp_path):
+    spec = {"n": 2, "engines": ["revolve:3"], "dropout": 0.2}
+    record = run_gpu_part("exactness", spec, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=120, threads=1)
+    assert record["status"] == "failed" and "unknown engine 'revolve:3'" in record["error"]
+    assert "_exactness" in record["traceback"] and record["processes"] == 1
+    assert (tmp_path / "exactness.log").exists()
+
+
+def test_workload_dropout():
+    workload = dataclasses.replace(SMOKE_WORKLOAD, dropout=0.2)
+    assert workload.describe() == "conv4 (width 8), 4x3x16x16, 10 classes, sgd lr 0.01, float32, dropout 0.2"
+    assert SMOKE_WORKLOAD.describe() == "conv4 (width 8), 4x3x16x16, 10 classes, sgd lr 0.01, float32"
+    model = workload.build().model
+    assert isinstance(model[-2], torch.nn.Dropout) and model[-2].p == 0.2
+    plain = SMOKE_WORKLOAD.build().model
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))  # the same weights
+    mlp = Workload(model="mlp", image_size=4, width=4, dropout=0.5).build().model
+    assert isinstance(mlp[-2], torch.nn.Dropout) and isinstance(mlp[-1], torch.nn.Linear)
+    with pytest.raises(ValueError, match=r"dropout must satisfy 0.0 <= dropout < 1.0, got 1.0"):
+        Workload(dropout=1.0)
 
 
 def test_without_cuda_a_real_run_is_refused(gpu_check, tmp_path, capsys):
@@ -128,6 +296,9 @@ def test_without_cuda_a_real_run_is_refused(gpu_check, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--smoke"])  # --out is required
     assert "--out is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--smoke", "--out", str(tmp_path), "--parts", "naive,revolve"])
+    assert "unknown parts ['revolve']" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the default device would run")

@@ -10,6 +10,10 @@
   runs, the longest unroll per engine;
 * :func:`render` -- ``results.json`` to Markdown, CSV and a plot;
   :func:`provenance` -- commit, versions, device and command of every result;
+* the GPU check's parts (:data:`GPU_PARTS`, :data:`GPU_SIZES`): :func:`probe_device`
+  (the CUDA context, the step costs), :func:`plan_gpu_part` (time planning from
+  them, with :func:`predict_seconds` and :func:`fit_steps`), :func:`run_gpu_part`
+  and :func:`write_gpu_report`;
 * :func:`quick_mode` -- the notebooks' small-size switch.
 
 Also :func:`quick_mode`, which every notebook reads once to
@@ -25,6 +29,18 @@ from __future__ import annotations
 import os
 
 from ._fit import Fit, answer_budget, fit_costs
+from ._gpu import (
+    GPU_PARTS,
+    GPU_SIZES,
+    GpuPart,
+    GpuSizes,
+    fit_steps,
+    plan_gpu_part,
+    predict_seconds,
+    probe_device,
+    run_gpu_part,
+    write_gpu_report,
+)
 from ._methods import PEER_INSTALL, Method, meta_step, unavailable
 from ._provenance import provenance
 from ._report import render
@@ -33,10 +49,14 @@ from ._sweep import concrete_engine, engine_stats, run_sweep
 from ._workload import Built, Workload
 
 __all__ = [
+    "GPU_PARTS",
+    "GPU_SIZES",
     "PEER_INSTALL",
     "QUICK_MODE_VARIABLE",
     "Built",
     "Fit",
+    "GpuPart",
+    "GpuSizes",
     "Method",
     "Runner",
     "Workload",
@@ -44,13 +64,19 @@ __all__ = [
     "concrete_engine",
     "engine_stats",
     "fit_costs",
+    "fit_steps",
     "host_available_bytes",
     "meta_step",
+    "plan_gpu_part",
+    "predict_seconds",
+    "probe_device",
     "provenance",
     "quick_mode",
     "render",
+    "run_gpu_part",
     "run_sweep",
     "unavailable",
+    "write_gpu_report",
 ]
 
 #: the environment variable :func:`quick_mode` reads

@@ -3,13 +3,17 @@
 A configuration is a :class:`~memmaml.bench.Workload`, a
 :class:`~memmaml.bench.Method` and a step count. Its record holds the peak
 memory (tracked runs), the seconds of the meta-step, the process's peak RSS,
-the losses and, on request, the meta-gradient saved for comparison. A failure
+the losses and, on request, the meta-gradient saved for comparison. On CUDA it
+also holds the allocator's absolute peaks (``cuda_max_allocated_bytes``, model
+and batches included, and ``cuda_max_reserved_bytes``) and the pinned host
+allocator's peak of active bytes (``cuda_host_peak_bytes``: offloaded states). A failure
 is recorded (``status`` ``"oom"`` or ``"failed"`` with the error), never
 raised: a sweep goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
@@ -66,6 +70,9 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
         built.model.zero_grad(set_to_none=True)
         gc.collect()
         n = spec["steps"]
+        if device.type == "cuda":
+            with contextlib.suppress(AttributeError, RuntimeError):  # torch without host allocator statistics
+                torch.cuda.reset_peak_host_memory_stats()
         with memmaml.track_memory(device) if spec["track"] else _no_tracking() as mem:
             sync()
             start = time.perf_counter()
@@ -79,6 +86,9 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
                 record["host_peak_bytes"] = int(mem.host_peak_bytes)
         if device.type == "cuda":
             record["cuda_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+            record["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+            with contextlib.suppress(AttributeError, RuntimeError):
+                record["cuda_host_peak_bytes"] = int(torch.cuda.host_memory_stats().get("active_bytes.peak", 0))
         record.update(query_loss=float(query_loss), inner_loss_first=float(losses[0]),
                       inner_loss_last=float(losses[-1]))
         names = [name for name, _ in built.model.named_parameters()]

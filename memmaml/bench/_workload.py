@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._checks import one_of, positive_int
+from .._checks import number_in, one_of, positive_int
 
 __all__ = ["Built", "Workload"]
 
@@ -42,6 +42,10 @@ class Workload:
         max_grad_grad_norm: memmaml's clipping through the unroll (``None``: off).
         fresh_batches: a new batch per inner step, generated from its index inside
             the loss (so ``n`` batches are never held at once), not one batch reused.
+        dropout: the probability of a ``Dropout`` inserted before the classifier
+            (ResNet-18's ``fc`` becomes ``Sequential(Dropout, Linear)``, so its
+            parameters are named ``fc.1.*``); ``0.0``: none. The model then draws
+            random numbers, which the checkpointed engine must replay exactly.
         dtype, device, seed: as they say.
     """
 
@@ -55,6 +59,7 @@ class Workload:
     lr: float = 0.01
     max_grad_grad_norm: float | None = None
     fresh_batches: bool = False
+    dropout: float = 0.0
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -65,12 +70,14 @@ class Workload:
         one_of("dtype", self.dtype, ("float32", "float64"))
         for name in ("image_size", "batch_size", "channels", "num_classes", "width"):
             positive_int(name, getattr(self, name))
+        number_in("dropout", self.dropout, 0.0, 1.0)
 
     def describe(self) -> str:
-        """``'resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32'``."""
+        """``'resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32'`` (and ``', dropout 0.2'`` if any)."""
         width = "" if self.model == "resnet18" else f" (width {self.width})"
+        dropout = f", dropout {self.dropout:g}" if self.dropout else ""
         return (f"{self.model}{width}, {self.batch_size}x{self.channels}x{self.image_size}x{self.image_size}, "
-                f"{self.num_classes} classes, {self.optimizer} lr {self.lr:g}, {self.dtype}")
+                f"{self.num_classes} classes, {self.optimizer} lr {self.lr:g}, {self.dtype}{dropout}")
 
     def build(self) -> Built:
         """The model (seeded), the loss, the batches and the optimizer, on ``device``."""
@@ -89,6 +96,10 @@ class Workload:
         else:
             model = models.mlp([self.channels * self.image_size**2, self.width, self.width, self.num_classes],
                                flatten=True)
+        if self.dropout and self.model == "resnet18":
+            model.fc = torch.nn.Sequential(torch.nn.Dropout(self.dropout), model.fc)
+        elif self.dropout:  # conv4 and the MLP are Sequentials ending in their classifier
+            model.insert(len(model) - 1, torch.nn.Dropout(self.dropout))
         model = model.to(device=device, dtype=dtype).train()
 
         def make_batch(index: int) -> tuple[Any, Any]:
