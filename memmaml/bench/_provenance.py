@@ -43,6 +43,8 @@ def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[st
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
+        # the workers' glibc mmap threshold (memmaml.bench.Runner fixes it unless set)
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536"),
         "command": " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if device.startswith("cuda") and torch.cuda.is_available():

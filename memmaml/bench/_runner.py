@@ -96,9 +96,18 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+#: glibc's mmap threshold every worker gets unless the caller set one: without a fixed
+#: threshold, glibc raises it after large frees and peak RSS measures heap fragmentation,
+#: which differs run to run and method to method (it slows large allocations a little,
+#: the same for every method compared)
+MMAP_THRESHOLD = "65536"
+
+
 def _child_env() -> dict[str, str]:
-    """This environment, with the package importable from the worker even when it is not installed."""
+    """This environment, with the package importable from the worker even when it is not
+    installed, and the same fixed ``MALLOC_MMAP_THRESHOLD_`` for every worker."""
     env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
