@@ -60,8 +60,9 @@ class AdaptedModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.module, self.params, args, kwargs, tie_weights=self.tie_weights, strict=False)
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-                         ) -> Iterator[tuple[str, Tensor]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Tensor]]:
         for name, original in self.module.named_parameters(remove_duplicate=remove_duplicate):
             yield prefix + name, self.params.get(name, original)
 
@@ -73,7 +74,7 @@ class AdaptedModule(nn.Module):
                 state[name] = tensor.detach()
         return state
 
-    def train(self, mode: bool = True) -> "AdaptedModule":
+    def train(self, mode: bool = True) -> AdaptedModule:
         self.module.train(mode)
         return self
 

@@ -21,8 +21,9 @@ def best_uniform(num_steps: int, costs: StepCosts, *, offload: bool = False) -> 
     """The segment length with the least predicted peak for ``num_steps`` steps (ties: the longer segment)."""
     n = check_num_steps(num_steps)
     candidates = sorted({1, n} | {max(1, round(n / m)) for m in range(1, min(n, 2000) + 1)}, reverse=True)
-    return min((Uniform(k) for k in candidates),
-               key=lambda s: predicted_peak_bytes(s.stats(n), n, costs, offload=offload))
+    return min(
+        (Uniform(k) for k in candidates), key=lambda s: predicted_peak_bytes(s.stats(n), n, costs, offload=offload)
+    )
 
 
 def binomial_slots(num_steps: int, costs: StepCosts, budget: int, *, offload: bool = False) -> int:
@@ -85,8 +86,10 @@ class Auto(Schedule):
         self.among = among
 
     def plan(self, num_steps: int) -> Plan:
-        raise TypeError(f"{self!r} is not a plan: it chooses one from measured step costs; use "
-                        "auto.choose(num_steps, costs).schedule.plan(num_steps)")
+        raise TypeError(
+            f"{self!r} is not a plan: it chooses one from measured step costs; use "
+            "auto.choose(num_steps, costs).schedule.plan(num_steps)"
+        )
 
     def stats(self, num_steps: int) -> PlanStats:
         return self.plan(num_steps)  # raises
@@ -121,7 +124,8 @@ class Auto(Schedule):
             raise ValueError(
                 f"memory budget {format_bytes(budget)} is smaller than what {n} steps need with "
                 f"{' or '.join(self.among)}: at least {format_bytes(smallest)} (one inner step's graph is "
-                f"{format_bytes(A)}, one state {format_bytes(S)})")
+                f"{format_bytes(A)}, one state {format_bytes(S)})"
+            )
         return min(fitting, key=lambda c: (c.predicted_seconds, c.predicted_peak_bytes))
 
     def __repr__(self) -> str:

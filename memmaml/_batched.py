@@ -113,13 +113,13 @@ def check_vmappable(model: nn.Module) -> None:
                 f"module {name or type(module).__name__!r} ({type(module).__name__}) updates running statistics "
                 "in train mode, which cannot be vectorised over tasks; build it with track_running_stats=False "
                 "(batch statistics, as in the original MAML), use GroupNorm/LayerNorm, put it in eval mode, "
-                "or adapt tasks one by one (vectorize=False)")
+                "or adapt tasks one by one (vectorize=False)"
+            )
 
 
 def _check_tasks(tasks: Any) -> Task:
     if not isinstance(tasks, Task):
-        raise TypeError(f"tasks must be a memmaml.tasks.Task with a leading task dimension, "
-                        f"got {type(tasks).__name__}")
+        raise TypeError(f"tasks must be a memmaml.tasks.Task with a leading task dimension, got {type(tasks).__name__}")
     sizes = {t.shape[0] if t.dim() else None for t in (*tasks.support, *tasks.query)}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"every tensor of tasks must have the same leading (task) dimension, got sizes {sizes}")
@@ -129,8 +129,15 @@ def _check_tasks(tasks: Any) -> Task:
 class _Adapter:
     """The per-task inner loop, written for ``torch.func``."""
 
-    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer,
-                 hyperparams: Mapping[str, Any], first_order: bool, static: Params | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_function: Callable[..., Tensor],
+        optimizer: InnerOptimizer,
+        hyperparams: Mapping[str, Any],
+        first_order: bool,
+        static: Params | None = None,
+    ) -> None:
         self.model = model
         self.static = dict(static or {})  # parameters read but not adapted
         self.loss_function = loss_function
@@ -158,8 +165,9 @@ class _Adapter:
 def _substitute(tree: Any, originals: Sequence[Tensor], replacements: Sequence[Tensor]) -> Any:
     index = {id(t): i for i, t in enumerate(originals)}
     leaves, spec = pytree.tree_flatten(tree)
-    leaves = [replacements[index[id(leaf)]] if isinstance(leaf, Tensor) and id(leaf) in index else leaf
-              for leaf in leaves]
+    leaves = [
+        replacements[index[id(leaf)]] if isinstance(leaf, Tensor) and id(leaf) in index else leaf for leaf in leaves
+    ]
     return pytree.tree_unflatten(leaves, spec)
 
 
@@ -239,8 +247,14 @@ def batched_meta_gradient(
     def task_loss(meta: tuple[Params, list[Tensor]], support: Any, query: Any) -> tuple[Tensor, Tensor]:
         model_params, hyper_leaves = meta
         static = {k: v for k, v in model_params.items() if k not in adapted_names}
-        adapter = _Adapter(model, loss_function, optimizer, _substitute(hyperparams, learnable, hyper_leaves),
-                           bool(first_order), static)
+        adapter = _Adapter(
+            model,
+            loss_function,
+            optimizer,
+            _substitute(hyperparams, learnable, hyper_leaves),
+            bool(first_order),
+            static,
+        )
         current = {k: model_params[k] for k in adapted_names}
         opt_state = optimizer.init({k: v.detach() for k, v in current.items()})
         losses = []
@@ -252,11 +266,11 @@ def batched_meta_gradient(
     meta = ({k: v.detach() for k, v in trainable.items()}, [t.detach() for t in learnable])
     per_task = grad_and_value(task_loss, has_aux=True)
     (grads, hyper_grads), (query_losses, support_losses) = vmap(
-        per_task, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness=randomness)(meta, tasks.support, tasks.query)
+        per_task, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness=randomness
+    )(meta, tasks.support, tasks.query)
     wrt = [p for name, p in trainable.items() if p.requires_grad] + learnable
     flat = [grads[name].mean(0) for name, p in trainable.items() if p.requires_grad] + [g.mean(0) for g in hyper_grads]
     if accumulate:
         for tensor, g in zip(wrt, flat):
             tensor.grad = g.clone() if tensor.grad is None else tensor.grad + g
     return BatchedMetaGradient(wrt, flat, query_losses.detach(), support_losses.detach())
-

@@ -42,8 +42,20 @@ CHECKPOINT_FORMAT = "memmaml.training/1"  # a format name, not a module path: ch
 #: configuration keys (or key prefixes) that may differ between a checkpoint and the run that
 #: resumes it: they change speed, rounding or what is evaluated, not the training problem.
 #: ``randomness`` only matters on the vmap path, and ``vectorize`` may change; ``offload`` moves states, not values.
-RESUME_MAY_CHANGE = frozenset({"vectorize", "chunk_size", "randomness", "offload", "world_size", "eval_task",
-                               "eval_optimizer", "num_eval_tasks", "eval_steps", "eval_seed"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "vectorize",
+        "chunk_size",
+        "randomness",
+        "offload",
+        "world_size",
+        "eval_task",
+        "eval_optimizer",
+        "num_eval_tasks",
+        "eval_steps",
+        "eval_seed",
+    }
+)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -107,13 +119,15 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file name
+    except Exception as error:
         raise IncompatibleCheckpointError(
-            f"checkpoint {str(path)!r} could not be read safely (torch.load(weights_only=True)): {error}") from error
+            f"checkpoint {str(path)!r} could not be read safely (torch.load(weights_only=True)): {error}"
+        ) from error
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise IncompatibleCheckpointError(
-            f"{str(path)!r} is not a memmaml training checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r})")
+            f"{str(path)!r} is not a memmaml training checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r})"
+        )
     return data
 
 
@@ -162,11 +176,12 @@ def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any], may_change
     return lines
 
 
-def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], may_change: Iterable[str],
-                     source: str = "checkpoint") -> None:
+def check_compatible(
+    saved: Mapping[str, Any], current: Mapping[str, Any], may_change: Iterable[str], source: str = "checkpoint"
+) -> None:
     """Raise :class:`IncompatibleCheckpointError` listing every :func:`config_diff` line, if there is one."""
     diff = config_diff(saved, current, may_change)
     if diff:
         raise IncompatibleCheckpointError(
-            f"{source} was written by a run with a different configuration; refusing to resume it:\n"
-            + "\n".join(diff))
+            f"{source} was written by a run with a different configuration; refusing to resume it:\n" + "\n".join(diff)
+        )

@@ -51,8 +51,12 @@ def int_at_least(name: str, value: Any, minimum: int) -> int:
 
 def positive_number(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """``value`` as a ``float`` > 0, finite unless ``allow_inf``; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0 or (
-            not allow_inf and not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not value > 0
+        or (not allow_inf and not math.isfinite(value))
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
 

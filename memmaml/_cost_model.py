@@ -44,8 +44,9 @@ class StepCosts(NamedTuple):
     graph_seconds: float
 
 
-def predicted_peak_bytes(stats: PlanStats | None, num_steps: int, costs: StepCosts, *, offload: bool = False,
-                         base: int = 0) -> int:
+def predicted_peak_bytes(
+    stats: PlanStats | None, num_steps: int, costs: StepCosts, *, offload: bool = False, base: int = 0
+) -> int:
     """Peak bytes of an unroll: ``stats`` of its plan, or ``None`` for the naive engine.
 
     Example:
@@ -90,8 +91,9 @@ class Choice(NamedTuple):
     chooser: str = ""
 
     @classmethod
-    def of(cls, schedule: Any, num_steps: int, costs: StepCosts | None = None, *, offload: bool = False,
-           chooser: str = "") -> "Choice":
+    def of(
+        cls, schedule: Any, num_steps: int, costs: StepCosts | None = None, *, offload: bool = False, chooser: str = ""
+    ) -> Choice:
         """The choice of ``schedule`` (``None`` for naive), with predictions when ``costs`` are given."""
         stats = None if schedule is None else schedule.stats(num_steps)
         peak = None if costs is None else predicted_peak_bytes(stats, num_steps, costs, offload=offload)
@@ -112,12 +114,15 @@ class Choice(NamedTuple):
         """One line: the schedule, its stored states and replays, and the predictions."""
         name = "naive (whole graph)" if self.schedule is None else repr(self.schedule)
         text = f"{self.chooser} chose {name}" if self.chooser else name
-        text += (f" for {self.num_steps} steps: {self.stored_states} stored states"
-                 f"{' in host memory' if self.offload else ''}, "
-                 f"{self.evaluations / self.num_steps:.2f} no-graph evaluations per step")
+        text += (
+            f" for {self.num_steps} steps: {self.stored_states} stored states"
+            f"{' in host memory' if self.offload else ''}, "
+            f"{self.evaluations / self.num_steps:.2f} no-graph evaluations per step"
+        )
         if self.predicted_peak_bytes is not None:
-            text += (f", predicted peak {format_bytes(self.predicted_peak_bytes)}, "
-                     f"predicted {self.predicted_seconds:.3g} s")
+            text += (
+                f", predicted peak {format_bytes(self.predicted_peak_bytes)}, predicted {self.predicted_seconds:.3g} s"
+            )
         return text
 
 

@@ -67,7 +67,7 @@ class Processes:
 
     def contiguous_share(self, items: Sequence[T], per_rank: int) -> Sequence[T]:
         """Items ``rank * per_rank`` up to ``(rank + 1) * per_rank`` (fewer, or none, at the end)."""
-        return items[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return items[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def all_reduce_sum(self, tensor: Tensor) -> Tensor:
         """Sum ``tensor`` over processes, in place; returns it."""
@@ -85,7 +85,7 @@ class Processes:
         flat /= self.world_size
         out, offset = [], 0
         for t in tensors:
-            out.append(flat[offset:offset + t.numel()].view_as(t).clone())
+            out.append(flat[offset : offset + t.numel()].view_as(t).clone())
             offset += t.numel()
         return out
 
@@ -109,8 +109,9 @@ class Processes:
         dist.all_gather_object(gathered, {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in state.items()})
         return gathered
 
-    def restore_rng_states(self, states: Sequence[Mapping[str, Any]], device: torch.device, *, fallback_seed: int,
-                           source: str) -> None:
+    def restore_rng_states(
+        self, states: Sequence[Mapping[str, Any]], device: torch.device, *, fallback_seed: int, source: str
+    ) -> None:
         """Set this process's RNG states from :meth:`gather_rng_states`' list.
 
         A list from another number of processes warns: a process without a saved
@@ -121,7 +122,9 @@ class Processes:
             warnings.warn(
                 f"{source} holds the RNG states of {len(states)} processes, this run has {self.world_size}: "
                 "processes without a saved state start a fresh stream; random operators in the model (dropout) "
-                "will not repeat the original run", stacklevel=3)
+                "will not repeat the original run",
+                stacklevel=3,
+            )
         if self.rank < len(states):
             set_rng_state(states[self.rank], device)
         else:

@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from ._adapted import AdaptedModule
 from ._batched import _Adapter, _check_tasks, check_vmappable
 from ._checks import int_at_least, one_of
 from ._distributed import Processes
-from ._params import select_parameters
-from ._adapted import AdaptedModule
-from ._unroll import unroll
 from ._inner_optimizer import InnerOptimizer
+from ._params import select_parameters
+from ._unroll import unroll
 from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["batched_evaluate", "held_out_share", "summarize"]
@@ -107,16 +107,26 @@ def batched_evaluate(
     adapted = {k: v.detach() for k, v in select_parameters(model, params).items()}
     if vectorize:
         check_vmappable(model)
-        columns = _vectorized(model, loss_function, tasks, optimizer, steps, metrics, adapted, opt_kwargs,
-                              chunk_size, randomness)
+        columns = _vectorized(
+            model, loss_function, tasks, optimizer, steps, metrics, adapted, opt_kwargs, chunk_size, randomness
+        )
     else:
         columns = _task_by_task(model, loss_function, tasks, optimizer, steps, metrics, adapted, opt_kwargs)
     return {name: column.detach() for name, column in zip(["loss", *metrics], columns)}
 
 
-def _vectorized(model: nn.Module, loss_function: Callable[..., Tensor], tasks: Task, optimizer: InnerOptimizer,
-                steps: list[int], metrics: Mapping[str, Callable[..., Tensor]], adapted: Params,
-                opt_kwargs: Mapping[str, Any] | None, chunk_size: int | None, randomness: str) -> tuple[Tensor, ...]:
+def _vectorized(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    tasks: Task,
+    optimizer: InnerOptimizer,
+    steps: list[int],
+    metrics: Mapping[str, Callable[..., Tensor]],
+    adapted: Params,
+    opt_kwargs: Mapping[str, Any] | None,
+    chunk_size: int | None,
+    randomness: str,
+) -> tuple[Tensor, ...]:
     adapter = _Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), first_order=True)
 
     def measure(current: Params, query: Any) -> list[Tensor]:
@@ -135,13 +145,21 @@ def _vectorized(model: nn.Module, loss_function: Callable[..., Tensor], tasks: T
         return tuple(torch.stack([row[i] for row in rows]) for i in range(1 + len(metrics)))
 
     with torch.no_grad():
-        return vmap(one_task, in_dims=(None, 0, 0), chunk_size=chunk_size,
-                    randomness=randomness)(adapted, tasks.support, tasks.query)
+        return vmap(one_task, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness=randomness)(
+            adapted, tasks.support, tasks.query
+        )
 
 
-def _task_by_task(model: nn.Module, loss_function: Callable[..., Tensor], tasks: Task, optimizer: InnerOptimizer,
-                  steps: list[int], metrics: Mapping[str, Callable[..., Tensor]], adapted: Params,
-                  opt_kwargs: Mapping[str, Any] | None) -> tuple[Tensor, ...]:
+def _task_by_task(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    tasks: Task,
+    optimizer: InnerOptimizer,
+    steps: list[int],
+    metrics: Mapping[str, Callable[..., Tensor]],
+    adapted: Params,
+    opt_kwargs: Mapping[str, Any] | None,
+) -> tuple[Tensor, ...]:
     scorers = [loss_function, *metrics.values()]
     columns: list[list[Tensor]] = [[] for _ in scorers]  # per scorer, one (len(steps),) tensor per task
     for t in range(tasks.num_tasks):
@@ -150,8 +168,16 @@ def _task_by_task(model: nn.Module, loss_function: Callable[..., Tensor], tasks:
         rows: list[list[Tensor]] = [[] for _ in scorers]
         for target in steps:
             if target > done:  # continue the unroll from the last step count measured
-                out = unroll(model, loss_function, [task.support] * (target - done), optimizer, params=current,
-                             opt_state=opt_state, opt_kwargs=opt_kwargs, first_order=True)
+                out = unroll(
+                    model,
+                    loss_function,
+                    [task.support] * (target - done),
+                    optimizer,
+                    params=current,
+                    opt_state=opt_state,
+                    opt_kwargs=opt_kwargs,
+                    first_order=True,
+                )
                 current = {k: v.detach() for k, v in out.params.items()}
                 opt_state = out.optimizer_state
                 done = target
@@ -164,8 +190,15 @@ def _task_by_task(model: nn.Module, loss_function: Callable[..., Tensor], tasks:
     return tuple(torch.stack(column) for column in columns)
 
 
-def held_out_share(source: TaskSource, num_tasks: int, seed: int, processes: Processes, *,
-                   device: torch.device | None = None, dtype: torch.dtype | None = None) -> Task | None:
+def held_out_share(
+    source: TaskSource,
+    num_tasks: int,
+    seed: int,
+    processes: Processes,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Task | None:
     """This process's share of ``num_tasks`` held-out tasks whose seeds come from ``seed``.
 
     The tasks are split in contiguous shares of ``ceil(num_tasks / world_size)``;
@@ -176,8 +209,13 @@ def held_out_share(source: TaskSource, num_tasks: int, seed: int, processes: Pro
     return source.sample_batch(mine).to(device, dtype) if mine else None
 
 
-def summarize(values: Mapping[str, Tensor] | None, names: Sequence[str], steps: Sequence[int],
-              processes: Processes = Processes(), device: torch.device | None = None) -> dict[str, float]:
+def summarize(
+    values: Mapping[str, Tensor] | None,
+    names: Sequence[str],
+    steps: Sequence[int],
+    processes: Processes = Processes(),  # noqa: B008 (an immutable NamedTuple)
+    device: torch.device | None = None,
+) -> dict[str, float]:
     """Mean and 95% confidence interval over every process's tasks, per metric and step count.
 
     Collective when ``processes`` is distributed (one ``all_reduce``).

@@ -24,6 +24,7 @@ forward pass (NOTE [ Checking the replay ]).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -63,8 +64,18 @@ class Executor:
         progress: tqdm bars.
     """
 
-    def __init__(self, step: InnerStep, context: ReplayContext, leaves: list[Any], spec: Any, plan: Plan | None,
-                 *, offload: bool = False, check_replay: bool = False, progress: bool = False) -> None:
+    def __init__(
+        self,
+        step: InnerStep,
+        context: ReplayContext,
+        leaves: list[Any],
+        spec: Any,
+        plan: Plan | None,
+        *,
+        offload: bool = False,
+        check_replay: bool = False,
+        progress: bool = False,
+    ) -> None:
         self.step = step
         self.context = context
         self.spec = spec
@@ -118,8 +129,10 @@ class Executor:
 
     def _tensor_names(self) -> list[str]:
         tree = pytree.tree_unflatten(list(range(len(self.constant_leaves))), self.spec)
-        by_leaf = {leaf: ("params" if path[0].idx == 0 else "opt_state") + pytree.keystr(path[1:])
-                   for path, leaf in pytree.tree_flatten_with_path(tree)[0]}
+        by_leaf = {
+            leaf: ("params" if path[0].idx == 0 else "opt_state") + pytree.keystr(path[1:])
+            for path, leaf in pytree.tree_flatten_with_path(tree)[0]
+        }
         return [by_leaf[slot] for slot in self.tensor_slots] + [f"buffer {n!r}" for n in self.context.buffer_names]
 
     # -- forward ---------------------------------------------------------------------
@@ -161,8 +174,7 @@ class Executor:
         """Steps ``start .. n-1`` with their graph, on the model's own buffers, as the naive loop runs them."""
         extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
         extras = self.extras_with(extra_leaves)
-        inputs = [leaves[slot].detach().requires_grad_(leaves[slot].is_floating_point())
-                  for slot in self.tensor_slots]
+        inputs = [leaves[slot].detach().requires_grad_(leaves[slot].is_floating_point()) for slot in self.tensor_slots]
         leaves, losses = self.state_leaves(inputs), []
         with torch.enable_grad():
             for i in range(start, self.step.num_steps):
@@ -174,8 +186,9 @@ class Executor:
         return _Segment(inputs, leaves, losses, extra_leaves)
 
     # -- backward --------------------------------------------------------------------
-    def run_backward(self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
-                     ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    def run_backward(
+        self, state_cotangents: Sequence[Tensor | None], loss_cotangents: Tensor | None
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:
         """Execute the plan's backward operations: cotangents of the initial state and of the extras."""
         # states are freed as the plan drops them, so the backward pass holds what the schedule says;
         # the input state is kept aside, and a second backward pass (retain_graph=True) first
@@ -211,7 +224,7 @@ class Executor:
         store.states[0] = self.initial_state
         extras = self.extras_with([t.detach() for t in self.extra_inputs])
         saves = sorted(self.plan.forward_saves)
-        for start, stop in zip(saves, saves[1:]):
+        for start, stop in itertools.pairwise(saves):
             store.put(stop, self._advance(store.get(start), Advance(start, stop), extras, None))
         return store
 
@@ -228,12 +241,13 @@ class Executor:
             rng = context.snapshot_rng()
         return StoredState(leaves, buffers, rng)
 
-    def _replay(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor],
-                bar) -> _Segment:
+    def _replay(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor], bar) -> _Segment:
         """Steps ``op.start .. op.stop-1`` again, with their graph, from stored ``state``."""
         buffers = self.context.buffers_snapshot(state.buffers)
-        inputs = [state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
-                  for slot in self.tensor_slots]
+        inputs = [
+            state.leaves[slot].detach().requires_grad_(state.leaves[slot].is_floating_point())
+            for slot in self.tensor_slots
+        ]
         leaves = self.state_leaves(inputs)
         losses = []
         with self.context.restored(state.rng), torch.enable_grad():
@@ -245,8 +259,9 @@ class Executor:
                     bar.update()
         return _Segment(inputs, leaves, losses, extra_leaves)
 
-    def _pull(self, segment: _Segment, op: Reverse, cot: list[Tensor | None], loss_cotangents: Tensor | None
-              ) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    def _pull(
+        self, segment: _Segment, op: Reverse, cot: list[Tensor | None], loss_cotangents: Tensor | None
+    ) -> tuple[list[Tensor | None], list[Tensor | None]]:
         """Pull the cotangent of state ``op.stop`` (and of the segment's losses) back through its graph:
         the cotangent of state ``op.start`` and the segment's contribution to the extras' gradients."""
         outputs, grad_outputs = [], []
@@ -260,8 +275,9 @@ class Executor:
                     outputs.append(loss)
                     grad_outputs.append(loss_cotangents[i])
         wrt = [t for t in segment.inputs if t.requires_grad] + segment.extra_leaves
-        grads = list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)) if outputs else (
-            [None] * len(wrt))
+        grads = (
+            list(torch.autograd.grad(outputs, wrt, grad_outputs, allow_unused=True)) if outputs else ([None] * len(wrt))
+        )
         new_cot = [grads.pop(0) if t.requires_grad else None for t in segment.inputs]
         return new_cot, grads
 

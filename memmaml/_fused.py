@@ -97,7 +97,7 @@ class _AdamUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_update: Tensor, d_m: Tensor, d_v: Tensor) -> tuple[Tensor | None, ...]:
-        g, m, v, t, lr, beta1, beta2, eps, eps_root = inputs = _saved(ctx)
+        g, m, v, t, lr, beta1, beta2, _eps, _eps_root = inputs = _saved(ctx)
         need = ctx.needs_input_grad
         _, m_new, _, (bc1, bc2, shifted, root, denom) = _adam_forward(*inputs)
         sqrt_bc2 = torch.sqrt(bc2)
@@ -123,8 +123,9 @@ class _AdamUpdate(torch.autograd.Function):
         return tuple(_reduce(grad, x, n) for grad, x, n in zip(grads, inputs, need))
 
 
-def adam_update(g: Tensor, m: Tensor, v: Tensor, t: Tensor, lr: Any, beta1: Any, beta2: Any, eps: Any,
-                eps_root: Any) -> tuple[Tensor, Tensor, Tensor]:
+def adam_update(
+    g: Tensor, m: Tensor, v: Tensor, t: Tensor, lr: Any, beta1: Any, beta2: Any, eps: Any, eps_root: Any
+) -> tuple[Tensor, Tensor, Tensor]:
     """One Adam step for one parameter: ``(update, m', v')``, differentiable in every tensor input.
 
     ``g`` is the gradient (weight decay included), ``m`` and ``v`` the moments,
@@ -178,7 +179,7 @@ class _RMSPropUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_update: Tensor, d_v: Tensor, *rest: Tensor) -> tuple[Tensor | None, ...]:
-        g, square_avg, grad_avg, buf, lr, alpha, eps, momentum, eps_root = inputs = _saved(ctx)
+        g, square_avg, grad_avg, buf, lr, alpha, _eps, momentum, _eps_root = inputs = _saved(ctx)
         need = ctx.needs_input_grad
         _, _, a_new, b_new, (shifted, root, avg) = _rmsprop_forward(*inputs)
         rest = list(rest)
@@ -209,8 +210,17 @@ class _RMSPropUpdate(torch.autograd.Function):
         return tuple(_reduce(grad, x, n) for grad, x, n in zip(grads, inputs, need))
 
 
-def rmsprop_update(g: Tensor, square_avg: Tensor, grad_avg: Tensor | None, buf: Tensor | None, lr: Any, alpha: Any,
-                   eps: Any, momentum: Any, eps_root: Any) -> tuple[Tensor, ...]:
+def rmsprop_update(
+    g: Tensor,
+    square_avg: Tensor,
+    grad_avg: Tensor | None,
+    buf: Tensor | None,
+    lr: Any,
+    alpha: Any,
+    eps: Any,
+    momentum: Any,
+    eps_root: Any,
+) -> tuple[Tensor, ...]:
     """One RMSProp step for one parameter: ``(update, v', [a' if centred], [b' with momentum])``.
 
     ``grad_avg`` is ``None`` unless centred, ``buf`` ``None`` without momentum.

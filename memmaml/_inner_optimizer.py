@@ -106,8 +106,10 @@ def is_zero(value: Any) -> bool:
 def _check_hyperparam(owner: str, name: str, value: Any) -> None:
     if isinstance(value, PerStep):
         if not isinstance(value.values, Tensor) or value.values.dim() < 1 or not value.values.is_floating_point():
-            raise TypeError(f"{owner}: PerStep {name} needs a floating-point tensor with one entry per step "
-                            f"(at least one dimension), got {value.values!r}")
+            raise TypeError(
+                f"{owner}: PerStep {name} needs a floating-point tensor with one entry per step "
+                f"(at least one dimension), got {value.values!r}"
+            )
         if isinstance(value.every, bool) or not isinstance(value.every, int) or value.every < 1:
             raise ValueError(f"{owner}: PerStep {name}: every must be a positive integer, got {value.every!r}")
         return

@@ -23,7 +23,7 @@ from ._parse import parse_schedule
 from ._schedules import Schedule, Uniform
 from ._unroll import Result, choose_schedule, measure_step_costs, unroll
 
-__all__ = ["GradientCheckpointMAML", "MAML", "NaiveMAML"]
+__all__ = ["MAML", "GradientCheckpointMAML", "NaiveMAML"]
 
 GetParameters = Callable[[nn.Module], Iterable[Tensor]]
 
@@ -105,7 +105,8 @@ class MAML(nn.Module):
         if not isinstance(optimizer, InnerOptimizer):
             raise TypeError(
                 f"optimizer must be a memmaml in-graph optimizer (memmaml.SGD, memmaml.Adam, ...), "
-                f"got {type(optimizer).__name__}")
+                f"got {type(optimizer).__name__}"
+            )
         self.model, self.loss_function, self.optimizer = model, loss_function, optimizer
         self.get_parameters = get_parameters
         self.schedule = None if schedule is None else parse_schedule(schedule)
@@ -167,26 +168,44 @@ class MAML(nn.Module):
         if isinstance(inputs, (Tensor, str, bytes)) or not isinstance(inputs, Iterable):
             raise TypeError(
                 f"inputs must be a sequence of batches, one per inner step, got {type(inputs).__name__}; "
-                "for n steps on the same batch pass [batch] * n")
+                "for n steps on the same batch pass [batch] * n"
+            )
         inputs = list(inputs)
         params = self.adapted_parameters()
 
         def measure() -> StepCosts:
             if self.step_costs is None:
-                self.step_costs = measure_step_costs(self.model, self.loss_function, inputs[0], self.optimizer,
-                                                     params=params, opt_kwargs=opt_kwargs, loss_kwargs=loss_kwargs)
+                self.step_costs = measure_step_costs(
+                    self.model,
+                    self.loss_function,
+                    inputs[0],
+                    self.optimizer,
+                    params=params,
+                    opt_kwargs=opt_kwargs,
+                    loss_kwargs=loss_kwargs,
+                )
             return self.step_costs
 
         if inputs:
             self.last_choice = choose_schedule(self.schedule, len(inputs), measure, offload=self.offload)
         return unroll(
-            self.model, self.loss_function, inputs, self.optimizer,
-            params=params, opt_state=optimizer_state, opt_kwargs=opt_kwargs, loss_kwargs=loss_kwargs,
+            self.model,
+            self.loss_function,
+            inputs,
+            self.optimizer,
+            params=params,
+            opt_state=optimizer_state,
+            opt_kwargs=opt_kwargs,
+            loss_kwargs=loss_kwargs,
             schedule=None if self.last_choice is None else self.last_choice.schedule,
             offload=self.last_choice is not None and self.last_choice.offload,
-            first_order=first_order, max_grad_grad_norm=max_grad_grad_norm,
-            allow_unused=allow_unused, check_finite=check_finite,
-            preserve_rng_state=self.preserve_rng_state, progress=progress, check_replay=check_replay,
+            first_order=first_order,
+            max_grad_grad_norm=max_grad_grad_norm,
+            allow_unused=allow_unused,
+            check_finite=check_finite,
+            preserve_rng_state=self.preserve_rng_state,
+            progress=progress,
+            check_replay=check_replay,
         )
 
 
@@ -207,8 +226,15 @@ class NaiveMAML(MAML):
         5
     """
 
-    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer | None = None,
-                 get_parameters: GetParameters | None = None, *, preserve_rng_state: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_function: Callable[..., Tensor],
+        optimizer: InnerOptimizer | None = None,
+        get_parameters: GetParameters | None = None,
+        *,
+        preserve_rng_state: bool = True,
+    ) -> None:
         super().__init__(model, loss_function, optimizer, get_parameters, preserve_rng_state=preserve_rng_state)
 
 
@@ -230,14 +256,31 @@ class GradientCheckpointMAML(MAML):
     is an error.
     """
 
-    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer | None = None,
-                 checkpoint_steps: int = _UNSET, get_parameters: GetParameters | None = None, *,
-                 schedule: Schedule | str | None = None, offload: bool = False,
-                 preserve_rng_state: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_function: Callable[..., Tensor],
+        optimizer: InnerOptimizer | None = None,
+        checkpoint_steps: int = _UNSET,
+        get_parameters: GetParameters | None = None,
+        *,
+        schedule: Schedule | str | None = None,
+        offload: bool = False,
+        preserve_rng_state: bool = True,
+    ) -> None:
         if schedule is not None and checkpoint_steps is not _UNSET:
-            raise ValueError(f"pass checkpoint_steps or schedule, not both (got checkpoint_steps={checkpoint_steps!r} "
-                             f"and schedule={schedule!r}); checkpoint_steps=k is schedule=Uniform(k)")
+            raise ValueError(
+                f"pass checkpoint_steps or schedule, not both (got checkpoint_steps={checkpoint_steps!r} "
+                f"and schedule={schedule!r}); checkpoint_steps=k is schedule=Uniform(k)"
+            )
         if schedule is None:
             schedule = Uniform(1 if checkpoint_steps is _UNSET else checkpoint_steps)
-        super().__init__(model, loss_function, optimizer, get_parameters, schedule=schedule, offload=offload,
-                         preserve_rng_state=preserve_rng_state)
+        super().__init__(
+            model,
+            loss_function,
+            optimizer,
+            get_parameters,
+            schedule=schedule,
+            offload=offload,
+            preserve_rng_state=preserve_rng_state,
+        )

@@ -30,8 +30,9 @@ def measure_costs(executor: Executor, state_tensors: Sequence[Tensor]) -> StepCo
     def graph_step() -> None:
         inputs = [leaves[s].detach().requires_grad_(leaves[s].is_floating_point()) for s in executor.tensor_slots]
         with torch.enable_grad():
-            out, _ = step(0, executor.state_leaves(inputs), executor.spec, extras,
-                          context.buffers_snapshot(buffers), "graph")
+            out, _ = step(
+                0, executor.state_leaves(inputs), executor.spec, extras, context.buffers_snapshot(buffers), "graph"
+            )
             outputs = [o for o in (out[s] for s in executor.tensor_slots) if o.requires_grad]
             wrt = [t for t in inputs if t.requires_grad]
             if outputs and wrt:

@@ -63,7 +63,7 @@ def peak_rss_bytes() -> int:
 
 
 class _StorageCounter(TorchDispatchMode):
-    def __init__(self, tracker: "MemoryTracker") -> None:
+    def __init__(self, tracker: MemoryTracker) -> None:
         super().__init__()
         self.tracker = tracker
 
@@ -71,12 +71,18 @@ class _StorageCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         # an output that shares storage with an input (a view, detach, an in-place or out= op)
         # allocated nothing: counting it would count a tensor made before the block
-        inputs = {leaf.untyped_storage()._cdata for leaf in pytree.tree_leaves((args, kwargs))
-                  if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"}
+        inputs = {
+            leaf.untyped_storage()._cdata
+            for leaf in pytree.tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"
+        }
         out = func(*args, **kwargs)
         for leaf in pytree.tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu" and (
-                    leaf.untyped_storage()._cdata not in inputs):
+            if (
+                isinstance(leaf, torch.Tensor)
+                and leaf.device.type == "cpu"
+                and (leaf.untyped_storage()._cdata not in inputs)
+            ):
                 self.tracker._register(leaf)
         return out
 
@@ -139,7 +145,7 @@ class MemoryTracker:
             return torch.cuda.memory_allocated(self.device) - self._start
         return self._current
 
-    def __enter__(self) -> "MemoryTracker":
+    def __enter__(self) -> MemoryTracker:
         self.peak_bytes = 0
         self.host_peak_bytes = 0
         if self.device.type == "cuda":

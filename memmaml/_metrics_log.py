@@ -90,7 +90,7 @@ class TrainWindow:
 
     @classmethod
     def _empty(cls) -> dict[str, float]:
-        return {"count": 0, **{key: 0.0 for key in cls.KEYS}, "time": 0.0}
+        return {"count": 0, **dict.fromkeys(cls.KEYS, 0.0), "time": 0.0}
 
     def add(self, metrics: Mapping[str, float], seconds: float) -> None:
         """Add one iteration's ``metrics`` (``KEYS``) and its wall time."""
@@ -102,8 +102,13 @@ class TrainWindow:
     def close(self, iteration: int, elapsed_s: float) -> dict[str, Any]:
         """The ``"train"`` row of the averages (and ``sec_per_iter``, ``elapsed_s``); starts a new window."""
         state, count = self.state, self.state["count"]
-        row = {"iteration": iteration, "kind": "train", **{key: state[key] / count for key in self.KEYS},
-               "sec_per_iter": state["time"] / count, "elapsed_s": elapsed_s}
+        row = {
+            "iteration": iteration,
+            "kind": "train",
+            **{key: state[key] / count for key in self.KEYS},
+            "sec_per_iter": state["time"] / count,
+            "elapsed_s": elapsed_s,
+        }
         self.state = self._empty()
         return row
 

@@ -45,13 +45,13 @@ from ._fused import adam_update, rmsprop_update
 from ._inner_optimizer import InnerOptimizer, for_parameter, is_zero
 
 __all__ = [
+    "SGD",
     "Adam",
     "AdamState",
     "IngraphGradientDescent",
     "IngraphRMSProp",
     "RMSProp",
     "RMSPropState",
-    "SGD",
     "SGDState",
 ]
 
@@ -180,17 +180,22 @@ class RMSProp(InnerOptimizer):
         _check_momentum_override(self, hyperparams)
 
     def init(self, params: Params) -> RMSPropState:
-        zeros = lambda: {name: torch.zeros_like(p) for name, p in params.items()}  # noqa: E731
+        zeros = lambda: {name: torch.zeros_like(p) for name, p in params.items()}
         return RMSPropState(zeros(), zeros() if self.centered else {}, zeros() if self._has_momentum else {})
 
     def _update(self, grads, opt_state, params, hp):
         updates, square_avg, grad_avg, buffers = {}, {}, {}, {}
         for name, param in params.items():
             g = _with_weight_decay(grads[name], param, for_parameter(hp["weight_decay"], name))
-            out = list(rmsprop_update(
-                g, opt_state.square_avg[name], opt_state.grad_avg[name] if self.centered else None,
-                opt_state.momentum_buffer[name] if self._has_momentum else None,
-                *(for_parameter(hp[key], name) for key in ("lr", "alpha", "eps", "momentum", "eps_root"))))
+            out = list(
+                rmsprop_update(
+                    g,
+                    opt_state.square_avg[name],
+                    opt_state.grad_avg[name] if self.centered else None,
+                    opt_state.momentum_buffer[name] if self._has_momentum else None,
+                    *(for_parameter(hp[key], name) for key in ("lr", "alpha", "eps", "momentum", "eps_root")),
+                )
+            )
             updates[name], square_avg[name] = out.pop(0), out.pop(0)
             if self.centered:
                 grad_avg[name] = out.pop(0)
@@ -239,8 +244,9 @@ class Adam(InnerOptimizer):
 
     def init(self, params: Params) -> AdamState:
         first = next(iter(params.values()), None)
-        count = torch.zeros((), dtype=first.dtype if first is not None else None,
-                            device=first.device if first is not None else None)
+        count = torch.zeros(
+            (), dtype=first.dtype if first is not None else None, device=first.device if first is not None else None
+        )
         return AdamState(
             count,
             {name: torch.zeros_like(p) for name, p in params.items()},
@@ -253,8 +259,12 @@ class Adam(InnerOptimizer):
         for name, param in params.items():
             g = _with_weight_decay(grads[name], param, for_parameter(hp["weight_decay"], name))
             updates[name], exp_avg[name], exp_avg_sq[name] = adam_update(
-                g, opt_state.exp_avg[name], opt_state.exp_avg_sq[name], count,
-                *(for_parameter(hp[key], name) for key in ("lr", "beta1", "beta2", "eps", "eps_root")))
+                g,
+                opt_state.exp_avg[name],
+                opt_state.exp_avg_sq[name],
+                count,
+                *(for_parameter(hp[key], name) for key in ("lr", "beta1", "beta2", "eps", "eps_root")),
+            )
         return updates, AdamState(count, exp_avg, exp_avg_sq)
 
 

@@ -63,7 +63,8 @@ def _from_callable(model: nn.Module, get_parameters: Callable[[nn.Module], Itera
             raise ValueError(
                 f"get_parameters returned a tensor of shape {tuple(tensor.shape)} at position {index} that is "
                 "not a parameter of the model (it must return the model's own parameters, "
-                "e.g. list(model.head.parameters()))")
+                "e.g. list(model.head.parameters()))"
+            )
         if name in chosen:
             raise ValueError(f"get_parameters returned parameter {name!r} twice")
         chosen[name] = tensor

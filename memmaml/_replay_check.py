@@ -69,12 +69,15 @@ def check_digest(step: int, expected: Digest, got: Digest, names: Sequence[str])
         f"{float(got.values[row]):.12g} in the replay). loss_function must compute the same thing each "
         "time it is called on the same state: it must not depend on anything the engine does not "
         "restore (a counter, a random generator other than torch's, a train/eval flag it changes, a "
-        "branch on mutable state); see the README, 'What the loss function must not do'" + _cuda_hint(got.bits))
+        "branch on mutable state); see the README, 'What the loss function must not do'" + _cuda_hint(got.bits)
+    )
 
 
 def _cuda_hint(bits: Tensor) -> str:
     if bits.device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
         return ""
-    return (". On CUDA, non-deterministic kernels (allowed now) also make a replay differ in the last bits: "
-            "call torch.use_deterministic_algorithms(True), set CUBLAS_WORKSPACE_CONFIG=:4096:8 and "
-            "torch.backends.cudnn.benchmark = False before checking")
+    return (
+        ". On CUDA, non-deterministic kernels (allowed now) also make a replay differ in the last bits: "
+        "call torch.use_deterministic_algorithms(True), set CUBLAS_WORKSPACE_CONFIG=:4096:8 and "
+        "torch.backends.cudnn.benchmark = False before checking"
+    )

@@ -65,8 +65,9 @@ class Ambient:
         """Autocast as captured, with the weight cache off (it changes no value)."""
         with contextlib.ExitStack() as stack:
             for device_type, enabled, dtype in self.autocast:
-                stack.enter_context(torch.autocast(device_type, dtype=dtype if enabled else None,
-                                                   enabled=enabled, cache_enabled=False))
+                stack.enter_context(
+                    torch.autocast(device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False)
+                )
             yield
 
 

@@ -159,8 +159,11 @@ def _binomial_split(distance: int, slots: int) -> int:
     """Where to place the next stored state to reverse ``distance`` steps optimally."""
     t = _repetitions(distance, slots)
     target = _advance_cost(distance, slots)
-    candidates = (math.comb(slots + t - 1, slots), distance - math.comb(slots - 1 + t, slots - 1),
-                  distance - math.comb(slots + t - 2, slots - 1))
+    candidates = (
+        math.comb(slots + t - 1, slots),
+        distance - math.comb(slots - 1 + t, slots - 1),
+        distance - math.comb(slots + t - 2, slots - 1),
+    )
     for c in candidates:
         if 0 < c < distance and c + _advance_cost(distance - c, slots - 1) + _advance_cost(c, slots) == target:
             return c

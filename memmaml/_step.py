@@ -80,9 +80,18 @@ class InnerStep:
         check_finite: raise at the first non-finite loss (one host sync per step).
     """
 
-    def __init__(self, model: nn.Module, loss_function: Callable[..., Tensor], optimizer: InnerOptimizer,
-                 extras: Extras, *, first_order: bool, max_grad_grad_norm: float | None, allow_unused: bool,
-                 check_finite: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_function: Callable[..., Tensor],
+        optimizer: InnerOptimizer,
+        extras: Extras,
+        *,
+        first_order: bool,
+        max_grad_grad_norm: float | None,
+        allow_unused: bool,
+        check_finite: bool,
+    ) -> None:
         self.model = model
         self.tie_weights = has_tied_weights(model)  # checked once: functional_call would look on every step
         self.loss_function = loss_function
@@ -91,15 +100,18 @@ class InnerStep:
         self.num_steps = len(extras[2])
         covered = per_step_length(extras[0])
         if covered is not None and covered < self.num_steps:
-            raise ValueError(f"a PerStep hyperparameter covers {covered} inner steps, but there are "
-                             f"{self.num_steps} batches (one per step)")
+            raise ValueError(
+                f"a PerStep hyperparameter covers {covered} inner steps, but there are "
+                f"{self.num_steps} batches (one per step)"
+            )
         self.first_order = first_order
         self.max_norm = max_grad_grad_norm
         self.allow_unused = allow_unused
         self.check_finite = check_finite
 
-    def loss_and_grads(self, step: int, params: Params, extras: Extras, buffers: Params | None,
-                       create_graph: bool) -> tuple[Tensor, Params]:
+    def loss_and_grads(
+        self, step: int, params: Params, extras: Extras, buffers: Params | None, create_graph: bool
+    ) -> tuple[Tensor, Params]:
         """Loss at ``params`` on batch ``step`` and its gradient with respect to ``params``.
 
         With ``create_graph`` the gradient is differentiable (second order);
@@ -120,7 +132,8 @@ class InnerStep:
                 if not self.allow_unused:
                     raise ValueError(
                         f"adapted parameter {name!r} does not affect the loss at inner step {step}; "
-                        "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero")
+                        "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero"
+                    )
                 grad = torch.zeros_like(param)
             grads[name] = grad
         if self.check_finite and not bool(torch.isfinite(loss)):
@@ -130,16 +143,23 @@ class InnerStep:
     @staticmethod
     def _check_loss(step: int, loss: Any) -> None:
         if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.is_floating_point():
-            got = (f"a tensor of shape {tuple(loss.shape)} and dtype {loss.dtype}" if isinstance(loss, Tensor)
-                   else f"a {type(loss).__name__}")
-            raise ValueError(f"loss_function must return a floating-point scalar tensor; at inner step {step} "
-                             f"it returned {got}")
+            got = (
+                f"a tensor of shape {tuple(loss.shape)} and dtype {loss.dtype}"
+                if isinstance(loss, Tensor)
+                else f"a {type(loss).__name__}"
+            )
+            raise ValueError(
+                f"loss_function must return a floating-point scalar tensor; at inner step {step} it returned {got}"
+            )
         if not loss.requires_grad:
-            raise ValueError(f"the loss at inner step {step} does not depend on any adapted parameter; "
-                             "loss_function must compute the loss with the model it is given")
+            raise ValueError(
+                f"the loss at inner step {step} does not depend on any adapted parameter; "
+                "loss_function must compute the loss with the model it is given"
+            )
 
-    def __call__(self, step: int, leaves: list[Any], spec: Any, extras: Extras, buffers: Params | None,
-                 mode: str) -> tuple[list[Any], Tensor]:
+    def __call__(
+        self, step: int, leaves: list[Any], spec: Any, extras: Extras, buffers: Params | None, mode: str
+    ) -> tuple[list[Any], Tensor]:
         """One inner step on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
         params, opt_state = pytree.tree_unflatten(leaves, spec)
         create_graph = mode == "graph" and not self.first_order
@@ -152,6 +172,7 @@ class InnerStep:
                 params = _clip(params, self.max_norm)
         new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
         if new_spec != spec:
-            raise TypeError(f"optimizer.update changed the structure of the state at inner step {step}: "
-                            f"{spec} became {new_spec}")
+            raise TypeError(
+                f"optimizer.update changed the structure of the state at inner step {step}: {spec} became {new_spec}"
+            )
         return new_leaves, loss

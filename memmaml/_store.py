@@ -43,7 +43,9 @@ class Store:
             state = StoredState(
                 [_to_host(t) if isinstance(t, Tensor) else t for t in state.leaves],
                 None if state.buffers is None else {k: _to_host(v) for k, v in state.buffers.items()},
-                state.rng, [t.device if isinstance(t, Tensor) else None for t in state.leaves])
+                state.rng,
+                [t.device if isinstance(t, Tensor) else None for t in state.leaves],
+            )
         self.states[index] = state
 
     def get(self, index: int) -> StoredState:

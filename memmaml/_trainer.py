@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._adapted import AdaptedModule
 from ._batched import batched_meta_gradient, check_vmappable
 from ._checkpoint_io import (
     CHECKPOINT_FORMAT,
@@ -60,7 +61,6 @@ from ._evaluation import batched_evaluate, held_out_share, summarize
 from ._metrics_log import MetricsLog, TrainWindow
 from ._params import select_parameters
 from ._trainer_config import TrainerConfig
-from ._adapted import AdaptedModule
 from ._unroll import choose_schedule, measure_step_costs, unroll
 from .tasks import Task, TaskSource, draw_seeds
 
@@ -134,10 +134,11 @@ class MetaTrainer:
         config = TrainerConfig() if config is None else config
         eval_source = task_source if eval_source is None else eval_source
         for name, value, kind, called in (
-                ("model", model, nn.Module, "torch.nn.Module"),
-                ("task_source", task_source, TaskSource, "memmaml.tasks.TaskSource"),
-                ("eval_source", eval_source, TaskSource, "memmaml.tasks.TaskSource"),
-                ("config", config, TrainerConfig, "memmaml.TrainerConfig")):
+            ("model", model, nn.Module, "torch.nn.Module"),
+            ("task_source", task_source, TaskSource, "memmaml.tasks.TaskSource"),
+            ("eval_source", eval_source, TaskSource, "memmaml.tasks.TaskSource"),
+            ("config", config, TrainerConfig, "memmaml.TrainerConfig"),
+        ):
             if not isinstance(value, kind):
                 raise TypeError(f"{name} must be a {called}, got {type(value).__name__}")
         if config.vectorize:
@@ -148,7 +149,8 @@ class MetaTrainer:
             raise ValueError(
                 f"meta_batch_size={config.meta_batch_size} is not divisible by the world size {self.world_size}: "
                 "every process must adapt the same number of tasks; choose a meta-batch size that is a multiple "
-                "of the number of processes")
+                "of the number of processes"
+            )
         first = next(iter(model.parameters()), None)
         if first is None:
             raise ValueError("model has no parameters to meta-train")
@@ -190,21 +192,32 @@ class MetaTrainer:
         return self._elapsed
 
     def _plain_config(self, run_config: Mapping[str, Any] | None) -> dict[str, Any]:
-        outer_group = {k: v for k, v in self.outer_optimizer.defaults.items()
-                       if k not in ("foreach", "fused", "capturable", "differentiable")}
-        return flatten({
-            "format": CHECKPOINT_FORMAT,
-            "task": self.task_source.config(),
-            "eval_task": self.eval_source.config(),
-            "model": {"class": type(self.model).__name__, "dtype": str(self.dtype),
-                      "parameters": {name: list(p.shape) for name, p in self.model.named_parameters()}},
-            "loss_function": getattr(self.loss_function, "__name__", repr(self.loss_function)),
-            **self.config.plain(),
-            "outer_optimizer": {"class": type(self.outer_optimizer).__name__, **plain(outer_group),
-                                "num_meta_params": len(self.meta_params)},
-            "world_size": self.world_size,
-            "run": plain(dict(run_config or {})),
-        })
+        outer_group = {
+            k: v
+            for k, v in self.outer_optimizer.defaults.items()
+            if k not in ("foreach", "fused", "capturable", "differentiable")
+        }
+        return flatten(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "task": self.task_source.config(),
+                "eval_task": self.eval_source.config(),
+                "model": {
+                    "class": type(self.model).__name__,
+                    "dtype": str(self.dtype),
+                    "parameters": {name: list(p.shape) for name, p in self.model.named_parameters()},
+                },
+                "loss_function": getattr(self.loss_function, "__name__", repr(self.loss_function)),
+                **self.config.plain(),
+                "outer_optimizer": {
+                    "class": type(self.outer_optimizer).__name__,
+                    **plain(outer_group),
+                    "num_meta_params": len(self.meta_params),
+                },
+                "world_size": self.world_size,
+                "run": plain(dict(run_config or {})),
+            }
+        )
 
     def metric_names(self) -> list[str]:
         """Every metric a log row may hold (the CSV header)."""
@@ -219,9 +232,17 @@ class MetaTrainer:
         if self._choice is None:
             config = self.config
             self._choice = choose_schedule(
-                config.schedule, config.num_inner_steps,
-                lambda: measure_step_costs(self.model, self.loss_function, task.support, config.inner_optimizer,
-                                           params=self._adapted_parameters()), offload=config.offload)
+                config.schedule,
+                config.num_inner_steps,
+                lambda: measure_step_costs(
+                    self.model,
+                    self.loss_function,
+                    task.support,
+                    config.inner_optimizer,
+                    params=self._adapted_parameters(),
+                ),
+                offload=config.offload,
+            )
         return self._choice
 
     def _adapted_parameters(self) -> dict[str, Tensor]:
@@ -250,9 +271,16 @@ class MetaTrainer:
             p.grad = None
         if config.vectorize:
             out = batched_meta_gradient(
-                self.model, self.loss_function, tasks, config.inner_optimizer, num_steps=config.num_inner_steps,
-                params=self._adapted_parameters(), first_order=config.first_order,
-                chunk_size=config.chunk_size, randomness=config.randomness)
+                self.model,
+                self.loss_function,
+                tasks,
+                config.inner_optimizer,
+                num_steps=config.num_inner_steps,
+                params=self._adapted_parameters(),
+                first_order=config.first_order,
+                chunk_size=config.chunk_size,
+                randomness=config.randomness,
+            )
             by_id = {id(t): g for t, g in zip(out.wrt, out.grads)}
             for p in self.meta_params:
                 p.grad = by_id.get(id(p))
@@ -273,10 +301,17 @@ class MetaTrainer:
         for t in range(n):
             task = tasks.select(t)
             choice = self._schedule_choice(task)
-            out = unroll(self.model, self.loss_function, [task.support] * config.num_inner_steps,
-                         config.inner_optimizer, params=self._adapted_parameters(), schedule=choice.schedule,
-                         offload=choice.offload, first_order=config.first_order,
-                         max_grad_grad_norm=config.max_grad_grad_norm)
+            out = unroll(
+                self.model,
+                self.loss_function,
+                [task.support] * config.num_inner_steps,
+                config.inner_optimizer,
+                params=self._adapted_parameters(),
+                schedule=choice.schedule,
+                offload=choice.offload,
+                first_order=config.first_order,
+                max_grad_grad_norm=config.max_grad_grad_norm,
+            )
             loss = self.loss_function(AdaptedModule(self.model, out.params), task.query)
             (loss / n).backward()
             query.append(loss.detach())
@@ -295,8 +330,14 @@ class MetaTrainer:
     def eval_tasks(self) -> Task | None:
         """This process's share of the held-out tasks (built once from ``eval_seed``, then cached)."""
         if self._eval_tasks is None:
-            self._eval_tasks = held_out_share(self.eval_source, self.config.num_eval_tasks, self.config.eval_seed,
-                                              self.processes, device=self.device, dtype=self.dtype)
+            self._eval_tasks = held_out_share(
+                self.eval_source,
+                self.config.num_eval_tasks,
+                self.config.eval_seed,
+                self.processes,
+                device=self.device,
+                dtype=self.dtype,
+            )
         return self._eval_tasks
 
     def evaluate(self) -> dict[str, float]:
@@ -307,10 +348,22 @@ class MetaTrainer:
             over ``num_eval_tasks`` tasks (all processes).
         """
         config, tasks = self.config, self.eval_tasks()
-        values = None if tasks is None else batched_evaluate(
-            self.model, self.loss_function, tasks, config.eval_optimizer, steps=config.eval_steps, metrics=self.metrics,
-            params=self._adapted_parameters(), vectorize=config.vectorize, chunk_size=config.chunk_size,
-            randomness=config.randomness)
+        values = (
+            None
+            if tasks is None
+            else batched_evaluate(
+                self.model,
+                self.loss_function,
+                tasks,
+                config.eval_optimizer,
+                steps=config.eval_steps,
+                metrics=self.metrics,
+                params=self._adapted_parameters(),
+                vectorize=config.vectorize,
+                chunk_size=config.chunk_size,
+                randomness=config.randomness,
+            )
+        )
         return summarize(values, ["loss", *self.metrics], config.eval_steps, self.processes, self.device)
 
     # ----------------------------------------------------------------- checkpoints
@@ -345,8 +398,8 @@ class MetaTrainer:
         self.task_generator.set_state(state["task_generator"])
         self.iteration = int(state["iteration"])
         self.processes.restore_rng_states(
-            state["rng"], self.device, source=source,
-            fallback_seed=self.config.seed * 1_000_003 + self.iteration * 1009)
+            state["rng"], self.device, source=source, fallback_seed=self.config.seed * 1_000_003 + self.iteration * 1009
+        )
         self._window = TrainWindow(state["window"])
         self._elapsed = float(state["elapsed_s"])
 
@@ -425,15 +478,22 @@ class MetaTrainer:
                 if (eval_every is not None and self.iteration % eval_every == 0) or last:
                     emit({"iteration": self.iteration, "kind": "eval", **self.evaluate()})
                 if checkpoint_path is not None and (
-                        (checkpoint_every is not None and self.iteration % checkpoint_every == 0) or last):
+                    (checkpoint_every is not None and self.iteration % checkpoint_every == 0) or last
+                ):
                     self.save_checkpoint(checkpoint_path)
         finally:
             if bar is not None:
                 bar.close()
         return rows
 
-    def _check_train_arguments(self, num_iterations: int, log_every: int, eval_every: int | None,
-                               checkpoint_path: Any, checkpoint_every: int | None) -> None:
+    def _check_train_arguments(
+        self,
+        num_iterations: int,
+        log_every: int,
+        eval_every: int | None,
+        checkpoint_path: Any,
+        checkpoint_every: int | None,
+    ) -> None:
         int_at_least("num_iterations", num_iterations, 0)
         int_at_least("log_every", log_every, 1)
         if eval_every is not None:
@@ -443,5 +503,6 @@ class MetaTrainer:
             if checkpoint_path is None:
                 raise ValueError("checkpoint_every needs a checkpoint_path")
         if num_iterations < self.iteration:
-            raise ValueError(f"num_iterations={num_iterations} is less than the iterations already run "
-                             f"({self.iteration})")
+            raise ValueError(
+                f"num_iterations={num_iterations} is less than the iterations already run ({self.iteration})"
+            )

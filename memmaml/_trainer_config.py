@@ -102,8 +102,10 @@ class TrainerConfig:
         for name in ("inner_optimizer", "eval_optimizer"):
             opt = getattr(self, name)
             if not isinstance(opt, InnerOptimizer) and not (name == "eval_optimizer" and opt is None):
-                raise TypeError(f"{name} must be a memmaml in-graph optimizer (memmaml.SGD, memmaml.Adam, ...), "
-                                f"got {type(opt).__name__}")
+                raise TypeError(
+                    f"{name} must be a memmaml in-graph optimizer (memmaml.SGD, memmaml.Adam, ...), "
+                    f"got {type(opt).__name__}"
+                )
         for name in ("num_inner_steps", "meta_batch_size", "num_eval_tasks"):
             put(name, int_at_least(name, getattr(self, name), 1))
         if self.schedule is not None:
@@ -125,11 +127,15 @@ class TrainerConfig:
             put("chunk_size", positive_int("chunk_size", self.chunk_size))
         one_of("randomness", self.randomness, ("error", "different", "same"))
         if self.vectorize and self.schedule is not None:
-            raise ValueError(f"vectorize=True runs the naive unroll under vmap; schedule must be None, "
-                             f"got {self.schedule!r} (use vectorize=False to checkpoint)")
+            raise ValueError(
+                f"vectorize=True runs the naive unroll under vmap; schedule must be None, "
+                f"got {self.schedule!r} (use vectorize=False to checkpoint)"
+            )
         if self.vectorize and self.max_grad_grad_norm is not None:
-            raise ValueError(f"vectorize=True does not support max_grad_grad_norm (got {self.max_grad_grad_norm!r}); "
-                             "use vectorize=False")
+            raise ValueError(
+                f"vectorize=True does not support max_grad_grad_norm (got {self.max_grad_grad_norm!r}); "
+                "use vectorize=False"
+            )
 
     def resolved(self) -> TrainerConfig:
         """This config with ``schedule`` parsed and the defaults that depend on other fields filled in
@@ -139,17 +145,22 @@ class TrainerConfig:
             schedule=None if self.schedule is None else parse_schedule(self.schedule),
             eval_optimizer=self.inner_optimizer if self.eval_optimizer is None else self.eval_optimizer,
             eval_steps=(0, 1, self.num_inner_steps) if self.eval_steps is None else self.eval_steps,
-            eval_seed=self.seed + 1 if self.eval_seed is None else self.eval_seed)
+            eval_seed=self.seed + 1 if self.eval_seed is None else self.eval_seed,
+        )
 
     def plain(self) -> dict[str, Any]:
         """The resolved settings as plain values, nested (optimizers as ``{"class": ..., **hyperparams}``,
         the schedule as its ``repr``); ``outer_lr`` is left out (a checkpoint records the outer optimizer's own)."""
         config = self.resolved()
         return {
-            "inner_optimizer": {"class": type(config.inner_optimizer).__name__,
-                                **plain(config.inner_optimizer.hyperparams)},
-            "eval_optimizer": {"class": type(config.eval_optimizer).__name__,
-                               **plain(config.eval_optimizer.hyperparams)},
+            "inner_optimizer": {
+                "class": type(config.inner_optimizer).__name__,
+                **plain(config.inner_optimizer.hyperparams),
+            },
+            "eval_optimizer": {
+                "class": type(config.eval_optimizer).__name__,
+                **plain(config.eval_optimizer.hyperparams),
+            },
             "num_inner_steps": config.num_inner_steps,
             "schedule": None if config.schedule is None else repr(config.schedule),
             "first_order": config.first_order,
@@ -169,8 +180,10 @@ class TrainerConfig:
 
 def _check_schedule(schedule: Any) -> None:
     if not isinstance(schedule, (Schedule, str)):
-        raise TypeError(f"schedule must be a memmaml.Schedule, its text form (e.g. 'binomial:4') or "
-                        f"None, got {type(schedule).__name__}")
+        raise TypeError(
+            f"schedule must be a memmaml.Schedule, its text form (e.g. 'binomial:4') or "
+            f"None, got {type(schedule).__name__}"
+        )
     try:
         parse_schedule(schedule)
     except ValueError as error:

@@ -22,10 +22,10 @@ from ._adapted import AdaptedModule
 from ._checks import positive_number
 from ._cost_model import Choice, StepCosts
 from ._executor import CheckpointedUnroll, Executor
-from ._measure import measure_costs
 from ._inner_optimizer import InnerOptimizer
-from ._replay_context import ReplayContext
+from ._measure import measure_costs
 from ._parse import parse_schedule
+from ._replay_context import ReplayContext
 from ._schedules import Schedule
 from ._step import InnerStep, progress_bar, tensors_in
 
@@ -58,8 +58,9 @@ class Result(NamedTuple):
         return self.model.params
 
 
-def choose_schedule(schedule: Schedule | str | None, num_steps: int, measure: Callable[[], StepCosts], *,
-                    offload: bool = False) -> Choice:
+def choose_schedule(
+    schedule: Schedule | str | None, num_steps: int, measure: Callable[[], StepCosts], *, offload: bool = False
+) -> Choice:
     """The concrete schedule for an unroll: ``schedule`` itself, or what it chooses from measured costs.
 
     ``measure`` is called only for a schedule that ``needs_costs`` (:class:`~memmaml.Auto`).
@@ -79,9 +80,19 @@ class _Setup(NamedTuple):
     spec: Any
 
 
-def _setup(model: nn.Module, loss_function: Callable[..., Tensor], batches: Sequence[Any],
-           optimizer: InnerOptimizer, params: Params, opt_state: Any, opt_kwargs: Mapping[str, Any] | None,
-           loss_kwargs: Mapping[str, Any] | None, *, preserve_rng_state: bool = True, **options: Any) -> _Setup:
+def _setup(
+    model: nn.Module,
+    loss_function: Callable[..., Tensor],
+    batches: Sequence[Any],
+    optimizer: InnerOptimizer,
+    params: Params,
+    opt_state: Any,
+    opt_kwargs: Mapping[str, Any] | None,
+    loss_kwargs: Mapping[str, Any] | None,
+    *,
+    preserve_rng_state: bool = True,
+    **options: Any,
+) -> _Setup:
     static = {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
     extras = (optimizer.resolve(opt_kwargs), static, list(batches), dict(loss_kwargs or {}))
     if opt_state is None:
@@ -176,15 +187,34 @@ def unroll(
         max_grad_grad_norm = positive_number("max_grad_grad_norm", max_grad_grad_norm)
     if not params:
         raise ValueError("there are no parameters to adapt")
-    setup = _setup(model, loss_function, batches, optimizer, params, opt_state, opt_kwargs, loss_kwargs,
-                   preserve_rng_state=bool(preserve_rng_state), first_order=bool(first_order),
-                   max_grad_grad_norm=max_grad_grad_norm, allow_unused=bool(allow_unused),
-                   check_finite=bool(check_finite))
+    setup = _setup(
+        model,
+        loss_function,
+        batches,
+        optimizer,
+        params,
+        opt_state,
+        opt_kwargs,
+        loss_kwargs,
+        preserve_rng_state=bool(preserve_rng_state),
+        first_order=bool(first_order),
+        max_grad_grad_norm=max_grad_grad_norm,
+        allow_unused=bool(allow_unused),
+        check_finite=bool(check_finite),
+    )
     choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
     if choice.schedule is None:
         return _naive(setup, progress=bool(progress))
-    executor = Executor(setup.step, setup.context, setup.leaves, setup.spec, choice.schedule.plan(len(batches)),
-                        offload=choice.offload, check_replay=bool(check_replay), progress=bool(progress))
+    executor = Executor(
+        setup.step,
+        setup.context,
+        setup.leaves,
+        setup.spec,
+        choice.schedule.plan(len(batches)),
+        offload=choice.offload,
+        check_replay=bool(check_replay),
+        progress=bool(progress),
+    )
     state_tensors = [setup.leaves[i] for i in executor.tensor_slots]
     if torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + executor.extra_inputs):
         outputs = CheckpointedUnroll.apply(executor, len(state_tensors), *state_tensors, *executor.extra_inputs)
@@ -242,5 +272,19 @@ def measure_step_costs(
     """
     if params is None:
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    return _measure(_setup(model, loss_function, [batch], optimizer, params, None, opt_kwargs, loss_kwargs,
-                           first_order=False, max_grad_grad_norm=None, allow_unused=True, check_finite=False))
+    return _measure(
+        _setup(
+            model,
+            loss_function,
+            [batch],
+            optimizer,
+            params,
+            None,
+            opt_kwargs,
+            loss_kwargs,
+            first_order=False,
+            max_grad_grad_norm=None,
+            allow_unused=True,
+            check_finite=False,
+        )
+    )

@@ -16,6 +16,7 @@ built again with the same arguments. No builder downloads anything.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -123,16 +124,20 @@ def conv4(
     filters = positive_int("filters", filters)
     height, width = _image_size(image_size)
     for _ in range(4):
-        height, width = ((-(-height // 2), -(-width // 2)) if ceil_mode else (height // 2, width // 2))
+        height, width = (-(-height // 2), -(-width // 2)) if ceil_mode else (height // 2, width // 2)
     if height < 1 or width < 1:
-        raise ValueError(f"image_size must be at least 16 for four 2x2 max-pools with ceil_mode=False, "
-                         f"got {image_size!r} (pass ceil_mode=True for smaller images)")
+        raise ValueError(
+            f"image_size must be at least 16 for four 2x2 max-pools with ceil_mode=False, "
+            f"got {image_size!r} (pass ceil_mode=True for smaller images)"
+        )
     layers: list[nn.Module] = []
     for block in range(4):
-        layers += [nn.Conv2d(in_channels if block == 0 else filters, filters, 3, padding=1),
-                   nn.BatchNorm2d(filters, track_running_stats=track_running_stats),
-                   nn.ReLU(),
-                   nn.MaxPool2d(2, ceil_mode=ceil_mode)]
+        layers += [
+            nn.Conv2d(in_channels if block == 0 else filters, filters, 3, padding=1),
+            nn.BatchNorm2d(filters, track_running_stats=track_running_stats),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=ceil_mode),
+        ]
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(filters * height * width, num_classes))
 
 
@@ -187,14 +192,16 @@ def mlp(
         raise ValueError(f"sizes must be a sequence of at least two widths (inputs and outputs), got {sizes!r}")
     sizes = [positive_int(f"sizes[{i}]", size) for i, size in enumerate(sizes)]
     if not callable(activation):
-        raise TypeError(f"activation must be callable (a module class such as nn.ReLU), "
-                        f"got {type(activation).__name__}")
+        raise TypeError(
+            f"activation must be callable (a module class such as nn.ReLU), got {type(activation).__name__}"
+        )
     if norm is not None and not callable(norm):
-        raise TypeError(f"norm must be callable with a width (such as nn.BatchNorm1d) or None, "
-                        f"got {type(norm).__name__}")
+        raise TypeError(
+            f"norm must be callable with a width (such as nn.BatchNorm1d) or None, got {type(norm).__name__}"
+        )
     dropout = number_in("dropout", dropout, 0.0, 1.0)
     layers: list[nn.Module] = [nn.Flatten()] if flatten else []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if index < len(sizes) - 2:
             if norm is not None:

@@ -93,8 +93,9 @@ def parse_cells(text: str, source: str = "<source>") -> list[tuple[str, str]]:
                 raise ValueError(f"{source}:{number}: text before the first cell marker ('# %%')")
         elif kind == "markdown":
             if line.strip() and line != "#" and not line.startswith("# "):
-                raise ValueError(f"{source}:{number}: a Markdown cell's lines are comments ('# text' or '#'), "
-                                 f"got {line!r}")
+                raise ValueError(
+                    f"{source}:{number}: a Markdown cell's lines are comments ('# text' or '#'), got {line!r}"
+                )
             lines.append(line[2:])
         else:
             lines.append(line)
@@ -109,8 +110,12 @@ def build(name: str) -> nbformat.NotebookNode:
     colab = name in COLAB
     if colab:
         cells = _with_colab_cells(name, cells)
-    nb = new_notebook(cells=[(new_code_cell if kind == "code" else new_markdown_cell)(body, id=f"cell-{i}")
-                             for i, (kind, body) in enumerate(cells)])
+    nb = new_notebook(
+        cells=[
+            (new_code_cell if kind == "code" else new_markdown_cell)(body, id=f"cell-{i}")
+            for i, (kind, body) in enumerate(cells)
+        ]
+    )
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
     if colab:
@@ -139,8 +144,14 @@ def execute(nb: nbformat.NotebookNode, path: Path, timeout: int) -> float:
 
     quick = os.environ.pop(QUICK_MODE_VARIABLE, None)  # the stored outputs are full runs
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False, coalesce_streams=True,
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            record_timing=False,
+            coalesce_streams=True,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
         start = time.perf_counter()
         client.execute()
         return time.perf_counter() - start

@@ -26,9 +26,12 @@ from memmaml import parse_engine, parse_size
 from memmaml.bench import Method, Runner, Workload, host_available_bytes, provenance, render, run_sweep, unavailable
 
 DEFAULT_ENGINES = "naive,uniform:5,uniform:best,binomial:auto,binomial:auto+offload"
-PEERS = {"torch_maml": [Method("torch_maml", "naive"), Method("torch_maml", "uniform:{k}")],
-         "torch_maml:checkpoint": [Method("torch_maml", "uniform:{k}")], "higher": [Method("higher")],
-         "torchopt": [Method("torchopt")]}
+PEERS = {
+    "torch_maml": [Method("torch_maml", "naive"), Method("torch_maml", "uniform:{k}")],
+    "torch_maml:checkpoint": [Method("torch_maml", "uniform:{k}")],
+    "higher": [Method("higher")],
+    "torchopt": [Method("torchopt")],
+}
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -49,10 +52,13 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Peers are optional: pip install torch-maml higher torchopt. Outputs in --out: "
-                                       "results.json (every record, the fit, the answers, provenance), results.csv, "
-                                       "results.md, results.png.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Peers are optional: pip install torch-maml higher torchopt. Outputs in --out: "
+        "results.json (every record, the fit, the answers, provenance), results.csv, "
+        "results.md, results.png.",
+    )
     w = p.add_argument_group("workload (defaults: the seed demo)")
     w.add_argument("--model", choices=("resnet18", "conv4", "mlp"), default="resnet18")
     w.add_argument("--image-size", type=int, default=224)
@@ -68,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     w.add_argument("--seed", type=int, default=0)
     s = p.add_argument_group("sweep")
-    s.add_argument("--engines", default=DEFAULT_ENGINES,
-                   help="memmaml engines, in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, uniform:best, "
-                        "binomial:SLOTS, binomial:auto, auto:BUDGET, any of them +offload")
+    s.add_argument(
+        "--engines",
+        default=DEFAULT_ENGINES,
+        help="memmaml engines, in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, uniform:best, "
+        "binomial:SLOTS, binomial:auto, auto:BUDGET, any of them +offload",
+    )
     s.add_argument("--steps", type=_positive_ints, default=[1, 2, 4], help="inner-step counts n to measure")
     s.add_argument("--peers", default="", help=f"peer libraries run beside memmaml: {', '.join(PEERS)}")
     s.add_argument("--peer-checkpoint-steps", type=int, default=5, help="torch_maml's checkpoint_steps")
@@ -78,11 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-steps", type=_positive_ints, default=None, help="n with timing runs (default: the largest)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per run (default 1 on CPU)")
     s.add_argument("--timeout", type=float, default=7200.0, help="seconds before a run is stopped")
-    s.add_argument("--max-run-seconds", type=float, default=None,
-                   help="skip runs the probe predicts to take longer (recorded with the reason)")
+    s.add_argument(
+        "--max-run-seconds",
+        type=float,
+        default=None,
+        help="skip runs the probe predicts to take longer (recorded with the reason)",
+    )
     p.add_argument("--budget", type=_size, default="11GiB", help="memory budget to answer (the seed demo's card)")
-    p.add_argument("--host-budget", type=_size, default=None,
-                   help="host memory for offloaded states (default: what this machine has available)")
+    p.add_argument(
+        "--host-budget",
+        type=_size,
+        default=None,
+        help="host memory for offloaded states (default: what this machine has available)",
+    )
     p.add_argument("--out", default="results/compare_memory", help="output folder")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--render-only", action="store_true", help="rewrite the reports from --out's results.json")
@@ -109,10 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for engine in engines:
             parse_engine(engine, budget=args.budget)
-        workload = Workload(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
-                            channels=args.channels, num_classes=args.num_classes, width=args.width,
-                            optimizer=args.optimizer, lr=args.lr, max_grad_grad_norm=args.max_grad_grad_norm or None,
-                            fresh_batches=args.fresh_batches, dtype=args.dtype, device=args.device, seed=args.seed)
+        workload = Workload(
+            model=args.model,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            channels=args.channels,
+            num_classes=args.num_classes,
+            width=args.width,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            max_grad_grad_norm=args.max_grad_grad_norm or None,
+            fresh_batches=args.fresh_batches,
+            dtype=args.dtype,
+            device=args.device,
+            seed=args.seed,
+        )
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     unknown = [name for name in args.peers.split(",") if name and name not in PEERS]
@@ -123,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    peers = [Method(m.library, m.engine.format(k=args.peer_checkpoint_steps))
-             for name in args.peers.split(",") if name for m in PEERS[name]]
+    peers = [
+        Method(m.library, m.engine.format(k=args.peer_checkpoint_steps))
+        for name in args.peers.split(",")
+        if name
+        for m in PEERS[name]
+    ]
     for library in dict.fromkeys(m.library for m in peers):
         reason = unavailable(Method(library), args.optimizer)
         if reason:
@@ -132,22 +164,42 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     host_budget = args.host_budget or host_available_bytes()
     time_steps = args.time_steps or args.steps[-1:]
-    total = 1 + len(args.steps) * (len(engines) + len(peers)) + len(time_steps) * args.repeats * (len(engines) + len(peers))
+    total = (
+        1 + len(args.steps) * (len(engines) + len(peers)) + len(time_steps) * args.repeats * (len(engines) + len(peers))
+    )
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     origin = provenance(args.device, ["python", "scripts/compare_memory.py", *argv])  # the code the runs import
     with _progress_bar(total, args.no_progress) as bar:
+
         def progress(stage: str, record: dict | None) -> None:
             bar.update()
             bar.set_postfix_str(f"{stage}: {record.get('status') if record else ''}")
 
         runner = Runner(workload, timeout=args.timeout, threads=threads)  # runs in a temporary folder
-        sweep = run_sweep(runner, engines, args.steps, peers=peers, repeats=args.repeats, time_steps=time_steps,
-                          budget=args.budget, host_budget=host_budget, max_run_seconds=args.max_run_seconds,
-                          progress=progress)
-    payload = {"provenance": origin,
-               "workload": workload.__dict__, "engines": engines, "peers": [m._asdict() for m in peers],
-               "budget_bytes": args.budget, "host_budget_bytes": host_budget, "threads": threads, "wall_seconds": time.time() - started, **sweep}
+        sweep = run_sweep(
+            runner,
+            engines,
+            args.steps,
+            peers=peers,
+            repeats=args.repeats,
+            time_steps=time_steps,
+            budget=args.budget,
+            host_budget=host_budget,
+            max_run_seconds=args.max_run_seconds,
+            progress=progress,
+        )
+    payload = {
+        "provenance": origin,
+        "workload": workload.__dict__,
+        "engines": engines,
+        "peers": [m._asdict() for m in peers],
+        "budget_bytes": args.budget,
+        "host_budget_bytes": host_budget,
+        "threads": threads,
+        "wall_seconds": time.time() - started,
+        **sweep,
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=1))
     print(render(out))
     return 0

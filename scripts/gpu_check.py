@@ -95,12 +95,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder: results.json, results.md, results.png, parts/")
     parser.add_argument("--smoke", action="store_true", help="toy sizes and no cap, to check the script on a CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--time-budget", type=positive, default=420.0,
-                        help="seconds for all parts; a part's n is reduced, or the part skipped, to fit (default 420)")
+    parser.add_argument(
+        "--time-budget",
+        type=positive,
+        default=420.0,
+        help="seconds for all parts; a part's n is reduced, or the part skipped, to fit (default 420)",
+    )
     parser.add_argument("--cap", type=size, default=parse_size("11GiB"), help="allocator cap (default 11GiB)")
-    parser.add_argument("--auto-budget", type=size, default=parse_size("10GiB"),
-                        help="part 3's Auto budget (default 10GiB: the cap less 1 GiB for the model, batches and "
-                             "workspaces, which Auto's memory model leaves out)")
+    parser.add_argument(
+        "--auto-budget",
+        type=size,
+        default=parse_size("10GiB"),
+        help="part 3's Auto budget (default 10GiB: the cap less 1 GiB for the model, batches and "
+        "workspaces, which Auto's memory model leaves out)",
+    )
     parser.add_argument("--parts", type=part_list, default=ORDER, help=f"a comma-separated subset of {','.join(ORDER)}")
     args = parser.parse_args(argv)
     if not args.out:
@@ -112,9 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device must be a CUDA device (or cpu with --smoke), got {args.device!r}")
     if not args.smoke and (device.type != "cuda" or not torch.cuda.is_available()):
-        parser.error(f"no CUDA device (--device {args.device}; torch.cuda.is_available() is "
-                     f"{torch.cuda.is_available()}): run on a machine with a GPU, or pass --smoke for a toy run "
-                     "of the same code on the CPU")
+        parser.error(
+            f"no CUDA device (--device {args.device}; torch.cuda.is_available() is "
+            f"{torch.cuda.is_available()}): run on a machine with a GPU, or pass --smoke for a toy run "
+            "of the same code on the CPU"
+        )
     args.device = str(torch.device("cuda", device.index or 0) if device.type == "cuda" else device)
     return args
 
@@ -132,25 +142,50 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "scripts/gpu_check.py", *argv]
     (out / "parts").mkdir(parents=True, exist_ok=True)
     results = {
-        "label": (f"smoke run on {args.device}, toy sizes: not a measurement of the seed" if args.smoke
-                  else f"measured on {args.device}"),
-        "smoke": args.smoke, "device": args.device, "cap_bytes": cap, "auto_budget_bytes": auto_budget,
-        "time_budget_seconds": args.time_budget, "total_seconds": 0.0, "workload": workload.__dict__,
+        "label": (
+            f"smoke run on {args.device}, toy sizes: not a measurement of the seed"
+            if args.smoke
+            else f"measured on {args.device}"
+        ),
+        "smoke": args.smoke,
+        "device": args.device,
+        "cap_bytes": cap,
+        "auto_budget_bytes": auto_budget,
+        "time_budget_seconds": args.time_budget,
+        "total_seconds": 0.0,
+        "workload": workload.__dict__,
         "workload_text": f"{workload.describe()}, cross-entropy, one support batch for every inner step",
-        "provenance": None, "environment": {}, "calibration": None, "parts": {},
+        "provenance": None,
+        "environment": {},
+        "calibration": None,
+        "parts": {},
     }
-    probe = probe_device(workload, out / "parts" / "probe", cap_bytes=cap, command=command, threads=threads,
-                         timeout=min(120.0, end - time.monotonic()))
-    results.update(probe={k: probe.get(k) for k in ("status", "error", "wall_seconds")},
-                   environment=probe.get("environment") or {}, provenance=probe.get("provenance"))
+    probe = probe_device(
+        workload,
+        out / "parts" / "probe",
+        cap_bytes=cap,
+        command=command,
+        threads=threads,
+        timeout=min(120.0, end - time.monotonic()),
+    )
+    results.update(
+        probe={k: probe.get(k) for k in ("status", "error", "wall_seconds")},
+        environment=probe.get("environment") or {},
+        provenance=probe.get("provenance"),
+    )
     if not args.smoke and results["environment"].get("name"):
         results["label"] = f"measured on {results['environment']['name']}"
     costs = StepCosts(**probe["step_costs"]) if probe.get("step_costs") else None
     scale, overhead = 1.0, probe["wall_seconds"] if costs else (5.0 if args.smoke else 30.0)  # one process start-up
     if costs:
-        results["calibration"] = {"step_costs": costs._asdict(), "scale": scale, "how": (
-            "predicted seconds = (no-graph evaluations x nograph_seconds + n x graph_seconds) x scale, "
-            "scale = naive's measured seconds per step / graph_seconds (1 until part 1 ran)")}
+        results["calibration"] = {
+            "step_costs": costs._asdict(),
+            "scale": scale,
+            "how": (
+                "predicted seconds = (no-graph evaluations x nograph_seconds + n x graph_seconds) x scale, "
+                "scale = naive's measured seconds per step / graph_seconds (1 until part 1 ran)"
+            ),
+        }
     print(f"[probe] {probe['status']} in {probe['wall_seconds']:.1f} s {(probe.get('error') or '')[:200]}")
 
     bar = tqdm(args.parts, desc="gpu_check", unit="part", file=sys.stdout, disable=not sys.stdout.isatty())
@@ -160,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         now = time.monotonic()
         left = max(start + args.time_budget - now, 0.0)
         share = left * part.share / sum(GPU_PARTS[n].share for n in args.parts[index:])
-        spec, predicted, note = plan_gpu_part(name, sizes, costs, share - part.processes * overhead, scale=scale,
-                                              auto_budget=auto_budget)
+        spec, predicted, note = plan_gpu_part(
+            name, sizes, costs, share - part.processes * overhead, scale=scale, auto_budget=auto_budget
+        )
         entry = {"number": part.number, "title": part.title, "predicted_seconds": predicted, "plan_note": note}
         if spec is not None and end - now < 15:
             spec, entry["plan_note"] = None, "skipped: no time left in the budget"
@@ -169,8 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             entry.update(status="skipped", wall_seconds=0.0)
         else:
             timeout = min(max(1.5 * (predicted or 0) + part.processes * overhead, share) + 30, end - now)
-            record = run_gpu_part(name, spec, workload=workload, workdir=out / "parts" / name, timeout=timeout,
-                                  cap_bytes=cap, threads=threads)
+            record = run_gpu_part(
+                name,
+                spec,
+                workload=workload,
+                workdir=out / "parts" / name,
+                timeout=timeout,
+                cap_bytes=cap,
+                threads=threads,
+            )
             entry.update(record, timeout_seconds=timeout, spec=spec)
             if record["processes"]:  # measured: a process's start-up, build and warm-up step
                 overhead = max(0.5, (record["wall_seconds"] - record["work_seconds"]) / record["processes"])
@@ -178,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                 scale = min(4.0, max(0.25, record["seconds_per_step"] / costs.graph_seconds))
                 results["calibration"]["scale"] = scale
         results["parts"][name] = entry
-        tqdm.write(f"[{part.number} {name}] {entry['status']} in {entry['wall_seconds']:.1f} s (predicted "
-                   f"{'—' if predicted is None else f'{predicted:.1f}'}) "
-                   f"{(entry.get('plan_note') or entry.get('error') or '')[:200]}", file=sys.stdout)
+        tqdm.write(
+            f"[{part.number} {name}] {entry['status']} in {entry['wall_seconds']:.1f} s (predicted "
+            f"{'—' if predicted is None else f'{predicted:.1f}'}) "
+            f"{(entry.get('plan_note') or entry.get('error') or '')[:200]}",
+            file=sys.stdout,
+        )
         results["total_seconds"] = time.monotonic() - start
         write_gpu_report(results, out, with_plot=False)  # after every part: a cut-short run leaves its figures
     if results["provenance"] is None:  # the probe failed; here, after every part, CUDA may start in this process

@@ -42,23 +42,47 @@ from memmaml import MetaTrainer, TrainerConfig, models
 from memmaml.tasks import ImageFolderTasks, Omniglot, Sinusoid, SyntheticClassification
 
 # arguments that may change between a run and its resumption
-MAY_CHANGE = ["iterations", "eval_every", "log_every", "checkpoint_every", "out", "resume", "threads",
-              "progress", "device", "vectorize", "chunk_size", "log_format", "data_root", "eval_data_root",
-              "eval_steps", "num_eval_tasks", "eval_seed"]
+MAY_CHANGE = [
+    "iterations",
+    "eval_every",
+    "log_every",
+    "checkpoint_every",
+    "out",
+    "resume",
+    "threads",
+    "progress",
+    "device",
+    "vectorize",
+    "chunk_size",
+    "log_format",
+    "data_root",
+    "eval_data_root",
+    "eval_steps",
+    "num_eval_tasks",
+    "eval_seed",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("tasks")
     g.add_argument("--task", choices=["sinusoid", "synthetic", "imagefolder", "omniglot"], default="sinusoid")
     g.add_argument("--num-shots", type=int, default=10, help="support examples (per class for classification)")
-    g.add_argument("--num-query", type=int, default=None,
-                   help="query examples (per class); default: --num-shots for sinusoid, 15 otherwise")
+    g.add_argument(
+        "--num-query",
+        type=int,
+        default=None,
+        help="query examples (per class); default: --num-shots for sinusoid, 15 otherwise",
+    )
     g.add_argument("--num-ways", type=int, default=5, help="classes per task")
     g.add_argument("--num-features", type=int, default=16, help="synthetic: input dimension")
-    g.add_argument("--data-root", default=None, help="imagefolder: training class folders; omniglot: the folder "
-                   "holding omniglot-py")
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="imagefolder: training class folders; omniglot: the folder holding omniglot-py",
+    )
     g.add_argument("--eval-data-root", default=None, help="imagefolder: held-out class folders")
     g.add_argument("--image-size", type=int, default=None, help="default 28 (omniglot) / 84 (imagefolder)")
     g.add_argument("--grayscale", action="store_true", help="imagefolder: one channel")
@@ -72,9 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--inner-optimizer", choices=["sgd", "adam", "rmsprop"], default="sgd")
     g.add_argument("--inner-lr", type=float, default=0.01)
     g.add_argument("--inner-steps", type=int, default=1)
-    g.add_argument("--engine", default="naive",
-                   help="the inner loop's engine in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, "
-                        "binomial:SLOTS, auto:BUDGET, any but naive followed by +offload")
+    g.add_argument(
+        "--engine",
+        default="naive",
+        help="the inner loop's engine in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, "
+        "binomial:SLOTS, auto:BUDGET, any but naive followed by +offload",
+    )
     g.add_argument("--first-order", action="store_true")
     g.add_argument("--vectorize", action="store_true", help="adapt the meta-batch with torch.func.vmap")
     g.add_argument("--chunk-size", type=int, default=None, help="vmap over at most this many tasks at once")
@@ -108,14 +135,18 @@ def build_sources(args: argparse.Namespace, dtype: torch.dtype):
     num_query = 15 if args.num_query is None else args.num_query
     shape = dict(num_ways=args.num_ways, num_shots=args.num_shots, num_query=num_query, dtype=dtype)
     if args.task == "synthetic":
-        return (SyntheticClassification(num_features=args.num_features, split="train", **shape),
-                SyntheticClassification(num_features=args.num_features, split="test", **shape))
+        return (
+            SyntheticClassification(num_features=args.num_features, split="train", **shape),
+            SyntheticClassification(num_features=args.num_features, split="test", **shape),
+        )
     if args.data_root is None:
         sys.exit(f"--task {args.task} needs --data-root")
     if args.task == "omniglot":
         size = args.image_size or 28
-        return (Omniglot(args.data_root, background=True, image_size=size, rotations=args.rotations, **shape),
-                Omniglot(args.data_root, background=False, image_size=size, rotations=args.rotations, **shape))
+        return (
+            Omniglot(args.data_root, background=True, image_size=size, rotations=args.rotations, **shape),
+            Omniglot(args.data_root, background=False, image_size=size, rotations=args.rotations, **shape),
+        )
     size = args.image_size or 84
     common = dict(image_size=size, grayscale=args.grayscale, rotations=args.rotations, **shape)
     train = ImageFolderTasks(args.data_root, **common)
@@ -135,8 +166,14 @@ def build_model(args: argparse.Namespace, source) -> nn.Module:
     if sample.dim() != 4:
         sys.exit("--model conv needs image tasks")
     # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible
-    return models.conv4(sample.shape[1], args.num_ways, image_size=tuple(sample.shape[2:]), filters=args.filters,
-                        track_running_stats=False, ceil_mode=True)
+    return models.conv4(
+        sample.shape[1],
+        args.num_ways,
+        image_size=tuple(sample.shape[2:]),
+        filters=args.filters,
+        track_running_stats=False,
+        ceil_mode=True,
+    )
 
 
 def build_engine(args: argparse.Namespace) -> memmaml.EngineSpec:
@@ -181,14 +218,33 @@ def main(argv: list[str] | None = None) -> int:
         engine = build_engine(args)
         outer = outer_cls(model.parameters(), lr=args.outer_lr)
         eval_steps = None if args.eval_steps is None else [int(s) for s in args.eval_steps.split(",") if s]
-        run_config = {k: v for k, v in vars(args).items()}
+        run_config = dict(vars(args).items())
         config = TrainerConfig(
-            inner_optimizer=inner, num_inner_steps=args.inner_steps, schedule=engine.schedule, offload=engine.offload,
-            first_order=args.first_order, outer_lr=args.outer_lr, meta_batch_size=args.meta_batch_size,
-            max_grad_norm=args.max_grad_norm, num_eval_tasks=args.num_eval_tasks, eval_steps=eval_steps,
-            seed=args.seed, eval_seed=args.eval_seed, vectorize=args.vectorize, chunk_size=args.chunk_size)
-        trainer = MetaTrainer(model, train_source, config, outer_optimizer=outer, eval_source=eval_source,
-                              distributed=distributed, run_config=run_config, resume_may_change=MAY_CHANGE)
+            inner_optimizer=inner,
+            num_inner_steps=args.inner_steps,
+            schedule=engine.schedule,
+            offload=engine.offload,
+            first_order=args.first_order,
+            outer_lr=args.outer_lr,
+            meta_batch_size=args.meta_batch_size,
+            max_grad_norm=args.max_grad_norm,
+            num_eval_tasks=args.num_eval_tasks,
+            eval_steps=eval_steps,
+            seed=args.seed,
+            eval_seed=args.eval_seed,
+            vectorize=args.vectorize,
+            chunk_size=args.chunk_size,
+        )
+        trainer = MetaTrainer(
+            model,
+            train_source,
+            config,
+            outer_optimizer=outer,
+            eval_source=eval_source,
+            distributed=distributed,
+            run_config=run_config,
+            resume_may_change=MAY_CHANGE,
+        )
         out = Path(args.out)
         checkpoint = out / "checkpoint.pt"
         if args.resume:
@@ -200,12 +256,21 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(trainer.plain_config, indent=1, default=str) + "\n")
-            print(f"memmaml meta-train: {train_source!r}, {sum(p.numel() for p in model.parameters())} parameters, "
-                  f"world size {trainer.world_size}, starting at iteration {trainer.iteration}", file=sys.stderr)
+            print(
+                f"memmaml meta-train: {train_source!r}, {sum(p.numel() for p in model.parameters())} parameters, "
+                f"world size {trainer.world_size}, starting at iteration {trainer.iteration}",
+                file=sys.stderr,
+            )
         start_iteration, start = trainer.iteration, time.perf_counter()
-        rows = trainer.train(args.iterations, log_path=out / f"metrics.{args.log_format}", log_every=args.log_every,
-                             eval_every=args.eval_every, checkpoint_path=checkpoint,
-                             checkpoint_every=args.checkpoint_every, progress=args.progress)
+        rows = trainer.train(
+            args.iterations,
+            log_path=out / f"metrics.{args.log_format}",
+            log_every=args.log_every,
+            eval_every=args.eval_every,
+            checkpoint_path=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            progress=args.progress,
+        )
         wall = time.perf_counter() - start
         if rank == 0:
             evals = [r for r in rows if r["kind"] == "eval"]

@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import flat, mse
 from torch import nn
 
 import memmaml
-from helpers import flat, mse
 
 N = 6
 
@@ -22,8 +22,14 @@ N = 6
 def _conv_net(seed=0):
     """BatchNorm and dropout: the replay must also restore buffers and random numbers."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
-                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
 
 
 def _mlp(seed=0):
@@ -33,7 +39,7 @@ def _mlp(seed=0):
 
 def _data(shape, n=N, seed=3):
     gen = torch.Generator().manual_seed(seed)
-    make = lambda: (torch.randn(5, *shape, generator=gen), torch.randint(0, 3, (5,), generator=gen))  # noqa: E731
+    make = lambda: (torch.randn(5, *shape, generator=gen), torch.randint(0, 3, (5,), generator=gen))
     return [make() for _ in range(n)], make()
 
 
@@ -51,8 +57,11 @@ def _run(net, schedule, dtype, offload=False, check_replay=True):
     batches, query = _data((2, 6, 6) if net == "conv" else (4,))
     lr = torch.tensor(0.1, requires_grad=True)
     opt = memmaml.SGD(lr, momentum=0.5)
-    maml = (memmaml.NaiveMAML(model, _ce, opt) if schedule is None else
-            memmaml.GradientCheckpointMAML(model, _ce, opt, schedule=schedule, offload=offload))
+    maml = (
+        memmaml.NaiveMAML(model, _ce, opt)
+        if schedule is None
+        else memmaml.GradientCheckpointMAML(model, _ce, opt, schedule=schedule, offload=offload)
+    )
     torch.manual_seed(1)
     with _autocast(dtype):
         result = maml(batches, check_replay=check_replay)
@@ -66,8 +75,14 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-SCHEDULES = [("uniform:1", False), ("uniform:2", False), (f"uniform:{N}", False), ("binomial:2", False),
-             ("uniform:2", True), ("binomial:2", True)]
+SCHEDULES = [
+    ("uniform:1", False),
+    ("uniform:2", False),
+    (f"uniform:{N}", False),
+    ("binomial:2", False),
+    ("uniform:2", True),
+    ("binomial:2", True),
+]
 
 
 @pytest.mark.parametrize("net", ["conv", "mlp"])
@@ -118,9 +133,17 @@ def test_forward_pass_under_autocast_does_not_grow_with_steps():
 def test_low_precision_halves_the_graph_of_a_conv_step():
     """Per graph step, the tracker sees the bf16 activations: measured ratio 0.54 (README)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(16 * 8 * 8, 5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 5),
+    )
     batch = (torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,)))
     per_step = {}
     for dtype in (None, torch.bfloat16):
@@ -232,8 +255,11 @@ def test_unsupported_autocast_dtype_is_pytorchs_own_warning():
     grads = {}
     for schedule in (None, "uniform:2"):
         model = _mlp()
-        maml = (memmaml.NaiveMAML(model, _ce, memmaml.SGD(0.1)) if schedule is None else
-                memmaml.GradientCheckpointMAML(model, _ce, memmaml.SGD(0.1), schedule=schedule))
+        maml = (
+            memmaml.NaiveMAML(model, _ce, memmaml.SGD(0.1))
+            if schedule is None
+            else memmaml.GradientCheckpointMAML(model, _ce, memmaml.SGD(0.1), schedule=schedule)
+        )
         torch.manual_seed(1)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -265,13 +291,16 @@ def _scaled_meta_gradient(dtype, scale, schedule):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
     gen = torch.Generator().manual_seed(1)
-    make = lambda: (torch.randn(16, 8, generator=gen), _SMALL * torch.randn(16, 1, generator=gen))  # noqa: E731
+    make = lambda: (torch.randn(16, 8, generator=gen), _SMALL * torch.randn(16, 1, generator=gen))
     batches, query = [make() for _ in range(4)], make()
     lr = 1e3
     scale = torch.tensor(scale)
     opt = memmaml.SGD(lr)
-    maml = (memmaml.NaiveMAML(model, _tiny_regression, opt) if schedule is None else
-            memmaml.GradientCheckpointMAML(model, _tiny_regression, opt, schedule=schedule))
+    maml = (
+        memmaml.NaiveMAML(model, _tiny_regression, opt)
+        if schedule is None
+        else memmaml.GradientCheckpointMAML(model, _tiny_regression, opt, schedule=schedule)
+    )
     with _autocast(dtype):
         # the inner loss is multiplied by the scale, so are its gradients; lr / scale undoes it in the update
         result = maml(batches, opt_kwargs={"lr": lr / scale}, loss_kwargs={"scale": scale})
@@ -287,6 +316,6 @@ def test_fp16_with_a_loss_scale_matches_float32(schedule):
     reference = _scaled_meta_gradient(None, 1.0, schedule)
     scaled = _scaled_meta_gradient(torch.float16, 2.0**16, schedule)
     unscaled = _scaled_meta_gradient(torch.float16, 1.0, schedule)
-    rel = lambda a: ((a - reference).norm() / reference.norm()).item()  # noqa: E731
+    rel = lambda a: ((a - reference).norm() / reference.norm()).item()
     assert rel(scaled) <= 2e-3, rel(scaled)
     assert rel(unscaled) > 0.5, f"the test problem must underflow in fp16 without a scale: {rel(unscaled)}"

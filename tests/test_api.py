@@ -5,11 +5,24 @@ import types
 
 import pytest
 import torch
+from helpers import assert_rel_close, flat, mlp, mse, regression_batches
 
 import memmaml
-from memmaml import (MAML, Auto, Binomial, Choice, GradientCheckpointMAML, NaiveMAML, PlanStats, SqrtUniform, StepCosts,
-                     Uniform, check_plan, longest_steps, predicted_peak_bytes)
-from helpers import assert_rel_close, flat, mlp, mse, regression_batches
+from memmaml import (
+    MAML,
+    Auto,
+    Binomial,
+    Choice,
+    GradientCheckpointMAML,
+    NaiveMAML,
+    PlanStats,
+    SqrtUniform,
+    StepCosts,
+    Uniform,
+    check_plan,
+    longest_steps,
+    predicted_peak_bytes,
+)
 
 
 def test_all_is_sorted_complete_and_holds_no_modules():
@@ -56,10 +69,12 @@ def _meta_gradient(maml, model, n=5):
 def test_maml_with_a_schedule_equals_the_compatibility_names():
     model = mlp(0)
     reference = _meta_gradient(NaiveMAML(model, mse, memmaml.SGD(0.1)), model)
-    for make in (lambda m: MAML(m, mse, memmaml.SGD(0.1)),
-                 lambda m: MAML(m, mse, memmaml.SGD(0.1), schedule="uniform:2"),
-                 lambda m: MAML(m, mse, memmaml.SGD(0.1), schedule=Binomial(2), offload=True),
-                 lambda m: GradientCheckpointMAML(m, mse, memmaml.SGD(0.1), 2)):
+    for make in (
+        lambda m: MAML(m, mse, memmaml.SGD(0.1)),
+        lambda m: MAML(m, mse, memmaml.SGD(0.1), schedule="uniform:2"),
+        lambda m: MAML(m, mse, memmaml.SGD(0.1), schedule=Binomial(2), offload=True),
+        lambda m: GradientCheckpointMAML(m, mse, memmaml.SGD(0.1), 2),
+    ):
         model = mlp(0)
         assert_rel_close(_meta_gradient(make(model), model), reference)
     assert isinstance(NaiveMAML(mlp(0), mse), MAML) and isinstance(GradientCheckpointMAML(mlp(0), mse), MAML)
@@ -85,8 +100,9 @@ def test_one_result_type_unpacks_like_torch_maml():
     adapted, losses, state = result
     assert isinstance(result, memmaml.Result) and adapted is result.model and len(losses) == 4
     assert result.params is result.model.params and isinstance(state, memmaml.AdamState)
-    functional = memmaml.unroll(model, mse, regression_batches(4), memmaml.Adam(0.1),
-                                params=dict(model.named_parameters()), schedule="sqrt")
+    functional = memmaml.unroll(
+        model, mse, regression_batches(4), memmaml.Adam(0.1), params=dict(model.named_parameters()), schedule="sqrt"
+    )
     assert type(functional) is memmaml.Result
     torch.testing.assert_close(flat(list(functional.params.values())), flat(list(result.params.values())))
 
@@ -146,26 +162,32 @@ def test_sqrt_uniform_says_what_it_is():
 
 
 # ---------------------------------------------------------------------- engine text forms
-@pytest.mark.parametrize("text, schedule, offload", [
-    ("naive", "None", False),
-    ("uniform:5", "Uniform(checkpoint_steps=5)", False),
-    ("uniform:5+offload", "Uniform(checkpoint_steps=5)", True),
-    ("sqrt", "SqrtUniform()", False),
-    ("binomial:4 +offload", "Binomial(slots=4)", True),
-    ("auto:1GiB", "Auto(budget='1.0 GiB')", False),
-    ("uniform:best", "Auto(budget='11.0 GiB', among=('uniform',))", False),
-    ("binomial:auto+offload", "Auto(budget='11.0 GiB', among=('binomial',))", True),
-])
+@pytest.mark.parametrize(
+    "text, schedule, offload",
+    [
+        ("naive", "None", False),
+        ("uniform:5", "Uniform(checkpoint_steps=5)", False),
+        ("uniform:5+offload", "Uniform(checkpoint_steps=5)", True),
+        ("sqrt", "SqrtUniform()", False),
+        ("binomial:4 +offload", "Binomial(slots=4)", True),
+        ("auto:1GiB", "Auto(budget='1.0 GiB')", False),
+        ("uniform:best", "Auto(budget='11.0 GiB', among=('uniform',))", False),
+        ("binomial:auto+offload", "Auto(budget='11.0 GiB', among=('binomial',))", True),
+    ],
+)
 def test_parse_engine_reads_every_form(text, schedule, offload):
     spec = memmaml.parse_engine(text, budget="11GiB")
     assert repr(spec.schedule) == schedule and spec.offload is offload
 
 
-@pytest.mark.parametrize("text, message", [
-    ("revolve:3", r"unknown engine 'revolve:3'; use one of 'naive', 'uniform:K', 'sqrt', 'binomial:SLOTS'"),
-    ("naive+offload", "the naive unroll stores no states to offload"),
-    ("binomial:0", "slots must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("revolve:3", r"unknown engine 'revolve:3'; use one of 'naive', 'uniform:K', 'sqrt', 'binomial:SLOTS'"),
+        ("naive+offload", "the naive unroll stores no states to offload"),
+        ("binomial:0", "slots must be a positive integer"),
+    ],
+)
 def test_parse_engine_says_what_is_accepted(text, message):
     with pytest.raises(ValueError, match=message):
         memmaml.parse_engine(text, budget="1GiB")

@@ -53,8 +53,17 @@ def vmap_meta_gradient(model, optimizer, batch, num_steps, first_order, params=N
     wrt = list(model.parameters()) if wrt is None else wrt
     for p in wrt:
         p.grad = None
-    out = batched_meta_gradient(model, mse_loss, batch, optimizer, num_steps=num_steps, params=params,
-                                first_order=first_order, accumulate=True, **kwargs)
+    out = batched_meta_gradient(
+        model,
+        mse_loss,
+        batch,
+        optimizer,
+        num_steps=num_steps,
+        params=params,
+        first_order=first_order,
+        accumulate=True,
+        **kwargs,
+    )
     return grads_of(wrt), out.query_losses
 
 
@@ -96,8 +105,9 @@ def test_subset_of_parameters_and_learnable_lr():
     head = {"4.weight", "4.bias"}
     lr = {name: torch.tensor(0.05, dtype=DTYPE, requires_grad=True) for name in head}
     wrt = [*model.parameters(), *lr.values()]
-    ref, _ = loop_meta_gradient(model, memmaml.SGD(lr), batch, 2, False,
-                                get_parameters=lambda m: list(m[4].parameters()), wrt=wrt)
+    ref, _ = loop_meta_gradient(
+        model, memmaml.SGD(lr), batch, 2, False, get_parameters=lambda m: list(m[4].parameters()), wrt=wrt
+    )
     params = {k: v for k, v in model.named_parameters() if k in head}
     got, _ = vmap_meta_gradient(model, memmaml.SGD(lr), batch, 2, False, params=params, wrt=wrt)
     assert all(g.abs().max() > 0 for g in ref)
@@ -113,7 +123,7 @@ def test_chunked_vmap_matches_unchunked():
 
 def image_tasks(num_tasks: int = 4) -> Task:
     g = torch.Generator().manual_seed(5)
-    make = lambda *shape: torch.randn(num_tasks, *shape, generator=g, dtype=DTYPE)  # noqa: E731
+    make = lambda *shape: torch.randn(num_tasks, *shape, generator=g, dtype=DTYPE)
     return Task((make(6, 2, 6, 6), make(6, 1)), (make(5, 2, 6, 6), make(5, 1)))
 
 
@@ -165,4 +175,3 @@ def test_bad_arguments():
         batched_meta_gradient(model, mse_loss, [tasks()], memmaml.SGD(0.1), num_steps=1)
     with pytest.raises(ValueError, match="not parameters of the model"):
         batched_meta_gradient(model, mse_loss, tasks(), memmaml.SGD(0.1), num_steps=1, params={"x": torch.ones(1)})
-

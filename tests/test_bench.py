@@ -17,8 +17,17 @@ def _record(engine, n, *, library="memmaml", status="ok", seconds=None):
     stored = 0 if stats is None else (2 if offload else stats["max_stored"] + 1)
     peak = BASE_NAIVE + n * A if stats is None else BASE_CKPT + stored * S + stats["max_segment"] * A
     forward = 0 if stats is None else stats["forward_steps"]
-    return {"library": library, "engine": engine, "label": engine, "steps": n, "status": status, "stats": stats,
-            "offload": offload, "peak_bytes": peak, "seconds_untracked": seconds or (2 + 0.3 * forward + 1.0 * n)}
+    return {
+        "library": library,
+        "engine": engine,
+        "label": engine,
+        "steps": n,
+        "status": status,
+        "stats": stats,
+        "offload": offload,
+        "peak_bytes": peak,
+        "seconds_untracked": seconds or (2 + 0.3 * forward + 1.0 * n),
+    }
 
 
 def _synthetic():
@@ -75,8 +84,13 @@ def test_budget_answers_match_brute_force():
 
 def test_concrete_engines():
     costs = StepCosts(int(S), int(A), 0.3, 1.0)
-    assert concrete_engine("uniform:best", 1000, costs, None) == f"uniform:{memmaml.best_uniform(1000, costs).checkpoint_steps}"
-    assert concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=int(10 * S)) == "binomial:10+offload"
+    assert (
+        concrete_engine("uniform:best", 1000, costs, None)
+        == f"uniform:{memmaml.best_uniform(1000, costs).checkpoint_steps}"
+    )
+    assert (
+        concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=int(10 * S)) == "binomial:10+offload"
+    )
     assert concrete_engine("naive", 5, None, None) == "naive"
     with pytest.raises(ValueError, match="unknown engine 'revolve'"):
         concrete_engine("revolve", 5, costs, None)
@@ -85,7 +99,9 @@ def test_concrete_engines():
 def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(
+        RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")
+    )
     assert not is_out_of_memory(ValueError("shape mismatch"))
 
 

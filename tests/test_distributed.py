@@ -24,8 +24,15 @@ NUM_STEPS = 3
 def build(meta_batch_size: int = 4, distributed: bool | None = None, model_seed: int = 0) -> MetaTrainer:
     torch.manual_seed(model_seed)
     model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)).to(DTYPE)
-    config = TrainerConfig(inner_optimizer=memmaml.SGD(0.05), num_inner_steps=2, meta_batch_size=meta_batch_size,
-                           num_eval_tasks=7, eval_steps=(0, 2), max_grad_norm=1.0, seed=3)
+    config = TrainerConfig(
+        inner_optimizer=memmaml.SGD(0.05),
+        num_inner_steps=2,
+        meta_batch_size=meta_batch_size,
+        num_eval_tasks=7,
+        eval_steps=(0, 2),
+        max_grad_norm=1.0,
+        seed=3,
+    )
     return MetaTrainer(model, Sinusoid(num_shots=5, num_query=6, dtype=DTYPE), config, distributed=distributed)
 
 
@@ -33,10 +40,19 @@ def run(trainer: MetaTrainer, out: Path, tag: str) -> dict:
     stats = trainer.compute_meta_gradient(trainer.sample_tasks())
     grads = [p.grad.clone() for p in trainer.meta_params]
     trainer.task_generator.manual_seed(trainer.config.seed)  # start training from the same meta-batches
-    rows = trainer.train(NUM_STEPS, log_path=out / f"log-{tag}.jsonl", checkpoint_path=out / f"ck-{tag}.pt",
-                         eval_every=NUM_STEPS, progress=False)
-    return {"grads": grads, "loss": stats["loss"].clone(), "rows": rows,
-            "params": [p.detach().clone() for p in trainer.model.parameters()]}
+    rows = trainer.train(
+        NUM_STEPS,
+        log_path=out / f"log-{tag}.jsonl",
+        checkpoint_path=out / f"ck-{tag}.pt",
+        eval_every=NUM_STEPS,
+        progress=False,
+    )
+    return {
+        "grads": grads,
+        "loss": stats["loss"].clone(),
+        "rows": rows,
+        "params": [p.detach().clone() for p in trainer.model.parameters()],
+    }
 
 
 def _worker(rank: int, world_size: int, port: int, out: str) -> None:

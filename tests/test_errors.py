@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from helpers import mlp, mse, regression_batches
 
 import memmaml
-from helpers import mlp, mse, regression_batches
 
 BOTH = [
     lambda model, loss, **kw: memmaml.NaiveMAML(model, loss, memmaml.SGD(0.1), **kw),
@@ -55,13 +55,19 @@ def test_unused_adapted_parameter_is_named_and_can_be_allowed(make):
 
     def loss(m, batch):  # skips the last layer's bias
         w, b = m.params["2.weight"], m.params["2.bias"]
-        hidden = torch.tanh(torch.func.functional_call(model[0], {"weight": m.params["0.weight"],
-                                                                   "bias": m.params["0.bias"]}, (batch[0],)))
+        hidden = torch.tanh(
+            torch.func.functional_call(
+                model[0], {"weight": m.params["0.weight"], "bias": m.params["0.bias"]}, (batch[0],)
+            )
+        )
         hidden = torch.tanh(torch.func.functional_call(model[2], {"weight": w, "bias": b}, (hidden,)))
         return ((hidden @ m.params["4.weight"].T - batch[1]) ** 2).mean()
 
-    with pytest.raises(ValueError, match=r"adapted parameter '4.bias' does not affect the loss at inner step 0.*"
-                                         r"allow_unused=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"adapted parameter '4.bias' does not affect the loss at inner step 0.*"
+        r"allow_unused=True",
+    ):
         make(model, loss)(regression_batches(3))
     result = make(model, loss)(regression_batches(3), allow_unused=True)
     torch.testing.assert_close(result.model.params["4.bias"], model[4].bias)
@@ -113,4 +119,5 @@ def test_wrong_argument_types():
         memmaml.NaiveMAML(mlp(0), "mse")
     with pytest.raises(TypeError, match="unknown hyperparameter 'learning_rat'"):
         memmaml.NaiveMAML(mlp(0), mse, memmaml.IngraphGradientDescent(0.1))(
-            regression_batches(2), opt_kwargs={"learning_rat": 0.2})
+            regression_batches(2), opt_kwargs={"learning_rat": 0.2}
+        )

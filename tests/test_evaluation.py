@@ -28,8 +28,9 @@ def test_evaluate_matches_engine_per_task(vectorize):
     source = SyntheticClassification(5, 2, 3, 8, dtype=DTYPE)
     batch = source.sample_batch(range(6))
     opt = memmaml.SGD(0.3)
-    out = batched_evaluate(model, cross_entropy_loss, batch, opt, steps=[3, 0, 1], metrics={"accuracy": accuracy},
-                           vectorize=vectorize)
+    out = batched_evaluate(
+        model, cross_entropy_loss, batch, opt, steps=[3, 0, 1], metrics={"accuracy": accuracy}, vectorize=vectorize
+    )
     assert out["loss"].shape == (6, 3) and out["accuracy"].shape == (6, 3)
     params = {k: v.detach() for k, v in model.named_parameters()}
     for t in range(6):
@@ -38,17 +39,20 @@ def test_evaluate_matches_engine_per_task(vectorize):
             if steps == 0:
                 adapted = params
             else:
-                adapted = memmaml.unroll(model, cross_entropy_loss, [task.support] * steps, opt, params=params,
-                                         first_order=True).params
+                adapted = memmaml.unroll(
+                    model, cross_entropy_loss, [task.support] * steps, opt, params=params, first_order=True
+                ).params
             view = memmaml.AdaptedModule(model, adapted)
-            torch.testing.assert_close(out["loss"][t, column], cross_entropy_loss(view, task.query).detach(),
-                                       rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                out["loss"][t, column], cross_entropy_loss(view, task.query).detach(), rtol=1e-10, atol=1e-12
+            )
             torch.testing.assert_close(out["accuracy"][t, column], accuracy(view, task.query))
     assert out["loss"][:, 2].mean() < out["loss"][:, 0].mean()  # adaptation helps
 
 
-@pytest.mark.parametrize("opt", [lambda: memmaml.SGD(0.2, momentum=0.9), lambda: memmaml.Adam(0.05)],
-                         ids=["momentum", "adam"])
+@pytest.mark.parametrize(
+    "opt", [lambda: memmaml.SGD(0.2, momentum=0.9), lambda: memmaml.Adam(0.05)], ids=["momentum", "adam"]
+)
 def test_loop_and_vmap_evaluators_agree(opt):
     """Step counts that need the optimizer state carried between measurements, a partly adapted model."""
     model = classifier(1)
@@ -70,8 +74,9 @@ def test_loop_and_vmap_evaluators_agree(opt):
 def test_bad_arguments(vectorize):
     model, batch = classifier(), SyntheticClassification(5, 2, 3, 8, dtype=DTYPE).sample_batch(range(2))
     with pytest.raises(ValueError, match="'loss'"):
-        batched_evaluate(model, mse_loss, batch, memmaml.SGD(0.1), steps=[1], metrics={"loss": mse_loss},
-                         vectorize=vectorize)
+        batched_evaluate(
+            model, mse_loss, batch, memmaml.SGD(0.1), steps=[1], metrics={"loss": mse_loss}, vectorize=vectorize
+        )
     with pytest.raises(ValueError, match="each entry of steps must be an integer >= 0, got -1"):
         batched_evaluate(model, cross_entropy_loss, batch, memmaml.SGD(0.1), steps=[0, -1], vectorize=vectorize)
     with pytest.raises(ValueError, match="at least one step count"):
@@ -100,13 +105,22 @@ def test_evaluation_reports_steps_and_confidence_intervals():
     shape = dict(num_ways=5, num_shots=2, num_query=3, num_features=8, dtype=DTYPE)
     rows = {}
     for vectorize in (False, True):
-        trainer = MetaTrainer(model, SyntheticClassification(split="train", **shape),
-                              TrainerConfig(inner_optimizer=memmaml.SGD(0.5), num_inner_steps=2, meta_batch_size=2,
-                                            num_eval_tasks=7, vectorize=vectorize),
-                              eval_source=SyntheticClassification(split="test", **shape))
+        trainer = MetaTrainer(
+            model,
+            SyntheticClassification(split="train", **shape),
+            TrainerConfig(
+                inner_optimizer=memmaml.SGD(0.5),
+                num_inner_steps=2,
+                meta_batch_size=2,
+                num_eval_tasks=7,
+                vectorize=vectorize,
+            ),
+            eval_source=SyntheticClassification(split="test", **shape),
+        )
         rows[vectorize] = trainer.evaluate()
-    assert set(rows[True]) == {f"eval_{m}@{s}{ci}" for m in ("loss", "accuracy") for s in (0, 1, 2)
-                               for ci in ("", "_ci95")}
+    assert set(rows[True]) == {
+        f"eval_{m}@{s}{ci}" for m in ("loss", "accuracy") for s in (0, 1, 2) for ci in ("", "_ci95")
+    }
     for key in rows[True]:
         assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-9, abs=1e-12)
     assert rows[True]["eval_accuracy@2"] > rows[True]["eval_accuracy@0"]
@@ -118,8 +132,13 @@ def test_trainer_evaluates_its_own_held_out_tasks_with_batched_evaluate():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).to(DTYPE)
     source = Sinusoid(num_shots=4, num_query=5, dtype=DTYPE)
-    trainer = MetaTrainer(model, source, TrainerConfig(inner_optimizer=memmaml.SGD(0.05), num_inner_steps=2,
-                                                       num_eval_tasks=6, eval_steps=(0, 3), seed=5))
+    trainer = MetaTrainer(
+        model,
+        source,
+        TrainerConfig(
+            inner_optimizer=memmaml.SGD(0.05), num_inner_steps=2, num_eval_tasks=6, eval_steps=(0, 3), seed=5
+        ),
+    )
     tasks = source.sample_batch(memmaml.tasks.draw_seeds(torch.Generator().manual_seed(6), 6))
     values = batched_evaluate(model, mse_loss, tasks, memmaml.SGD(0.05), steps=[0, 3], vectorize=False)
     assert trainer.evaluate() == summarize(values, ["loss"], [0, 3])

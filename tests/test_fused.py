@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import DTYPE, flat, mlp, mse, regression_batches
 
 import memmaml
 from memmaml._fused import adam_update, rmsprop_update
-from helpers import DTYPE, flat, mlp, mse, regression_batches
 
 
 # ------------------------------------------------------------- the unfused formulas, as torch.optim writes them
@@ -38,20 +38,27 @@ def rmsprop_reference(g, square_avg, grad_avg, buf, lr, alpha, eps, momentum, ep
 
 def _t(*shape, seed, positive=False, low=0.0, high=1.0):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=gen, dtype=DTYPE) * (high - low) + low if positive else (
-        torch.randn(shape, generator=gen, dtype=DTYPE))
+    x = (
+        torch.rand(shape, generator=gen, dtype=DTYPE) * (high - low) + low
+        if positive
+        else (torch.randn(shape, generator=gen, dtype=DTYPE))
+    )
     return x.requires_grad_()
 
 
 def _adam_inputs(hyper_shape):
     shape = (3, 4)
-    return [_t(*shape, seed=1), _t(*shape, seed=2), _t(*shape, seed=3, positive=True),
-            torch.tensor(3.0, dtype=DTYPE, requires_grad=True),
-            _t(*hyper_shape, seed=5, positive=True, low=0.01, high=0.1),  # lr (per element with shape (3, 4))
-            _t(*hyper_shape, seed=6, positive=True, low=0.5, high=0.95),  # beta1
-            _t(*hyper_shape, seed=7, positive=True, low=0.9, high=0.99),  # beta2
-            _t(*hyper_shape, seed=8, positive=True, low=1e-3, high=1e-2),  # eps
-            _t(*hyper_shape, seed=9, positive=True, low=1e-4, high=1e-3)]  # eps_root
+    return [
+        _t(*shape, seed=1),
+        _t(*shape, seed=2),
+        _t(*shape, seed=3, positive=True),
+        torch.tensor(3.0, dtype=DTYPE, requires_grad=True),
+        _t(*hyper_shape, seed=5, positive=True, low=0.01, high=0.1),  # lr (per element with shape (3, 4))
+        _t(*hyper_shape, seed=6, positive=True, low=0.5, high=0.95),  # beta1
+        _t(*hyper_shape, seed=7, positive=True, low=0.9, high=0.99),  # beta2
+        _t(*hyper_shape, seed=8, positive=True, low=1e-3, high=1e-2),  # eps
+        _t(*hyper_shape, seed=9, positive=True, low=1e-4, high=1e-3),
+    ]  # eps_root
 
 
 def _compare(fused, reference, inputs, rtol=1e-12):
@@ -85,14 +92,17 @@ def test_adam_with_number_hyperparameters_and_a_zero_gradient():
 @pytest.mark.parametrize("hyper_shape", [(), (3, 4)], ids=["scalar", "per-element"])
 def test_rmsprop_equals_the_formula_with_learnable_hyperparameters(centered, momentum, hyper_shape):
     shape = (3, 4)
-    inputs = [_t(*shape, seed=1), _t(*shape, seed=2, positive=True, low=0.5, high=1.0),
-              _t(*shape, seed=3, low=-0.1, high=0.1, positive=True) if centered else None,
-              _t(*shape, seed=4) if momentum else None,
-              _t(*hyper_shape, seed=5, positive=True, low=0.01, high=0.1),  # lr
-              _t(*hyper_shape, seed=6, positive=True, low=0.8, high=0.99),  # alpha
-              _t(*hyper_shape, seed=7, positive=True, low=1e-3, high=1e-2),  # eps
-              _t(*hyper_shape, seed=8, positive=True, low=0.1, high=0.9),  # momentum
-              _t(*hyper_shape, seed=9, positive=True, low=1e-4, high=1e-3)]  # eps_root
+    inputs = [
+        _t(*shape, seed=1),
+        _t(*shape, seed=2, positive=True, low=0.5, high=1.0),
+        _t(*shape, seed=3, low=-0.1, high=0.1, positive=True) if centered else None,
+        _t(*shape, seed=4) if momentum else None,
+        _t(*hyper_shape, seed=5, positive=True, low=0.01, high=0.1),  # lr
+        _t(*hyper_shape, seed=6, positive=True, low=0.8, high=0.99),  # alpha
+        _t(*hyper_shape, seed=7, positive=True, low=1e-3, high=1e-2),  # eps
+        _t(*hyper_shape, seed=8, positive=True, low=0.1, high=0.9),  # momentum
+        _t(*hyper_shape, seed=9, positive=True, low=1e-4, high=1e-3),
+    ]  # eps_root
     _compare(rmsprop_update, rmsprop_reference, inputs)
 
 
@@ -101,10 +111,17 @@ def test_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradcheck(adam_update, adam)
     assert torch.autograd.gradgradcheck(adam_update, adam)
     shape = (2, 3)
-    rms = [_t(*shape, seed=1), _t(*shape, seed=2, positive=True, low=0.5, high=1.0),
-           _t(*shape, seed=3, positive=True, low=-0.1, high=0.1), _t(*shape, seed=4),
-           _t(seed=5, positive=True, low=0.01, high=0.1), _t(seed=6, positive=True, low=0.8, high=0.99),
-           _t(seed=7, positive=True, low=1e-3, high=1e-2), _t(seed=8, positive=True, low=0.1, high=0.9), 1e-4]
+    rms = [
+        _t(*shape, seed=1),
+        _t(*shape, seed=2, positive=True, low=0.5, high=1.0),
+        _t(*shape, seed=3, positive=True, low=-0.1, high=0.1),
+        _t(*shape, seed=4),
+        _t(seed=5, positive=True, low=0.01, high=0.1),
+        _t(seed=6, positive=True, low=0.8, high=0.99),
+        _t(seed=7, positive=True, low=1e-3, high=1e-2),
+        _t(seed=8, positive=True, low=0.1, high=0.9),
+        1e-4,
+    ]
     assert torch.autograd.gradcheck(rmsprop_update, rms)
     assert torch.autograd.gradgradcheck(rmsprop_update, rms)
 
@@ -130,8 +147,12 @@ def _unfused_adam(grads, state, params, hp):
     updates, m, v = {}, {}, {}
     for name in params:
         updates[name], m[name], v[name] = adam_reference(
-            grads[name], state.exp_avg[name], state.exp_avg_sq[name], count,
-            *(hp[k][name] if isinstance(hp[k], dict) else hp[k] for k in ("lr", "beta1", "beta2", "eps", "eps_root")))
+            grads[name],
+            state.exp_avg[name],
+            state.exp_avg_sq[name],
+            count,
+            *(hp[k][name] if isinstance(hp[k], dict) else hp[k] for k in ("lr", "beta1", "beta2", "eps", "eps_root")),
+        )
     return updates, memmaml.AdamState(count, m, v)
 
 
@@ -154,8 +175,11 @@ def test_adam_and_rmsprop_keep_at_most_three_weight_sized_tensors_more_than_sgd_
     sgd = _bytes_per_graph_step(memmaml.SGD(0.01))
     # SGD keeps the new parameters (1) and little else: measured 1.08 (a foreach addition made it 2.08)
     assert sgd <= 1.2, f"SGD: {sgd:.2f} weight-sized tensors per step"
-    for name, opt, limit in [("adam", memmaml.Adam(0.01), 3.05), ("rmsprop", memmaml.RMSProp(0.01), 2.05),
-                             ("rmsprop centred + momentum", memmaml.RMSProp(0.01, momentum=0.9, centered=True), 4.05)]:
+    for name, opt, limit in [
+        ("adam", memmaml.Adam(0.01), 3.05),
+        ("rmsprop", memmaml.RMSProp(0.01), 2.05),
+        ("rmsprop centred + momentum", memmaml.RMSProp(0.01, momentum=0.9, centered=True), 4.05),
+    ]:
         extra = _bytes_per_graph_step(opt) - sgd
         # the new optimizer state (Adam: 2 moments; RMSProp: the average, plus one for centring and one for
         # momentum) and the gradient its backward reads; nothing else stays in the graph

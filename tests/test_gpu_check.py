@@ -41,8 +41,12 @@ def gpu_check():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, json.loads((out / "results.json").read_text()), proc.stdout
 
@@ -60,11 +64,17 @@ def test_smoke_run_records_every_part(smoke, gpu_check):
     assert results["probe"]["status"] == "ok" and results["environment"]["name"] == "cpu"
     parts = results["parts"]
     assert parts["naive"]["longest_n"] == 8 and parts["naive"]["first_failing_n"] is None  # no cap in a smoke run
-    assert set(results["calibration"]["step_costs"]) == {"state_bytes", "graph_bytes", "nograph_seconds",
-                                                        "graph_seconds"}
+    assert set(results["calibration"]["step_costs"]) == {
+        "state_bytes",
+        "graph_bytes",
+        "nograph_seconds",
+        "graph_seconds",
+    }
     assert "Binomial" in parts["binomial"]["schedule"]  # Auto chose a binomial schedule, as on the GPU
-    assert [r["config"] for r in parts["binomial"]["runs"]] == [f"{parts['binomial']['spec']['engine']} n=8 (Auto "
-                                                                f"{memmaml.format_bytes(parts['binomial']['spec']['auto_budget'])})"]
+    assert [r["config"] for r in parts["binomial"]["runs"]] == [
+        f"{parts['binomial']['spec']['engine']} n=8 (Auto "
+        f"{memmaml.format_bytes(parts['binomial']['spec']['auto_budget'])})"
+    ]
     assert parts["binomial"]["spec"]["engine"].startswith("binomial:")
     # one n in the smoke run (two in test_offload_runs_with_and_without_at_each_n)
     assert [r["config"] for r in parts["offload"]["runs"]] == ["binomial:2+offload n=8", "binomial:2 n=8"]
@@ -158,7 +168,8 @@ def test_predict_seconds_scales_and_resolves_auto():
     costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
     assert predict_seconds("naive", 10, costs, scale=2.0) == 60.0
     assert predict_seconds("auto:10000", 1000, costs) == pytest.approx(
-        memmaml.Auto(10_000).choose(1000, costs).predicted_seconds)
+        memmaml.Auto(10_000).choose(1000, costs).predicted_seconds
+    )
     assert predict_seconds("uniform:5", 10, None) is None
 
 
@@ -171,16 +182,22 @@ class _FakePart:
 
     def measure(self, engine, n, **_):
         ok, offload = n <= self.fits, engine.endswith("+offload")
-        run = {"config": f"{engine} n={n}", "steps": n, "status": "ok" if ok else "oom",
-               "error": None if ok else "OutOfMemoryError: CUDA out of memory", "seconds_per_step": 0.1 if ok else None,
-               "seconds": 0.1 * n * (2 if offload else 1) if ok else None,
-               "peak_allocated_bytes": (1000 + 100 * n) // (2 if offload else 1) if ok else None}
+        run = {
+            "config": f"{engine} n={n}",
+            "steps": n,
+            "status": "ok" if ok else "oom",
+            "error": None if ok else "OutOfMemoryError: CUDA out of memory",
+            "seconds_per_step": 0.1 if ok else None,
+            "seconds": 0.1 * n * (2 if offload else 1) if ok else None,
+            "peak_allocated_bytes": (1000 + 100 * n) // (2 if offload else 1) if ok else None,
+        }
         self.record["runs"].append(run)
         return run
 
 
-@pytest.mark.parametrize("fits, longest, tried", [(18, 18, [16, 17, 18, 19]), (13, 13, [16, 15, 14, 13]),
-                                                   (100, 20, [16, 17, 18, 19, 20])])
+@pytest.mark.parametrize(
+    "fits, longest, tried", [(18, 18, [16, 17, 18, 19]), (13, 13, [16, 15, 14, 13]), (100, 20, [16, 17, 18, 19, 20])]
+)
 def test_naive_search_goes_up_to_the_first_failure_or_down_to_the_first_fit(fits, longest, tried):
     record = {"runs": []}
     _part_naive(_FakePart(fits, record), {"n": 16, "max_n": 20, "seconds": 60.0}, record)
@@ -201,36 +218,84 @@ def test_offload_runs_with_and_without_at_each_n():
     record = {"runs": []}
     _part_offload(_FakePart(100, record), {"runs": [["binomial:2", 4], ["binomial:2", 8]]}, record)
     assert [r["config"] for r in record["runs"]] == [
-        "binomial:2+offload n=4", "binomial:2 n=4", "binomial:2+offload n=8", "binomial:2 n=8"]
+        "binomial:2+offload n=4",
+        "binomial:2 n=4",
+        "binomial:2+offload n=8",
+        "binomial:2 n=8",
+    ]
     assert record["device_peak_growth"] == 900 / 700  # the offloaded peaks, n=8 over n=4
     assert record["time_with_over_without"] == {"4": 2.0, "8": 2.0}
 
 
 def _fake_cuda_results():
     """The shape of a GPU run's results, with made-up values: a fixture for the report, not a measurement."""
-    def run(config, steps, status, per_step=None, allocated=None):
-        return {"config": config, "steps": steps, "status": status, "seconds_per_step": per_step,
-                "peak_allocated_bytes": allocated, "peak_reserved_bytes": allocated and allocated + 2**28,
-                "host_peak_bytes": None, "error": None if status == "ok" else "OutOfMemoryError: out of memory"}
 
-    part = lambda number, title, **fields: {"number": number, "title": title, "status": "ok", "wall_seconds": 1.0,
-                                            "work_seconds": 0.5, "predicted_seconds": 0.4, **fields}
-    modes = {"default": {"settings": {"cudnn.deterministic": False}, "nondeterministic_op_warnings": ["op X does not "
-             "have a deterministic implementation"], "methods": {"uniform:3": {
-                 "relative_difference": 2e-7, "bitwise": False, "buffers_bitwise": True}}}}
-    return {"label": "measured on Fake GPU", "smoke": False, "device": "cuda:0", "cap_bytes": 11 * 2**30,
-            "time_budget_seconds": 420.0, "total_seconds": 400.0, "workload_text": "resnet18, fake",
-            "provenance": {"memmaml_version": "0.1.0", "memmaml_commit": "abc123", "memmaml_dirty": True,
-                           "torch": "2.x", "cuda": "12.x", "command": "python scripts/gpu_check.py --out x"},
-            "environment": {"name": "Fake GPU", "total_bytes": 24 * 2**30, "context_bytes": 500 * 2**20,
-                            "context_method": "nvidia-smi", "non_allocator_bytes_after_probe": 700 * 2**20},
-            "parts": {"naive": part(1, "naive", longest_n=2, first_failing_n=3, seconds_per_step=0.5,
-                                    first_failing_error="OutOfMemoryError: out of memory",
-                                    runs=[run("naive n=2", 2, "ok", 0.5, 5 * 2**30), run("naive n=3", 3, "oom")]),
-                      "exactness": part(5, "exactness", modes=modes, workload_text="resnet18, dropout 0.2",
-                                        spec={"n": 8}),
-                      "uniform": part(2, "uniform", runs=[run("uniform:5 n=4", 4, "ok", 0.75, 3 * 2**30)]),
-                      "torch_maml": part(6, "torch_maml", status="skipped", plan_note="skipped: not installed")}}
+    def run(config, steps, status, per_step=None, allocated=None):
+        return {
+            "config": config,
+            "steps": steps,
+            "status": status,
+            "seconds_per_step": per_step,
+            "peak_allocated_bytes": allocated,
+            "peak_reserved_bytes": allocated and allocated + 2**28,
+            "host_peak_bytes": None,
+            "error": None if status == "ok" else "OutOfMemoryError: out of memory",
+        }
+
+    part = lambda number, title, **fields: {
+        "number": number,
+        "title": title,
+        "status": "ok",
+        "wall_seconds": 1.0,
+        "work_seconds": 0.5,
+        "predicted_seconds": 0.4,
+        **fields,
+    }
+    modes = {
+        "default": {
+            "settings": {"cudnn.deterministic": False},
+            "nondeterministic_op_warnings": ["op X does not have a deterministic implementation"],
+            "methods": {"uniform:3": {"relative_difference": 2e-7, "bitwise": False, "buffers_bitwise": True}},
+        }
+    }
+    return {
+        "label": "measured on Fake GPU",
+        "smoke": False,
+        "device": "cuda:0",
+        "cap_bytes": 11 * 2**30,
+        "time_budget_seconds": 420.0,
+        "total_seconds": 400.0,
+        "workload_text": "resnet18, fake",
+        "provenance": {
+            "memmaml_version": "0.1.0",
+            "memmaml_commit": "abc123",
+            "memmaml_dirty": True,
+            "torch": "2.x",
+            "cuda": "12.x",
+            "command": "python scripts/gpu_check.py --out x",
+        },
+        "environment": {
+            "name": "Fake GPU",
+            "total_bytes": 24 * 2**30,
+            "context_bytes": 500 * 2**20,
+            "context_method": "nvidia-smi",
+            "non_allocator_bytes_after_probe": 700 * 2**20,
+        },
+        "parts": {
+            "naive": part(
+                1,
+                "naive",
+                longest_n=2,
+                first_failing_n=3,
+                seconds_per_step=0.5,
+                first_failing_error="OutOfMemoryError: out of memory",
+                runs=[run("naive n=2", 2, "ok", 0.5, 5 * 2**30), run("naive n=3", 3, "oom")],
+            ),
+            "exactness": part(5, "exactness", modes=modes, workload_text="resnet18, dropout 0.2", spec={"n": 8}),
+            "uniform": part(2, "uniform", runs=[run("uniform:5 n=4", 4, "ok", 0.75, 3 * 2**30)]),
+            "torch_maml": part(6, "torch_maml", status="skipped", plan_note="skipped: not installed"),
+        },
+    }
 
 
 def test_report_from_a_results_dict(tmp_path):
@@ -259,8 +324,9 @@ def test_a_failing_or_hanging_part_is_recorded(tmp_path):
     record = run_gpu_part("uniform", {"n": 4}, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=120)  # no "engine"
     assert record["status"] == "failed" and record["error"] == "KeyError: 'engine'"
     assert "_part_uniform" in record["traceback"]
-    record = run_gpu_part("naive", {"n": 4, "max_n": 8, "seconds": 30}, workload=SMOKE_WORKLOAD,
-                          workdir=tmp_path, timeout=0.2)
+    record = run_gpu_part(
+        "naive", {"n": 4, "max_n": 8, "seconds": 30}, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=0.2
+    )
     assert record["status"] == "failed" and record["error"].startswith("timed out after 0 s")
     assert record["wall_seconds"] < 10 and record["runs"][0]["status"] == "timeout"
     assert probe_device(SMOKE_WORKLOAD, tmp_path, timeout=0.01)["status"] == "timeout"
@@ -303,7 +369,8 @@ def test_without_cuda_a_real_run_is_refused(gpu_check, tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the default device would run")
 def test_default_device_without_cuda_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "pass --smoke" in proc.stderr
     assert not (tmp_path / "results.json").exists()

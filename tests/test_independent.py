@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import DTYPE, assert_rel_close, mlp, mse, regression_batches
 from torch import nn
 
 import memmaml
-from helpers import DTYPE, assert_rel_close, mlp, mse, regression_batches
 
 ENGINES = {
     "naive": lambda model, loss, opt: memmaml.NaiveMAML(model, loss, opt),
@@ -18,7 +18,7 @@ ENGINES = {
 # ---------------------------------------------------------------- a hand-unrolled loop
 def _hand_unrolled_sgd_momentum(model, batches, query, lr, momentum):
     """MAML with heavy-ball SGD written out with autograd.grad, no memmaml code involved."""
-    w1, b1, w2, b2 = [p for p in model.parameters()]
+    w1, b1, w2, b2 = list(model.parameters())
     params = [w1, b1, w2, b2]
     bufs = [torch.zeros_like(p) for p in params]
 
@@ -121,6 +121,8 @@ def test_gradcheck_through_checkpointed_steps(optimizer):
         out = memmaml.unroll(model, mse, batches, opt, params=params, schedule=memmaml.Uniform(3))
         return mse(memmaml.AdaptedModule(model, out.params), query) + out.loss_history[-1]
 
-    inputs = (torch.tensor(0.1, dtype=DTYPE, requires_grad=True),
-              *[p.detach().clone().requires_grad_() for p in model.parameters()])
+    inputs = (
+        torch.tensor(0.1, dtype=DTYPE, requires_grad=True),
+        *[p.detach().clone().requires_grad_() for p in model.parameters()],
+    )
     assert torch.autograd.gradcheck(meta_loss, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -4,9 +4,9 @@ import gc
 
 import pytest
 import torch
+from helpers import mlp
 
 import memmaml
-from helpers import mlp
 
 
 def test_tracker_counts_live_storages_not_views_or_earlier_tensors():
@@ -73,8 +73,9 @@ def wide_mlp():
 def test_checkpointed_peak_is_a_quarter_of_naive_at_32_steps(wide_mlp):
     model, batch = wide_mlp
     naive = _peak(lambda m: memmaml.NaiveMAML(m, _loss, memmaml.SGD(0.01)), 32, model, batch)
-    ckpt = _peak(lambda m: memmaml.GradientCheckpointMAML(m, _loss, memmaml.SGD(0.01), checkpoint_steps=4),
-                 32, model, batch)
+    ckpt = _peak(
+        lambda m: memmaml.GradientCheckpointMAML(m, _loss, memmaml.SGD(0.01), checkpoint_steps=4), 32, model, batch
+    )
     assert ckpt <= naive / 4, f"checkpointed {ckpt / 2**20:.1f} MiB vs naive {naive / 2**20:.1f} MiB"
 
 
@@ -83,14 +84,15 @@ def test_memory_grows_like_states_plus_segment(wide_mlp):
     model, batch = wide_mlp
     peak = {}
     for n, k in [(8, 4), (16, 4), (32, 4), (32, 8)]:
-        peak[n, k] = _peak(lambda m: memmaml.GradientCheckpointMAML(m, _loss, memmaml.SGD(0.01),
-                                                                   checkpoint_steps=k), n, model, batch)
+        peak[n, k] = _peak(
+            lambda m: memmaml.GradientCheckpointMAML(m, _loss, memmaml.SGD(0.01), checkpoint_steps=k), n, model, batch
+        )
     naive8 = _peak(lambda m: memmaml.NaiveMAML(m, _loss, memmaml.SGD(0.01)), 8, model, batch)
     naive16 = _peak(lambda m: memmaml.NaiveMAML(m, _loss, memmaml.SGD(0.01)), 16, model, batch)
     step = (naive16 - naive8) / 8  # one step's graph, from the naive loop
     state = sum(p.numel() * p.element_size() for p in model.parameters())
     # doubling n at fixed k adds about (n/k) more states, far less than naive's n more steps
-    for (n1, n2) in [(8, 16), (16, 32)]:
+    for n1, n2 in [(8, 16), (16, 32)]:
         growth = peak[n2, 4] - peak[n1, 4]
         expected = (n2 - n1) / 4 * state
         assert 0.5 * expected <= growth <= 1.5 * expected + 0.1 * step, (n1, n2, growth, expected)

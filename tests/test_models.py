@@ -49,27 +49,32 @@ def conv4_reference(channels, num_classes, image_size, width, *, running_stats, 
     """The conv4 builders the scripts carried, in their flat layout (meta_train's)."""
     layers = []
     for i in range(4):
-        layers += [nn.Conv2d(channels if i == 0 else width, width, 3, padding=1),
-                   nn.BatchNorm2d(width, track_running_stats=running_stats), nn.ReLU(),
-                   nn.MaxPool2d(2, ceil_mode=ceil_mode)]
+        layers += [
+            nn.Conv2d(channels if i == 0 else width, width, 3, padding=1),
+            nn.BatchNorm2d(width, track_running_stats=running_stats),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=ceil_mode),
+        ]
     layers.append(nn.Flatten())
     with torch.no_grad():
         features = nn.Sequential(*layers).eval()(torch.zeros(1, channels, image_size, image_size)).shape[1]
     return nn.Sequential(*layers, nn.Linear(features, num_classes)).train()
 
 
-@pytest.mark.parametrize("running_stats, ceil_mode, image_size", [
-    (True, False, 84),   # compare_memory's variant, mini-ImageNet size
-    (False, True, 28),   # meta_train's variant (Finn et al.), Omniglot size
-    (True, True, 5),     # ceil_mode keeps a 1x1 map below 16 pixels
-    (False, False, 16),
-])
+@pytest.mark.parametrize(
+    "running_stats, ceil_mode, image_size",
+    [
+        (True, False, 84),  # compare_memory's variant, mini-ImageNet size
+        (False, True, 28),  # meta_train's variant (Finn et al.), Omniglot size
+        (True, True, 5),  # ceil_mode keeps a 1x1 map below 16 pixels
+        (False, False, 16),
+    ],
+)
 def test_conv4_matches_the_variants_it_replaces(running_stats, ceil_mode, image_size):
     torch.manual_seed(3)
     reference = conv4_reference(3, 5, image_size, 8, running_stats=running_stats, ceil_mode=ceil_mode)
     torch.manual_seed(3)
-    model = models.conv4(3, 5, image_size=image_size, filters=8, track_running_stats=running_stats,
-                         ceil_mode=ceil_mode)
+    model = models.conv4(3, 5, image_size=image_size, filters=8, track_running_stats=running_stats, ceil_mode=ceil_mode)
     assert_same_weights(model, reference)
     assert repr(model) == repr(reference)
     x = torch.randn(4, 3, image_size, image_size)
@@ -124,22 +129,32 @@ def test_mlp_norm_with_options():
 
 
 # ------------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: models.resnet18(0), ValueError, "num_classes must be a positive integer, got 0"),
-    (lambda: models.resnet18(10, in_channels=2.0), ValueError, "in_channels must be a positive integer, got 2.0"),
-    (lambda: models.conv4(3, 5, image_size=8), ValueError, "image_size must be at least 16"),
-    (lambda: models.conv4(3, 5, image_size=(28,)), ValueError, "image_size must be an integer or a pair"),
-    (lambda: models.conv4(3, 5, image_size=(28, 0)), ValueError, r"image_size\[1\] must be a positive integer"),
-    (lambda: models.conv4(3, 5, image_size=28, filters=-1), ValueError, "filters must be a positive integer, got -1"),
-    (lambda: models.conv4(3, True, image_size=28), ValueError, "num_classes must be a positive integer, got True"),
-    (lambda: models.mlp([4]), ValueError, "sizes must be a sequence of at least two widths"),
-    (lambda: models.mlp(4), ValueError,
-     r"sizes must be a sequence of at least two widths \(inputs and outputs\), got 4"),
-    (lambda: models.mlp([4, 0, 1]), ValueError, r"sizes\[1\] must be a positive integer, got 0"),
-    (lambda: models.mlp([4, 1], activation="relu"), TypeError, "activation must be callable"),
-    (lambda: models.mlp([4, 1], norm=3), TypeError, "norm must be callable"),
-    (lambda: models.mlp([4, 2, 1], dropout=1.0), ValueError, r"dropout must satisfy 0.0 <= dropout < 1.0, got 1.0"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: models.resnet18(0), ValueError, "num_classes must be a positive integer, got 0"),
+        (lambda: models.resnet18(10, in_channels=2.0), ValueError, "in_channels must be a positive integer, got 2.0"),
+        (lambda: models.conv4(3, 5, image_size=8), ValueError, "image_size must be at least 16"),
+        (lambda: models.conv4(3, 5, image_size=(28,)), ValueError, "image_size must be an integer or a pair"),
+        (lambda: models.conv4(3, 5, image_size=(28, 0)), ValueError, r"image_size\[1\] must be a positive integer"),
+        (
+            lambda: models.conv4(3, 5, image_size=28, filters=-1),
+            ValueError,
+            "filters must be a positive integer, got -1",
+        ),
+        (lambda: models.conv4(3, True, image_size=28), ValueError, "num_classes must be a positive integer, got True"),
+        (lambda: models.mlp([4]), ValueError, "sizes must be a sequence of at least two widths"),
+        (
+            lambda: models.mlp(4),
+            ValueError,
+            r"sizes must be a sequence of at least two widths \(inputs and outputs\), got 4",
+        ),
+        (lambda: models.mlp([4, 0, 1]), ValueError, r"sizes\[1\] must be a positive integer, got 0"),
+        (lambda: models.mlp([4, 1], activation="relu"), TypeError, "activation must be callable"),
+        (lambda: models.mlp([4, 1], norm=3), TypeError, "norm must be callable"),
+        (lambda: models.mlp([4, 2, 1], dropout=1.0), ValueError, r"dropout must satisfy 0.0 <= dropout < 1.0, got 1.0"),
+    ],
+)
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -11,7 +11,12 @@ STEPS = 12
 def _rosenbrockish(params):
     """A non-convex loss that does not reach a fixed point in a few steps."""
     w, b = params["w"], params["b"]
-    return ((1 - w[:-1]) ** 2).sum() + 5 * ((w[1:] - w[:-1] ** 2) ** 2).sum() + (b**2 * w.sum()).sin().sum() + b.pow(4).sum()
+    return (
+        ((1 - w[:-1]) ** 2).sum()
+        + 5 * ((w[1:] - w[:-1] ** 2) ** 2).sum()
+        + (b**2 * w.sum()).sin().sum()
+        + b.pow(4).sum()
+    )
 
 
 def _initial():
@@ -50,19 +55,34 @@ def _memmaml_trajectory(optimizer):
 CASES = [
     ("sgd", lambda p: torch.optim.SGD(p, lr=0.01), memmaml.SGD(0.01)),
     ("sgd-momentum", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), memmaml.SGD(0.01, momentum=0.9)),
-    ("sgd-nesterov-wd", lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.8, nesterov=True, weight_decay=0.1),
-     memmaml.SGD(0.01, momentum=0.8, nesterov=True, weight_decay=0.1)),
+    (
+        "sgd-nesterov-wd",
+        lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.8, nesterov=True, weight_decay=0.1),
+        memmaml.SGD(0.01, momentum=0.8, nesterov=True, weight_decay=0.1),
+    ),
     ("ingraph-gd", lambda p: torch.optim.SGD(p, lr=0.02), memmaml.IngraphGradientDescent(0.02)),
     ("rmsprop", lambda p: torch.optim.RMSprop(p, lr=0.01), memmaml.RMSProp(0.01)),
-    ("rmsprop-momentum-centered", lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True, alpha=0.9),
-     memmaml.RMSProp(0.01, momentum=0.5, centered=True, alpha=0.9)),
-    ("rmsprop-wd", lambda p: torch.optim.RMSprop(p, lr=0.01, weight_decay=0.1, eps=1e-6),
-     memmaml.RMSProp(0.01, weight_decay=0.1, eps=1e-6)),
-    ("ingraph-rmsprop", lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.95, eps=1e-7, momentum=0.3),
-     memmaml.IngraphRMSProp(learning_rate=0.01, beta=0.95, epsilon=1e-7, momentum=0.3)),
+    (
+        "rmsprop-momentum-centered",
+        lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True, alpha=0.9),
+        memmaml.RMSProp(0.01, momentum=0.5, centered=True, alpha=0.9),
+    ),
+    (
+        "rmsprop-wd",
+        lambda p: torch.optim.RMSprop(p, lr=0.01, weight_decay=0.1, eps=1e-6),
+        memmaml.RMSProp(0.01, weight_decay=0.1, eps=1e-6),
+    ),
+    (
+        "ingraph-rmsprop",
+        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.95, eps=1e-7, momentum=0.3),
+        memmaml.IngraphRMSProp(learning_rate=0.01, beta=0.95, epsilon=1e-7, momentum=0.3),
+    ),
     ("adam", lambda p: torch.optim.Adam(p, lr=0.05), memmaml.Adam(0.05)),
-    ("adam-betas-wd", lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01),
-     memmaml.Adam(0.05, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.01)),
+    (
+        "adam-betas-wd",
+        lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01),
+        memmaml.Adam(0.05, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.01),
+    ),
 ]
 
 
@@ -142,8 +162,11 @@ def test_opt_kwargs_override_and_aliases():
         (lambda: memmaml.SGD(0.1, nesterov=True), ValueError, "nesterov=True needs a non-zero momentum"),
         (lambda: memmaml.Adam("0.1"), TypeError, "lr must be a number, a tensor"),
         (lambda: memmaml.SGD(torch.tensor(1)), TypeError, "floating-point tensor"),
-        (lambda: memmaml.SGD({"w": 0.1}).update({"v": torch.ones(1)}, memmaml.SGDState({}), {"v": torch.ones(1)}),
-         ValueError, "no entry for adapted parameter 'v'"),
+        (
+            lambda: memmaml.SGD({"w": 0.1}).update({"v": torch.ones(1)}, memmaml.SGDState({}), {"v": torch.ones(1)}),
+            ValueError,
+            "no entry for adapted parameter 'v'",
+        ),
     ],
 )
 def test_bad_hyperparameters(make, error, match):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 
 import memmaml
-from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 
 N = 7
 
@@ -19,8 +19,9 @@ def _hand_written(model, lrs, batches, query):
     return mse(memmaml.AdaptedModule(model, params), query)
 
 
-@pytest.mark.parametrize("schedule, offload", [(None, False), ("uniform:2", False), ("binomial:2", False),
-                                               ("binomial:2", True)])
+@pytest.mark.parametrize(
+    "schedule, offload", [(None, False), ("uniform:2", False), ("binomial:2", False), ("binomial:2", True)]
+)
 def test_per_step_learning_rates_get_exact_hypergradients(schedule, offload):
     batches, query = regression_batches(N), regression_batches(1, seed=9)[0]
     log_lr = torch.linspace(-3.0, -1.0, N, dtype=DTYPE).requires_grad_()
@@ -52,8 +53,10 @@ def test_per_step_with_adam_and_per_parameter_dicts():
     grads = []
     for schedule in (None, "uniform:3"):
         model = mlp(0)
-        lrs = {name: memmaml.PerStep(torch.full((N,), 0.05, dtype=DTYPE).requires_grad_())
-               for name, _ in model.named_parameters()}
+        lrs = {
+            name: memmaml.PerStep(torch.full((N,), 0.05, dtype=DTYPE).requires_grad_())
+            for name, _ in model.named_parameters()
+        }
         maml = memmaml.MAML(model, mse, memmaml.Adam(lrs), schedule=schedule)
         loss = mse(maml(regression_batches(N)).model, regression_batches(1, seed=9)[0])
         grads.append(flat(torch.autograd.grad(loss, [*model.parameters(), *(v.values for v in lrs.values())])))
@@ -71,11 +74,14 @@ def test_too_short_a_schedule_is_an_error():
         maml(regression_batches(7))
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (memmaml.PerStep(torch.tensor(0.1)), TypeError, "needs a floating-point tensor with one entry per step"),
-    (memmaml.PerStep(torch.arange(3)), TypeError, "needs a floating-point tensor"),
-    (memmaml.PerStep(torch.ones(3), every=0), ValueError, "every must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (memmaml.PerStep(torch.tensor(0.1)), TypeError, "needs a floating-point tensor with one entry per step"),
+        (memmaml.PerStep(torch.arange(3)), TypeError, "needs a floating-point tensor"),
+        (memmaml.PerStep(torch.ones(3), every=0), ValueError, "every must be a positive integer, got 0"),
+    ],
+)
 def test_bad_per_step_values(bad, error, message):
     with pytest.raises(error, match=message):
         memmaml.SGD(bad)
@@ -97,5 +103,8 @@ def test_vmap_path_uses_the_step_entry():
         result = memmaml.MAML(model, memmaml.tasks.mse_loss, opt)([task.support] * 3)
         total = total + memmaml.tasks.mse_loss(result.model, task.query) / 2
     expected = torch.autograd.grad(total, [*model.parameters(), lrs])
-    assert_rel_close(flat([batched.grads[i] for i in range(len(expected) - 1)] + [batched.grads[-1]]),
-                     flat(list(expected)), what="vmap per step")
+    assert_rel_close(
+        flat([batched.grads[i] for i in range(len(expected) - 1)] + [batched.grads[-1]]),
+        flat(list(expected)),
+        what="vmap per step",
+    )

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 from torch import nn
 
 import memmaml
-from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 
 
 def _counting_loss(calls):
@@ -77,8 +77,9 @@ def test_dropout_replay_sees_the_same_random_numbers():
 def test_without_preserved_rng_the_replay_differs():
     """preserve_rng_state=False is honoured (and shows the RNG handling above is what makes replay exact)."""
     naive = _dropout_run(lambda m: memmaml.NaiveMAML(m, mse, memmaml.SGD(0.2)))
-    loose = _dropout_run(lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.SGD(0.2), checkpoint_steps=4,
-                                                                  preserve_rng_state=False))
+    loose = _dropout_run(
+        lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.SGD(0.2), checkpoint_steps=4, preserve_rng_state=False)
+    )
     assert (loose[0] - naive[0]).abs().max() > 1e-6
 
 
@@ -106,8 +107,10 @@ def _bn_run(factory, eval_before_backward=False):
 def test_batchnorm_buffers_and_flags(eval_before_backward):
     naive = _bn_run(lambda m: memmaml.NaiveMAML(m, mse, memmaml.Adam(0.05)), eval_before_backward)
     for k in (1, 3, 10):
-        ckpt = _bn_run(lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.Adam(0.05), checkpoint_steps=k),
-                       eval_before_backward)
+        ckpt = _bn_run(
+            lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.Adam(0.05), checkpoint_steps=k),
+            eval_before_backward,
+        )
         assert_rel_close(ckpt["grads"], naive["grads"], what=f"BN meta-gradient k={k}")
         assert_rel_close(ckpt["loss"], naive["loss"], what="BN query loss")
         for a, b in zip(ckpt["after_inner"] + ckpt["after_all"], naive["after_inner"] + naive["after_all"]):
@@ -160,8 +163,10 @@ class _Noisy(nn.Module):
 
 def test_random_augmentation_inside_forward():
     grads = []
-    for factory in (lambda m: memmaml.NaiveMAML(m, mse, memmaml.SGD(0.2)),
-                    lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.SGD(0.2), checkpoint_steps=2)):
+    for factory in (
+        lambda m: memmaml.NaiveMAML(m, mse, memmaml.SGD(0.2)),
+        lambda m: memmaml.GradientCheckpointMAML(m, mse, memmaml.SGD(0.2), checkpoint_steps=2),
+    ):
         torch.manual_seed(0)
         model = _Noisy()
         torch.manual_seed(1)

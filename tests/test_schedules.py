@@ -5,15 +5,27 @@ import math
 
 import pytest
 import torch
+from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
 
 import memmaml
-from memmaml import (Advance, Auto, Binomial, Drop, Plan, Reverse, StepCosts, Uniform,
-                     binomial_evaluations, check_plan, parse_schedule, parse_size)
-from helpers import DTYPE, assert_rel_close, flat, mlp, mse, regression_batches
+from memmaml import (
+    Advance,
+    Auto,
+    Binomial,
+    Drop,
+    Plan,
+    Reverse,
+    StepCosts,
+    Uniform,
+    binomial_evaluations,
+    check_plan,
+    parse_schedule,
+    parse_size,
+)
 
 
 # ------------------------------------------------------------------------ the plans
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimal_cost(steps, slots):
     """Fewest no-graph evaluations to reverse ``steps`` steps, by exhaustive recursion (independent of the code)."""
     if steps == 1:
@@ -48,14 +60,17 @@ def test_uniform_plan():
     assert stats == (4, 9, 0, 10, 3), "the forward pass runs the last segment (step 9) with its graph"
 
 
-@pytest.mark.parametrize("plan, message", [
-    (Plan(3, (1,), ()), "forward_saves must contain 0"),
-    (Plan(3, (0,), (Reverse(1, 3),)), "reads state 1, which is not stored"),
-    (Plan(3, (0,), (Reverse(0, 2),)), "must end at state 3"),
-    (Plan(3, (0,), (Advance(0, 3), Reverse(0, 3))), "must advance forward and stop before state 3"),
-    (Plan(3, (0,), (Drop(2),)), "frees state 2"),
-    (Plan(3, (0, 1), (Reverse(1, 3),)), "ends with the cotangent of state 1"),
-])
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        (Plan(3, (1,), ()), "forward_saves must contain 0"),
+        (Plan(3, (0,), (Reverse(1, 3),)), "reads state 1, which is not stored"),
+        (Plan(3, (0,), (Reverse(0, 2),)), "must end at state 3"),
+        (Plan(3, (0,), (Advance(0, 3), Reverse(0, 3))), "must advance forward and stop before state 3"),
+        (Plan(3, (0,), (Drop(2),)), "frees state 2"),
+        (Plan(3, (0, 1), (Reverse(1, 3),)), "ends with the cotangent of state 1"),
+    ],
+)
 def test_check_plan_rejects_invalid_plans(plan, message):
     with pytest.raises(ValueError, match=message):
         check_plan(plan)
@@ -67,8 +82,13 @@ class _Net(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
-                                        torch.nn.Dropout(0.2), torch.nn.Linear(6, 2))
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(3, 6),
+            torch.nn.BatchNorm1d(6),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(6, 2),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -96,7 +116,8 @@ def test_binomial_matches_naive_for_every_n_up_to_40_and_slots_up_to_6(naive_ref
     for slots in range(1, 7):
         for n in range(1, 41):
             grads, buffers, rng_after = _run(
-                lambda m, o: memmaml.GradientCheckpointMAML(m, mse, o, schedule=Binomial(slots)), n)
+                lambda m, o: memmaml.GradientCheckpointMAML(m, mse, o, schedule=Binomial(slots)), n
+            )
             ref_grads, ref_buffers, ref_rng_after = naive_references[n]
             assert_rel_close(grads, ref_grads, what=f"n={n} slots={slots}")
             assert torch.equal(buffers, ref_buffers), f"running statistics differ at n={n} slots={slots}"
@@ -107,8 +128,9 @@ def test_binomial_matches_naive_for_every_n_up_to_40_and_slots_up_to_6(naive_ref
 @pytest.mark.parametrize("offload", [False, True])
 def test_every_schedule_with_and_without_offload_matches_naive(schedule, offload, naive_references):
     for n in (1, 7, 23):
-        grads, buffers, _ = _run(lambda m, o: memmaml.GradientCheckpointMAML(
-            m, mse, o, schedule=schedule, offload=offload), n)
+        grads, buffers, _ = _run(
+            lambda m, o: memmaml.GradientCheckpointMAML(m, mse, o, schedule=schedule, offload=offload), n
+        )
         assert_rel_close(grads, naive_references[n][0], what=f"{schedule} offload={offload} n={n}")
         assert torch.equal(buffers, naive_references[n][1])
 
@@ -118,8 +140,7 @@ def test_clipping_is_active_in_the_schedule_comparison(naive_references):
     model = _Net().to(DTYPE)
     lr = torch.tensor(0.1, dtype=DTYPE, requires_grad=True)
     torch.manual_seed(1)
-    result = memmaml.NaiveMAML(model, mse, memmaml.SGD(lr, momentum=0.5))(
-        regression_batches(23, in_features=3, size=5))
+    result = memmaml.NaiveMAML(model, mse, memmaml.SGD(lr, momentum=0.5))(regression_batches(23, in_features=3, size=5))
     loss = mse(result.model, regression_batches(1, in_features=3, size=5, seed=7)[0])
     loss = loss + torch.stack(result.loss_history).mean()
     unclipped = flat(torch.autograd.grad(loss, [*model.parameters(), lr]))
@@ -208,9 +229,12 @@ def test_auto_picks_uniform_then_binomial_as_the_budget_shrinks():
 
 def test_auto_budget_too_small_says_how_much_is_needed():
     # the smallest candidate: Binomial(1), the input, one slot and the working state beside one graph
-    with pytest.raises(ValueError, match=r"memory budget 1000 B is smaller than what 10 steps need with naive or "
-                                         r"uniform or binomial: at least 2.2 KiB \(one inner step's graph is "
-                                         r"2.0 KiB, one state 100 B\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"memory budget 1000 B is smaller than what 10 steps need with naive or "
+        r"uniform or binomial: at least 2.2 KiB \(one inner step's graph is "
+        r"2.0 KiB, one state 100 B\)",
+    ):
         Auto(1_000).choose(10, COSTS)
 
 
@@ -227,13 +251,16 @@ def test_auto_measures_one_step_and_reports_its_choice():
 
 
 # -------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("spec, message", [
-    ("binomial:0", "slots must be a positive integer, got 0"),
-    ("binomial:x", "bad schedule 'binomial:x'"),
-    ("revolve:3", "unknown schedule 'revolve:3'"),
-    ("uniform", "unknown schedule 'uniform'"),
-    ("auto:lots", "cannot read 'lots' as a memory size"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("binomial:0", "slots must be a positive integer, got 0"),
+        ("binomial:x", "bad schedule 'binomial:x'"),
+        ("revolve:3", "unknown schedule 'revolve:3'"),
+        ("uniform", "unknown schedule 'uniform'"),
+        ("auto:lots", "cannot read 'lots' as a memory size"),
+    ],
+)
 def test_bad_schedules(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_schedule(spec)
@@ -244,11 +271,14 @@ def test_bad_slots_and_offload_without_schedule():
         with pytest.raises(ValueError, match="slots must be a positive integer"):
             Binomial(slots)
     with pytest.raises(ValueError, match="offload=True needs a checkpoint schedule"):
-        memmaml.unroll(mlp(0), mse, regression_batches(2), memmaml.SGD(0.1),
-                       params=dict(mlp(0).named_parameters()), offload=True)
+        memmaml.unroll(
+            mlp(0), mse, regression_batches(2), memmaml.SGD(0.1), params=dict(mlp(0).named_parameters()), offload=True
+        )
 
 
-@pytest.mark.parametrize("text, expected", [("11GiB", 11 * 2**30), ("500MB", 500 * 10**6), ("4g", 4 * 10**9),
-                                            ("1.5 KiB", 1536), (2048, 2048)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("11GiB", 11 * 2**30), ("500MB", 500 * 10**6), ("4g", 4 * 10**9), ("1.5 KiB", 1536), (2048, 2048)],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected

@@ -82,8 +82,7 @@ def test_synthetic_classification_splits_and_labels():
     assert task.support[1].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert task.query[1].tolist() == [l for l in range(5) for _ in range(3)]
     # examples of one label cluster around one class centre; different labels around different centres
-    centres = [train.centres[(train.centres - task.support[0][2 * l].double()).norm(dim=1).argmin()]
-               for l in range(5)]
+    centres = [train.centres[(train.centres - task.support[0][2 * l].double()).norm(dim=1).argmin()] for l in range(5)]
     assert len({tuple(c.tolist()) for c in centres}) == 5
     assert torch.equal(train.sample(1).query[0], task.query[0])
 
@@ -113,7 +112,7 @@ def test_image_folder_tasks(tmp_path):
     task = source.sample(seed=0)
     assert task.support[0].shape == (6, 1, 8, 8) and task.query[0].shape == (6, 1, 8, 8)
     assert task.support[0].dtype == torch.float32 and task.support[1].dtype == torch.int64
-    values = lambda x: (x[:, 0, 0, 0] * 255).round().long().tolist()  # noqa: E731
+    values = lambda x: (x[:, 0, 0, 0] * 255).round().long().tolist()
     support, query = values(task.support[0]), values(task.query[0])
     for label in range(3):
         ids = [v for v, l in zip(support + query, task.support[1].tolist() + task.query[1].tolist()) if l == label]

@@ -16,14 +16,16 @@ from torch import nn
 import memmaml
 import memmaml._trainer
 from memmaml import (
+    Binomial,
     IncompatibleCheckpointError,
     MetaTrainer,
     MetricsLog,
+    Schedule,
     TrainerConfig,
+    Uniform,
     atomic_save,
     load_checkpoint_file,
 )
-from memmaml import Binomial, Schedule, Uniform
 from memmaml.tasks import Sinusoid
 
 DTYPE = torch.float64
@@ -40,15 +42,26 @@ def model_fn(seed: int = 0, dropout: float = 0.0) -> nn.Module:
 
 
 def make_config(**overrides) -> TrainerConfig:
-    settings = dict(inner_optimizer=memmaml.SGD(0.05), num_inner_steps=2, meta_batch_size=3, num_eval_tasks=5,
-                    eval_steps=(0, 1, 3), seed=11, max_grad_norm=5.0)
+    settings = dict(
+        inner_optimizer=memmaml.SGD(0.05),
+        num_inner_steps=2,
+        meta_batch_size=3,
+        num_eval_tasks=5,
+        eval_steps=(0, 1, 3),
+        seed=11,
+        max_grad_norm=5.0,
+    )
     settings.update(overrides)
     return TrainerConfig(**settings)
 
 
 def make_trainer(model=None, outer_optimizer=None, **overrides) -> MetaTrainer:
-    return MetaTrainer(model_fn() if model is None else model, Sinusoid(num_shots=4, num_query=5, dtype=DTYPE),
-                       make_config(**overrides), outer_optimizer=outer_optimizer)
+    return MetaTrainer(
+        model_fn() if model is None else model,
+        Sinusoid(num_shots=4, num_query=5, dtype=DTYPE),
+        make_config(**overrides),
+        outer_optimizer=outer_optimizer,
+    )
 
 
 def strip_timing(rows):
@@ -177,8 +190,12 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_vectorized_loop_and_checkpointed_engines_agree(first_order):
-    engines = {"loop": {}, "vmap": {"vectorize": True}, "uniform": {"schedule": Uniform(2)},
-               "binomial": {"schedule": Binomial(2)}}
+    engines = {
+        "loop": {},
+        "vmap": {"vectorize": True},
+        "uniform": {"schedule": Uniform(2)},
+        "binomial": {"schedule": Binomial(2)},
+    }
     grads = {}
     for name, options in engines.items():
         trainer = make_trainer(first_order=first_order, num_inner_steps=5, **options)
@@ -231,8 +248,10 @@ def test_bad_arguments_name_the_argument():
         MetricsLog("metrics.txt")
 
 
-@pytest.mark.parametrize("schedule, offload", [("uniform:2", False), ("binomial:2", False), ("sqrt", False),
-                                               ("auto:1GiB", False), ("binomial:2", True)])
+@pytest.mark.parametrize(
+    "schedule, offload",
+    [("uniform:2", False), ("binomial:2", False), ("sqrt", False), ("auto:1GiB", False), ("binomial:2", True)],
+)
 def test_string_schedules_give_the_naive_meta_gradient(schedule, offload, monkeypatch):
     """A schedule's text form runs the checkpointed engine: the meta-gradient is the naive trainer's."""
     naive = make_trainer(num_inner_steps=5)
@@ -284,8 +303,11 @@ BAD_CONFIGS = [
     ({"eval_steps": ()}, ValueError, "eval_steps must hold at least one step count"),
     ({"eval_steps": "0,1"}, TypeError, "eval_steps must be a sequence of step counts, got str"),
     ({"chunk_size": 0}, ValueError, "chunk_size must be a positive integer, got 0"),
-    ({"randomness": "sometimes"}, ValueError,
-     "randomness must be one of 'error', 'different', 'same'; got 'sometimes'"),
+    (
+        {"randomness": "sometimes"},
+        ValueError,
+        "randomness must be one of 'error', 'different', 'same'; got 'sometimes'",
+    ),
     ({"vectorize": True, "schedule": "uniform:2"}, ValueError, "schedule must be None, got 'uniform:2'"),
     ({"vectorize": True, "max_grad_grad_norm": 1.0}, ValueError, "does not support max_grad_grad_norm"),
 ]
@@ -300,8 +322,9 @@ def test_trainer_config_names_the_bad_field(settings, error, message):
 
 
 def test_trainer_config_is_frozen_normalised_and_resolved():
-    config = TrainerConfig(num_inner_steps=4, eval_steps=[5, 0, 5, 2], schedule="binomial:3", seed=7,
-                           max_grad_norm=math.inf)
+    config = TrainerConfig(
+        num_inner_steps=4, eval_steps=[5, 0, 5, 2], schedule="binomial:3", seed=7, max_grad_norm=math.inf
+    )
     assert config.eval_steps == (0, 2, 5) and config.schedule == "binomial:3" and config.max_grad_norm == math.inf
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.num_inner_steps = 5
@@ -323,19 +346,43 @@ def test_cli_runs_resumes_and_refuses_to_overwrite(tmp_path, monkeypatch):
     finally:
         sys.path.pop(0)
     out = tmp_path / "run"
-    args = ["--task", "sinusoid", "--iterations", "6", "--meta-batch-size", "4", "--num-eval-tasks", "8",
-            "--eval-every", "3", "--log-every", "3", "--checkpoint-every", "3", "--vectorize", "--no-progress",
-            "--hidden", "8", "--out", str(out)]
+    args = [
+        "--task",
+        "sinusoid",
+        "--iterations",
+        "6",
+        "--meta-batch-size",
+        "4",
+        "--num-eval-tasks",
+        "8",
+        "--eval-every",
+        "3",
+        "--log-every",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--vectorize",
+        "--no-progress",
+        "--hidden",
+        "8",
+        "--out",
+        str(out),
+    ]
     assert meta_train.main(args) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["iteration"], r["kind"]) for r in rows] == [(0, "eval"), (3, "train"), (3, "eval"), (6, "train"),
-                                                          (6, "eval")]
+    assert [(r["iteration"], r["kind"]) for r in rows] == [
+        (0, "eval"),
+        (3, "train"),
+        (3, "eval"),
+        (6, "train"),
+        (6, "eval"),
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 6 and "eval_loss@1" in summary["final_eval"]
     with pytest.raises(SystemExit, match="pass --resume"):
         meta_train.main(args)
     longer = [a if a != "6" else "9" for a in args]
-    assert meta_train.main(longer + ["--resume"]) == 0
+    assert meta_train.main([*longer, "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["iterations"] == 9
     with pytest.raises(IncompatibleCheckpointError, match="inner_lr"):
-        meta_train.main(longer + ["--resume", "--inner-lr", "0.5"])
+        meta_train.main([*longer, "--resume", "--inner-lr", "0.5"])

@@ -34,8 +34,15 @@ from memmaml.tasks import Sinusoid
 def build(inner_steps: int, first_order: bool, vectorize: bool, schedule=None) -> MetaTrainer:
     torch.manual_seed(0)
     model = models.mlp([1, 40, 40, 1])
-    config = TrainerConfig(inner_optimizer=memmaml.SGD(0.01), num_inner_steps=inner_steps, first_order=first_order,
-                           vectorize=vectorize, schedule=schedule, meta_batch_size=25, num_eval_tasks=10)
+    config = TrainerConfig(
+        inner_optimizer=memmaml.SGD(0.01),
+        num_inner_steps=inner_steps,
+        first_order=first_order,
+        vectorize=vectorize,
+        schedule=schedule,
+        meta_batch_size=25,
+        num_eval_tasks=10,
+    )
     return MetaTrainer(model, Sinusoid(num_shots=10), config)
 
 
@@ -72,12 +79,17 @@ def main() -> None:
     results = []
     for name, samples in times.items():
         engine, order_name, steps = name.split("/")
-        results.append({"engine": engine, "order": order_name, "inner_steps": int(steps),
-                        "ms_per_iteration_median": 1e3 * statistics.median(samples),
-                        "ms_per_iteration_rounds": [1e3 * s for s in samples]})
+        results.append(
+            {
+                "engine": engine,
+                "order": order_name,
+                "inner_steps": int(steps),
+                "ms_per_iteration_median": 1e3 * statistics.median(samples),
+                "ms_per_iteration_rounds": [1e3 * s for s in samples],
+            }
+        )
     by = {(r["engine"], r["order"], r["inner_steps"]): r["ms_per_iteration_median"] for r in results}
-    lines = ["| inner steps | engine | second order (ms/it) | first order (ms/it) | FO / SO |",
-             "|---|---|---|---|---|"]
+    lines = ["| inner steps | engine | second order (ms/it) | first order (ms/it) | FO / SO |", "|---|---|---|---|---|"]
     for steps in (1, 5):
         for engine in ("loop", "vmap"):
             so, fo = by[(engine, "second", steps)], by[(engine, "first", steps)]
@@ -89,13 +101,19 @@ def main() -> None:
         for order_name in ("second", "first"):
             loop, vm = by[("loop", order_name, steps)], by[("vmap", order_name, steps)]
             lines.append(f"| {steps} | {order_name} | {loop:.2f} | {vm:.2f} | {loop / vm:.1f}x |")
-    env = {**provenance("cpu"), "threads": torch.get_num_threads(), "rounds": args.rounds,
-           "iterations_per_round": args.iterations}
+    env = {
+        **provenance("cpu"),
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "iterations_per_round": args.iterations,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps({"environment": env, "results": results}, indent=1) + "\n")
-    header = (f"Sinusoid, meta-batch 25, K=10, MLP 1-40-40-1, float32, CPU, {env['threads']} thread(s), torch "
-              f"{env['torch']}; median over {args.rounds} interleaved rounds of {args.iterations} meta-iterations.\n\n")
+    header = (
+        f"Sinusoid, meta-batch 25, K=10, MLP 1-40-40-1, float32, CPU, {env['threads']} thread(s), torch "
+        f"{env['torch']}; median over {args.rounds} interleaved rounds of {args.iterations} meta-iterations.\n\n"
+    )
     (out / "speed.md").write_text(header + "\n".join(lines) + "\n")
     print(header + "\n".join(lines))
 

@@ -15,11 +15,9 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import memmaml
-from memmaml import batched_evaluate, load_checkpoint_file
-from memmaml import models
+from memmaml import batched_evaluate, load_checkpoint_file, models
 from memmaml.tasks import Sinusoid, draw_seeds, mse_loss
 
 
@@ -43,8 +41,14 @@ def main() -> None:
     n = losses.shape[0]
     mean = losses.mean(0)
     ci95 = 1.96 * losses.std(0, unbiased=True) / n**0.5
-    result = {"iteration": ckpt["iteration"], "num_tasks": n, "steps": steps, "mse": mean.tolist(),
-              "ci95": ci95.tolist(), "median": losses.median(0).values.tolist()}
+    result = {
+        "iteration": ckpt["iteration"],
+        "num_tasks": n,
+        "steps": steps,
+        "mse": mean.tolist(),
+        "ci95": ci95.tolist(),
+        "median": losses.median(0).values.tolist(),
+    }
     (run / "eval_steps.json").write_text(json.dumps(result, indent=1) + "\n")
     for s in steps:
         print(f"{s:2d} steps: MSE {mean[s]:.3f} ± {ci95[s]:.3f} (median {result['median'][s]:.3f})")
@@ -64,27 +68,39 @@ def main() -> None:
         c = [r[key + "_ci95"] for r in evals]
         ax.plot(it, m, marker="o", ms=3, label=label)
         ax.fill_between(it, [a - b for a, b in zip(m, c)], [a + b for a, b in zip(m, c)], alpha=0.25)
-    ax.set(xlabel="meta-iteration", ylabel=f"held-out MSE ({n} tasks)", yscale="log",
-           title="Held-out MSE during meta-training")
+    ax.set(
+        xlabel="meta-iteration",
+        ylabel=f"held-out MSE ({n} tasks)",
+        yscale="log",
+        title="Held-out MSE during meta-training",
+    )
     ax.legend()
     ax = axes[1]
     ax.errorbar(steps, mean.tolist(), yerr=ci95.tolist(), marker="o", ms=3, capsize=2, label="mean ± 95% CI")
     ax.plot(steps, result["median"], ls="--", label="median")
-    ax.set(xlabel="inner SGD steps at test", ylabel="held-out MSE", yscale="log",
-           title=f"After {ckpt['iteration']} meta-iterations")
+    ax.set(
+        xlabel="inner SGD steps at test",
+        ylabel="held-out MSE",
+        yscale="log",
+        title=f"After {ckpt['iteration']} meta-iterations",
+    )
     ax.legend()
     ax = axes[2]
     task = tasks.select(0)
     x = torch.linspace(-5, 5, 200).unsqueeze(1)
-    amplitude_phase = torch.linalg.lstsq(torch.cat([torch.sin(task.support[0]), torch.cos(task.support[0])], 1),
-                                         task.support[1]).solution
+    amplitude_phase = torch.linalg.lstsq(
+        torch.cat([torch.sin(task.support[0]), torch.cos(task.support[0])], 1), task.support[1]
+    ).solution
     truth = torch.cat([torch.sin(x), torch.cos(x)], 1) @ amplitude_phase
     ax.plot(x, truth, "k", lw=2, label="task")
     ax.plot(task.support[0], task.support[1], "k^", label=f"{task.support[0].shape[0]} support points")
     params = {k: v.detach() for k, v in model.named_parameters()}
     for count in (0, 1, args.max_steps):
-        adapted = params if count == 0 else memmaml.unroll(
-            model, mse_loss, [task.support] * count, inner, params=params, first_order=True).params
+        adapted = (
+            params
+            if count == 0
+            else memmaml.unroll(model, mse_loss, [task.support] * count, inner, params=params, first_order=True).params
+        )
         with torch.no_grad():
             ax.plot(x, memmaml.AdaptedModule(model, adapted)(x), label=f"{count} steps")
     ax.set(xlabel="x", ylabel="y", title="One held-out task")

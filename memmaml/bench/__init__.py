@@ -49,15 +49,15 @@ from ._sweep import concrete_engine, engine_stats, run_sweep
 from ._workload import Built, Workload
 
 __all__ = [
-    "GPU_PARTS",
-    "GPU_SIZES",
-    "PEER_INSTALL",
-    "QUICK_MODE_VARIABLE",
     "Built",
     "Fit",
+    "GPU_PARTS",
+    "GPU_SIZES",
     "GpuPart",
     "GpuSizes",
     "Method",
+    "PEER_INSTALL",
+    "QUICK_MODE_VARIABLE",
     "Runner",
     "Workload",
     "answer_budget",

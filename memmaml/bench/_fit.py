@@ -40,8 +40,9 @@ class Fit(NamedTuple):
     def peak(self, engine: str, n: int) -> float:
         stats, offload = engine_stats(engine, n)
         base = self.base_naive if stats is None else self.base_checkpoint
-        return predicted_peak_bytes(None if stats is None else PlanStats(**stats), n, self.costs, offload=offload,
-                                    base=int(base))
+        return predicted_peak_bytes(
+            None if stats is None else PlanStats(**stats), n, self.costs, offload=offload, base=int(base)
+        )
 
     def seconds(self, engine: str, n: int) -> float:
         stats, _ = engine_stats(engine, n)
@@ -68,8 +69,11 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
     separate the two step times (every schedule replayed nothing, say), the
     probe's ratio of no-graph to graph time fixes it and only the scale is fitted.
     """
-    points = [r for r in records if r.get("library") == "memmaml" and r.get("status") == "ok"
-              and r.get("peak_bytes") is not None]
+    points = [
+        r
+        for r in records
+        if r.get("library") == "memmaml" and r.get("status") == "ok" and r.get("peak_bytes") is not None
+    ]
     rows, target = [], []
     for r in points:
         stats, n = r.get("stats"), r["steps"]
@@ -85,7 +89,7 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
     (base_naive, base_checkpoint, state, graph), fitted = memory
     residual = max(abs(f - t) / t for f, t in zip(fitted, target))
     timed = [r for r in points if r.get("seconds_untracked")] or [r for r in points if r.get("seconds")]
-    seconds_of = (lambda r: r.get("seconds_untracked") or r["seconds"])
+    seconds_of = lambda r: r.get("seconds_untracked") or r["seconds"]
     rows = [[1.0, float((r["stats"] or {}).get("forward_steps", 0)), float(r["steps"])] for r in timed]
     time = _lstsq(rows, [seconds_of(r) for r in timed])
     how = "fit"
@@ -100,12 +104,13 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
             base_seconds, t_graph = scale[0]
         time, how = ([base_seconds, ratio * t_graph, t_graph], None), "probe ratio"
     base_seconds, t_nograph, t_graph = time[0]
-    costs = StepCosts(int(round(state)), int(round(graph)), float(t_nograph), float(t_graph))
+    costs = StepCosts(round(state), round(graph), float(t_nograph), float(t_graph))
     return Fit(costs, base_naive, base_checkpoint, float(base_seconds), len(points), residual, how)
 
 
-def answer_budget(fit: Fit, engine: str, budget: int, *, host_budget: int | None = None, limit: int = 10**7
-                  ) -> dict[str, Any]:
+def answer_budget(
+    fit: Fit, engine: str, budget: int, *, host_budget: int | None = None, limit: int = 10**7
+) -> dict[str, Any]:
     """The longest unroll ``engine`` fits in ``budget`` (predicted), with its time per step relative to naive's.
 
     For an engine whose memory does not grow with ``n`` (binomial with slots
@@ -129,12 +134,22 @@ def answer_budget(fit: Fit, engine: str, budget: int, *, host_budget: int | None
         text = concrete(n)
         seconds = fit.seconds(text, n)
         naive = fit.seconds("naive", n)
-        return {"steps": n, "engine": text, "predicted_peak_bytes": peak(n),
-                "predicted_seconds_per_step": seconds / n, "time_ratio_to_naive": seconds / naive}
+        return {
+            "steps": n,
+            "engine": text,
+            "predicted_peak_bytes": peak(n),
+            "predicted_seconds_per_step": seconds / n,
+            "time_ratio_to_naive": seconds / naive,
+        }
 
     longest = longest_steps(peak, budget, limit=limit)
-    answer: dict[str, Any] = {"engine": engine, "budget_bytes": budget, "host_budget_bytes": host_budget,
-                              "measured": False, "one_step_bytes": fit.peak(concrete(1) or "naive", 1)}
+    answer: dict[str, Any] = {
+        "engine": engine,
+        "budget_bytes": budget,
+        "host_budget_bytes": host_budget,
+        "measured": False,
+        "one_step_bytes": fit.peak(concrete(1) or "naive", 1),
+    }
     if longest is None:
         answer.update(grows_with_steps=False, at=[per_step(n) for n in FLAT_STEPS])
     else:

@@ -54,8 +54,18 @@ from ._runner import Runner, _child_env, _die_with_parent
 from ._sweep import concrete_engine, engine_stats
 from ._workload import Workload
 
-__all__ = ["GPU_PARTS", "GPU_SIZES", "GpuPart", "GpuSizes", "fit_steps", "plan_gpu_part", "predict_seconds",
-           "probe_device", "run_gpu_part", "write_gpu_report"]
+__all__ = [
+    "GPU_PARTS",
+    "GPU_SIZES",
+    "GpuPart",
+    "GpuSizes",
+    "fit_steps",
+    "plan_gpu_part",
+    "predict_seconds",
+    "probe_device",
+    "run_gpu_part",
+    "write_gpu_report",
+]
 
 
 class GpuPart(NamedTuple):
@@ -101,14 +111,38 @@ class GpuSizes(NamedTuple):
 #: Each meta-step of the smoke run is a process (~3 s on a CPU, most of it importing torch), so its naive search
 #: is one run and its offload part one n: the tests check both searches and two n with stand-in runs.
 GPU_SIZES = {
-    False: GpuSizes(Workload(), naive_start=16, naive_max=64, uniform="uniform:5", uniform_n=500, binomial_n=2000,
-                    binomial_max=8000, offload_n=(200, 2000), offload_slots=100, exact_n=8,
-                    exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"), exact_dropout=0.2,
-                    peer="uniform:10", peer_n=100),
-    True: GpuSizes(Workload(model="conv4", image_size=16, batch_size=4, width=8), naive_start=8, naive_max=8,
-                   uniform="uniform:5", uniform_n=8, binomial_n=8, binomial_max=8, offload_n=(8, 8),
-                   offload_slots=2, exact_n=8, exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
-                   exact_dropout=0.2, peer="uniform:2", peer_n=8),
+    False: GpuSizes(
+        Workload(),
+        naive_start=16,
+        naive_max=64,
+        uniform="uniform:5",
+        uniform_n=500,
+        binomial_n=2000,
+        binomial_max=8000,
+        offload_n=(200, 2000),
+        offload_slots=100,
+        exact_n=8,
+        exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
+        exact_dropout=0.2,
+        peer="uniform:10",
+        peer_n=100,
+    ),
+    True: GpuSizes(
+        Workload(model="conv4", image_size=16, batch_size=4, width=8),
+        naive_start=8,
+        naive_max=8,
+        uniform="uniform:5",
+        uniform_n=8,
+        binomial_n=8,
+        binomial_max=8,
+        offload_n=(8, 8),
+        offload_slots=2,
+        exact_n=8,
+        exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
+        exact_dropout=0.2,
+        peer="uniform:2",
+        peer_n=8,
+    ),
 }
 
 
@@ -130,8 +164,9 @@ def predict_seconds(engine: str, n: int, costs: StepCosts | None, *, scale: floa
     return predicted_seconds(None if stats is None else PlanStats(**stats), n, costs) * scale
 
 
-def fit_steps(target: int, predict: Callable[[int], float], seconds: float, minimum: int,
-              grow_to: int | None = None) -> tuple[int | None, str | None]:
+def fit_steps(
+    target: int, predict: Callable[[int], float], seconds: float, minimum: int, grow_to: int | None = None
+) -> tuple[int | None, str | None]:
     """The largest n whose predicted seconds fit: ``target``, doubled up to ``grow_to``, or less; ``(n, note)``.
 
     ``n`` is ``None`` (skip the part) when not even ``minimum`` fits.
@@ -156,8 +191,15 @@ def fit_steps(target: int, predict: Callable[[int], float], seconds: float, mini
     return low, f"reduced from {target} to {low}: n={target} is predicted at {predict(target):.0f} s > {seconds:.0f} s"
 
 
-def plan_gpu_part(name: str, sizes: GpuSizes, costs: StepCosts | None, seconds: float, *, scale: float = 1.0,
-                  auto_budget: int | None = None) -> tuple[dict[str, Any] | None, float | None, str | None]:
+def plan_gpu_part(
+    name: str,
+    sizes: GpuSizes,
+    costs: StepCosts | None,
+    seconds: float,
+    *,
+    scale: float = 1.0,
+    auto_budget: int | None = None,
+) -> tuple[dict[str, Any] | None, float | None, str | None]:
     """``(spec for run_gpu_part or None to skip, predicted seconds of its meta-steps, note)``.
 
     ``seconds`` is the part's share of the time budget, process start-ups
@@ -165,6 +207,7 @@ def plan_gpu_part(name: str, sizes: GpuSizes, costs: StepCosts | None, seconds: 
     smoke run) gives one that forces a binomial schedule: one step's graph and
     five states.
     """
+
     def p(engine: str, n: int) -> float:
         return predict_seconds(engine, n, costs, scale=scale)
 
@@ -207,8 +250,11 @@ def plan_gpu_part(name: str, sizes: GpuSizes, costs: StepCosts | None, seconds: 
     elif name == "binomial":
         spec["auto_budget"] = budget
         if costs is None:
-            spec.update(engine=auto, schedule=f"Auto(budget={format_bytes(budget)}) chose in the worker (not recorded: "
-                        "the probe measured no step costs)")
+            spec.update(
+                engine=auto,
+                schedule=f"Auto(budget={format_bytes(budget)}) chose in the worker (not recorded: "
+                "the probe measured no step costs)",
+            )
         else:
             choice = Auto(budget).choose(n, costs)
             spec.update(engine=concrete_engine(auto, n, costs, budget), schedule=choice.describe())
@@ -233,8 +279,16 @@ class _ChildFailed(Exception):
 class _Part:
     """One part's runs: each meta-step in a fresh process, none past the part's deadline."""
 
-    def __init__(self, workload: Workload, workdir: Path, record: dict[str, Any], *, cap_bytes: int | None,
-                 deadline: float, threads: int) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        workdir: Path,
+        record: dict[str, Any],
+        *,
+        cap_bytes: int | None,
+        deadline: float,
+        threads: int,
+    ) -> None:
         self.workload, self.workdir, self.record = workload, workdir, record
         self.cap_bytes, self.deadline, self.threads = cap_bytes, deadline, threads
         self.runner = Runner(workload, workdir, threads=threads)
@@ -245,18 +299,23 @@ class _Part:
             raise _OutOfTime
         return left
 
-    def measure(self, engine: str, n: int, *, library: str = "memmaml", config: str | None = None,
-                save_grads: bool = False) -> dict[str, Any]:
+    def measure(
+        self, engine: str, n: int, *, library: str = "memmaml", config: str | None = None, save_grads: bool = False
+    ) -> dict[str, Any]:
         """One tracked meta-step under the cap; an out-of-memory error is a result, a timeout ends the part."""
         self.runner.timeout = self.left()
-        record = self.runner.run(Method(library, engine), n, track=True, save_grads=save_grads,
-                                 memory_cap_bytes=self.cap_bytes)
+        record = self.runner.run(
+            Method(library, engine), n, track=True, save_grads=save_grads, memory_cap_bytes=self.cap_bytes
+        )
         label = config or (f"{engine} n={n}" if library == "memmaml" else f"{library} {engine} n={n}")
-        run = {"config": label, **record,
-               "seconds_per_step": record["seconds"] / n if record.get("seconds") else None,
-               "peak_allocated_bytes": record.get("cuda_max_allocated_bytes", record.get("peak_bytes")),
-               "peak_reserved_bytes": record.get("cuda_max_reserved_bytes"),
-               "host_peak_bytes": record.get("cuda_host_peak_bytes", record.get("host_peak_bytes"))}
+        run = {
+            "config": label,
+            **record,
+            "seconds_per_step": record["seconds"] / n if record.get("seconds") else None,
+            "peak_allocated_bytes": record.get("cuda_max_allocated_bytes", record.get("peak_bytes")),
+            "peak_reserved_bytes": record.get("cuda_max_reserved_bytes"),
+            "host_peak_bytes": record.get("cuda_host_peak_bytes", record.get("host_peak_bytes")),
+        }
         self.record["runs"].append(run)
         self.record["processes"] += 1
         self.record["work_seconds"] += record.get("seconds") or 0.0
@@ -266,8 +325,13 @@ class _Part:
 
     def child(self, function: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
         """One of this module's process functions; its figures merged into the record even when it fails."""
-        child = _in_fresh_process(function, {**spec, "workload": self.workload.__dict__, "cap_bytes": self.cap_bytes,
-                                             "threads": self.threads}, self.workdir, timeout=self.left(), env=env)
+        child = _in_fresh_process(
+            function,
+            {**spec, "workload": self.workload.__dict__, "cap_bytes": self.cap_bytes, "threads": self.threads},
+            self.workdir,
+            timeout=self.left(),
+            env=env,
+        )
         self.record["processes"] += 1
         self.record["work_seconds"] += child.pop("work_seconds", 0.0)
         status = child.pop("status")
@@ -303,15 +367,20 @@ def _part_naive(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> No
     if not ok:
         raise RuntimeError(f"naive MAML does not fit even at n=1: {failed[0]['error']}")
     best, first = max(ok, key=lambda r: r["steps"]), min(failed, key=lambda r: r["steps"], default=None)
-    record.update(longest_n=best["steps"], seconds_per_step=best["seconds_per_step"],
-                  first_failing_n=first and first["steps"], first_failing_error=first and first["error"])
+    record.update(
+        longest_n=best["steps"],
+        seconds_per_step=best["seconds_per_step"],
+        first_failing_n=first and first["steps"],
+        first_failing_error=first and first["error"],
+    )
     if first is None:
         why = "the search limit" if n >= spec["max_n"] else "time ran out"
         record["note"] = f"no out-of-memory up to n={n}: {why}"
     low = min(ok, key=lambda r: r["steps"])
     if best is not low:
-        record["bytes_per_step"] = ((best["peak_allocated_bytes"] - low["peak_allocated_bytes"])
-                                    / (best["steps"] - low["steps"]))
+        record["bytes_per_step"] = (best["peak_allocated_bytes"] - low["peak_allocated_bytes"]) / (
+            best["steps"] - low["steps"]
+        )
 
 
 def _part_uniform(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
@@ -320,8 +389,9 @@ def _part_uniform(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> 
 
 def _part_binomial(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
     record["schedule"] = spec["schedule"]
-    part.measure(spec["engine"], spec["n"],
-                 config=f"{spec['engine']} n={spec['n']} (Auto {format_bytes(spec['auto_budget'])})")
+    part.measure(
+        spec["engine"], spec["n"], config=f"{spec['engine']} n={spec['n']} (Auto {format_bytes(spec['auto_budget'])})"
+    )
 
 
 def _part_offload(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
@@ -331,8 +401,9 @@ def _part_offload(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> 
     on, off = record["runs"][::2], record["runs"][1::2]
     if len(on) == 2 and on[0]["peak_allocated_bytes"] and on[1]["peak_allocated_bytes"]:
         record["device_peak_growth"] = on[1]["peak_allocated_bytes"] / on[0]["peak_allocated_bytes"]
-    record["time_with_over_without"] = {str(a["steps"]): a["seconds"] / b["seconds"] for a, b in zip(on, off)
-                                        if a.get("seconds") and b.get("seconds")}
+    record["time_with_over_without"] = {
+        str(a["steps"]): a["seconds"] / b["seconds"] for a, b in zip(on, off) if a.get("seconds") and b.get("seconds")
+    }
 
 
 def _part_exactness(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
@@ -342,13 +413,17 @@ def _part_exactness(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -
 def _part_torch_maml(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
     import torch
 
-    runs = [part.measure(spec["engine"], spec["n"], library=library, save_grads=True)
-            for library in ("memmaml", "torch_maml")]
+    runs = [
+        part.measure(spec["engine"], spec["n"], library=library, save_grads=True)
+        for library in ("memmaml", "torch_maml")
+    ]
     paths = [run.pop("grad_path") for run in runs]
     if all(paths):
         mine, theirs = (torch.load(path) for path in paths)
-        record.update(relative_difference=float((theirs - mine).abs().max() / mine.abs().max().clamp_min(1e-30)),
-                      bitwise=bool(torch.equal(mine, theirs)))
+        record.update(
+            relative_difference=float((theirs - mine).abs().max() / mine.abs().max().clamp_min(1e-30)),
+            bitwise=bool(torch.equal(mine, theirs)),
+        )
     for path in filter(None, paths):  # ResNet-18's meta-gradient in float64 is 90 MB: not an output
         Path(path).unlink(missing_ok=True)
     with contextlib.suppress(Exception):
@@ -357,8 +432,16 @@ def _part_torch_maml(part: _Part, spec: dict[str, Any], record: dict[str, Any]) 
         record["torch_maml_version"] = metadata.version("torch-maml")
 
 
-def run_gpu_part(name: str, spec: dict[str, Any], *, workload: Workload, workdir: str | os.PathLike, timeout: float,
-                 cap_bytes: int | None = None, threads: int = 0) -> dict[str, Any]:
+def run_gpu_part(
+    name: str,
+    spec: dict[str, Any],
+    *,
+    workload: Workload,
+    workdir: str | os.PathLike,
+    timeout: float,
+    cap_bytes: int | None = None,
+    threads: int = 0,
+) -> dict[str, Any]:
     """Run part ``name`` as planned (``spec``); its record, ``status`` ``"ok"`` or ``"failed"``, never an exception.
 
     Each meta-step runs in a fresh process under ``cap_bytes``; the part stops
@@ -370,23 +453,38 @@ def run_gpu_part(name: str, spec: dict[str, Any], *, workload: Workload, workdir
     start = time.monotonic()
     part = _Part(workload, Path(workdir), record, cap_bytes=cap_bytes, deadline=start + timeout, threads=threads)
     try:
-        {"naive": _part_naive, "uniform": _part_uniform, "binomial": _part_binomial, "offload": _part_offload,
-         "exactness": _part_exactness, "torch_maml": _part_torch_maml}[name](part, spec, record)
+        {
+            "naive": _part_naive,
+            "uniform": _part_uniform,
+            "binomial": _part_binomial,
+            "offload": _part_offload,
+            "exactness": _part_exactness,
+            "torch_maml": _part_torch_maml,
+        }[name](part, spec, record)
         record["status"] = "ok"
     except _OutOfTime:
-        record.update(status="failed",
-                      error=f"timed out after {timeout:.0f} s (this part's limit); figures so far kept")
+        record.update(
+            status="failed", error=f"timed out after {timeout:.0f} s (this part's limit); figures so far kept"
+        )
     except _ChildFailed as exc:
         record.update(status="failed", error=str(exc), traceback=exc.traceback)
     except Exception as exc:  # recorded; the other parts run
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                      traceback=traceback.format_exc()[-4000:])
+        record.update(
+            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:]
+        )
     record["wall_seconds"] = time.monotonic() - start
     return record
 
 
-def probe_device(workload: Workload, workdir: str | os.PathLike, *, timeout: float, cap_bytes: int | None = None,
-                 command: list[str] | None = None, threads: int = 0) -> dict[str, Any]:
+def probe_device(
+    workload: Workload,
+    workdir: str | os.PathLike,
+    *,
+    timeout: float,
+    cap_bytes: int | None = None,
+    command: list[str] | None = None,
+    threads: int = 0,
+) -> dict[str, Any]:
     """The device, the CUDA context's size, provenance and the workload's step costs, from a fresh process.
 
     The record's ``status`` is ``"ok"``, ``"failed"`` or ``"timeout"``; with
@@ -400,8 +498,9 @@ def probe_device(workload: Workload, workdir: str | os.PathLike, *, timeout: flo
 
 
 # ====================================================================== the processes of this module
-def _in_fresh_process(function: str, spec: dict[str, Any], workdir: Path, *, timeout: float,
-                      env: dict[str, str] | None = None) -> dict[str, Any]:
+def _in_fresh_process(
+    function: str, spec: dict[str, Any], workdir: Path, *, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``function`` (``"probe"``, ``"exactness"``) in a fresh process, as :class:`Runner` runs a worker."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = (workdir / f"{function}{suffix}" for suffix in (".spec.json", ".json", ".log"))
@@ -410,9 +509,14 @@ def _in_fresh_process(function: str, spec: dict[str, Any], workdir: Path, *, tim
     code = "import sys; from memmaml.bench._gpu import _child_main; sys.exit(_child_main(sys.argv[1:]))"
     try:
         with open(log_path, "w") as log:
-            returncode = subprocess.run([sys.executable, "-c", code, function, str(spec_path), str(result_path)],
-                                        stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                                        env={**_child_env(), **(env or {})}, preexec_fn=_die_with_parent).returncode
+            returncode = subprocess.run(
+                [sys.executable, "-c", code, function, str(spec_path), str(result_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                env={**_child_env(), **(env or {})},
+                preexec_fn=_die_with_parent,
+            ).returncode
     except subprocess.TimeoutExpired:
         returncode = None
     record: dict[str, Any] = {}
@@ -431,8 +535,16 @@ def _smi(device: Any, field: str) -> str | None:
     visible, index = os.environ.get("CUDA_VISIBLE_DEVICES"), device.index or 0
     with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
         token = visible.split(",")[index].strip() if visible else str(index)
-        return subprocess.run(["nvidia-smi", f"--id={token}", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=20, check=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["nvidia-smi", f"--id={token}", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout.strip()
+            or None
+        )
     return None
 
 
@@ -460,17 +572,30 @@ def _start_device(spec: dict[str, Any], environment: dict[str, Any] | None = Non
         after, reserved = _smi_used(device), torch.cuda.memory_reserved(device)
         props, cudnn = torch.cuda.get_device_properties(device), torch.backends.cudnn
         environment.update(
-            name=props.name, capability=f"{props.major}.{props.minor}", total_bytes=total,
-            driver=_smi(device, "driver_version"), cudnn=cudnn.version(), cudnn_enabled=cudnn.enabled,
-            cudnn_benchmark=cudnn.benchmark, cudnn_deterministic=cudnn.deterministic, cudnn_allow_tf32=cudnn.allow_tf32,
-            float32_matmul_precision=torch.get_float32_matmul_precision())
+            name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            total_bytes=total,
+            driver=_smi(device, "driver_version"),
+            cudnn=cudnn.version(),
+            cudnn_enabled=cudnn.enabled,
+            cudnn_benchmark=cudnn.benchmark,
+            cudnn_deterministic=cudnn.deterministic,
+            cudnn_allow_tf32=cudnn.allow_tf32,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+        )
         if before is not None and after is not None:
-            environment.update(context_bytes=after - before - reserved, context_method="nvidia-smi memory.used "
-                               "after the first tensor minus before, less the allocator's reserved bytes")
+            environment.update(
+                context_bytes=after - before - reserved,
+                context_method="nvidia-smi memory.used "
+                "after the first tensor minus before, less the allocator's reserved bytes",
+            )
         else:
-            environment.update(context_bytes=total - free - reserved, context_method="mem_get_info: device memory "
-                               "in use after the first tensor, less the allocator's reserved bytes (other processes "
-                               "count too)")
+            environment.update(
+                context_bytes=total - free - reserved,
+                context_method="mem_get_info: device memory "
+                "in use after the first tensor, less the allocator's reserved bytes (other processes "
+                "count too)",
+            )
     if spec.get("cap_bytes"):
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec["cap_bytes"] / total), device)
         if environment is not None:
@@ -514,8 +639,9 @@ def _exactness(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], 
         return torch.cat([g.reshape(-1) for g in grads]), [b.clone() for b in model.buffers()]
 
     engines = {"naive": "naive", "naive (again)": "naive", **{engine: engine for engine in spec["engines"]}}
-    record.update(workload_text=workload.describe(), cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-                  modes={})
+    record.update(
+        workload_text=workload.describe(), cublas_workspace_config=os.environ.get("CUBLAS_WORKSPACE_CONFIG"), modes={}
+    )
     for mode, deterministic in (("default", False), ("deterministic", True)):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, deterministic
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
@@ -525,14 +651,24 @@ def _exactness(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], 
         reference, buffers = got.pop("naive")
         scale = reference.abs().max().clamp_min(1e-30)
         record["modes"][mode] = {
-            "settings": {"cudnn.benchmark": False, "cudnn.deterministic": deterministic,
-                         "use_deterministic_algorithms": deterministic, "warn_only": True},
-            "nondeterministic_op_warnings": sorted({str(c.message)[:200] for c in caught
-                                                    if "deterministic" in str(c.message)}),
-            "methods": {name: {"relative_difference": float((g - reference).abs().max() / scale),
-                               "bitwise": bool(torch.equal(g, reference)),
-                               "buffers_bitwise": all(torch.equal(a, b) for a, b in zip(bufs, buffers))}
-                        for name, (g, bufs) in got.items()}}
+            "settings": {
+                "cudnn.benchmark": False,
+                "cudnn.deterministic": deterministic,
+                "use_deterministic_algorithms": deterministic,
+                "warn_only": True,
+            },
+            "nondeterministic_op_warnings": sorted(
+                {str(c.message)[:200] for c in caught if "deterministic" in str(c.message)}
+            ),
+            "methods": {
+                name: {
+                    "relative_difference": float((g - reference).abs().max() / scale),
+                    "bitwise": bool(torch.equal(g, reference)),
+                    "buffers_bitwise": all(torch.equal(a, b) for a, b in zip(bufs, buffers)),
+                }
+                for name, (g, bufs) in got.items()
+            },
+        }
         save()
     torch.use_deterministic_algorithms(False)
 
@@ -552,8 +688,9 @@ def _child_main(argv: list[str]) -> int:
         {"probe": _probe, "exactness": _exactness}[function](spec, record, save)
         record["status"] = "ok"
     except Exception as exc:  # recorded; the parent goes on with the other parts
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
-                      traceback=traceback.format_exc()[-4000:])
+        record.update(
+            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:]
+        )
     save()
     return 0
 
@@ -584,50 +721,80 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
     label, env, prov = results["label"], results.get("environment") or {}, results.get("provenance") or {}
     dirty = " (uncommitted changes)" if prov.get("memmaml_dirty") else ""
     commit = prov.get("memmaml_commit") or "unknown commit"
-    lines = [f"# memmaml GPU check — {label}", "", f"- command: `{prov.get('command', '—')}`",
-             f"- memmaml {prov.get('memmaml_version', '—')} at {commit}{dirty}; "
-             f"torch {prov.get('torch', '—')}, CUDA {prov.get('cuda', '—')}, cuDNN {env.get('cudnn', '—')}",
-             f"- device: {env.get('name', results['device'])}; allocator cap: {_b(results['cap_bytes'])}; "
-             f"CUDA context: {_b(env.get('context_bytes'))} ({env.get('context_method', 'none on CPU')}); after the "
-             f"probe's steps, with kernels and library handles: {_b(env.get('non_allocator_bytes_after_probe'))}",
-             f"- workload: {results['workload_text']}",
-             f"- {results['total_seconds']:.0f} s in all, of a {results['time_budget_seconds']:.0f} s budget", "",
-             "| part | status | predicted s | measured s | wall s | note |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# memmaml GPU check — {label}",
+        "",
+        f"- command: `{prov.get('command', '—')}`",
+        f"- memmaml {prov.get('memmaml_version', '—')} at {commit}{dirty}; "
+        f"torch {prov.get('torch', '—')}, CUDA {prov.get('cuda', '—')}, cuDNN {env.get('cudnn', '—')}",
+        f"- device: {env.get('name', results['device'])}; allocator cap: {_b(results['cap_bytes'])}; "
+        f"CUDA context: {_b(env.get('context_bytes'))} ({env.get('context_method', 'none on CPU')}); after the "
+        f"probe's steps, with kernels and library handles: {_b(env.get('non_allocator_bytes_after_probe'))}",
+        f"- workload: {results['workload_text']}",
+        f"- {results['total_seconds']:.0f} s in all, of a {results['time_budget_seconds']:.0f} s budget",
+        "",
+        "| part | status | predicted s | measured s | wall s | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for part in parts.values():
         note = "; ".join(str(part[k]) for k in ("plan_note", "error", "note", "schedule") if part.get(k))
-        lines.append(f"| {part['number']}. {part['title']} | {part['status']} | {_s(part.get('predicted_seconds'))} | "
-                     f"{_s(part.get('work_seconds'))} | {_s(part.get('wall_seconds'))} | "
-                     f"{note[:300].replace('|', '/').replace(chr(10), ' ')} |")
-    lines += ["", f"Runs, {label}, each in a fresh process. " + (
-        "Peaks are the allocator's, absolute (model and batches included); host: pinned active bytes."
-        if env.get("total_bytes") else "Peaks are live tensor bytes created during the meta-step "
-        "(memmaml.track_memory), whose overhead is in the times; host: offloaded states."), "",
+        lines.append(
+            f"| {part['number']}. {part['title']} | {part['status']} | {_s(part.get('predicted_seconds'))} | "
+            f"{_s(part.get('work_seconds'))} | {_s(part.get('wall_seconds'))} | "
+            f"{note[:300].replace('|', '/').replace(chr(10), ' ')} |"
+        )
+    lines += [
+        "",
+        f"Runs, {label}, each in a fresh process. "
+        + (
+            "Peaks are the allocator's, absolute (model and batches included); host: pinned active bytes."
+            if env.get("total_bytes")
+            else "Peaks are live tensor bytes created during the meta-step "
+            "(memmaml.track_memory), whose overhead is in the times; host: offloaded states."
+        ),
+        "",
         "| configuration | status | peak allocated | peak reserved | host peak | time / step | × naive |",
-        "|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         per_step, ratio = r.get("seconds_per_step"), r.get("ratio_to_naive")
-        lines.append(f"| {r['config']} | {r['status']} | {_b(r.get('peak_allocated_bytes'))} | "
-                     f"{_b(r.get('peak_reserved_bytes'))} | {_b(r.get('host_peak_bytes'))} | "
-                     f"{'—' if per_step is None else f'{per_step * 1e3:.1f} ms'} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}'} |")
+        lines.append(
+            f"| {r['config']} | {r['status']} | {_b(r.get('peak_allocated_bytes'))} | "
+            f"{_b(r.get('peak_reserved_bytes'))} | {_b(r.get('host_peak_bytes'))} | "
+            f"{'—' if per_step is None else f'{per_step * 1e3:.1f} ms'} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}'} |"
+        )
     naive = parts.get("naive", {})
     if naive.get("longest_n"):
-        lines += ["", f"Naive, {label}: longest n = {naive['longest_n']}, first failing n = "
-                      f"{naive.get('first_failing_n')} ({naive.get('first_failing_error') or naive.get('note')})."]
+        lines += [
+            "",
+            f"Naive, {label}: longest n = {naive['longest_n']}, first failing n = "
+            f"{naive.get('first_failing_n')} ({naive.get('first_failing_error') or naive.get('note')}).",
+        ]
     exact = parts.get("exactness", {})
     for mode, m in exact.get("modes", {}).items():
-        lines += ["", f"Exactness against naive, {mode} settings ({m['settings']}), {label}; "
-                      f"{exact.get('workload_text')}, n = {exact.get('spec', {}).get('n')}:", "",
-                  "| engine | relative difference | bitwise | buffers bitwise |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['relative_difference']:.3g} | {v['bitwise']} | {v['buffers_bitwise']} |"
-                  for k, v in m["methods"].items()]
+        lines += [
+            "",
+            f"Exactness against naive, {mode} settings ({m['settings']}), {label}; "
+            f"{exact.get('workload_text')}, n = {exact.get('spec', {}).get('n')}:",
+            "",
+            "| engine | relative difference | bitwise | buffers bitwise |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {v['relative_difference']:.3g} | {v['bitwise']} | {v['buffers_bitwise']} |"
+            for k, v in m["methods"].items()
+        ]
         if m["nondeterministic_op_warnings"]:
             lines.append(f"\nOps without a deterministic implementation: {m['nondeterministic_op_warnings']}")
     peer = parts.get("torch_maml", {})
     if peer.get("relative_difference") is not None:
-        lines += ["", f"torch_maml {peer.get('torch_maml_version', '')} against memmaml, same schedule, {label}: "
-                      f"meta-gradients differ by {peer['relative_difference']:.3g} (relative to the largest), "
-                      f"bitwise equal: {peer['bitwise']}."]
+        lines += [
+            "",
+            f"torch_maml {peer.get('torch_maml_version', '')} against memmaml, same schedule, {label}: "
+            f"meta-gradients differ by {peer['relative_difference']:.3g} (relative to the largest), "
+            f"bitwise equal: {peer['bitwise']}.",
+        ]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     if with_plot:
@@ -650,13 +817,22 @@ def _plot(runs: list[dict[str, Any]], results: dict[str, Any], path: Path) -> No
     largest = max([r["peak_allocated_bytes"] for r in runs] + [cap or 0])
     unit, scale = ("GiB", 2**30) if largest > 2**29 else ("MiB", 2**20)
     if any(r.get("peak_reserved_bytes") for r in runs):  # behind the allocated bars: their excess shows hatched
-        mem_ax.barh(y, [(r.get("peak_reserved_bytes") or 0) / scale for r in runs], color="white",
-                    edgecolor="tab:blue", hatch="//", label="peak reserved")
+        mem_ax.barh(
+            y,
+            [(r.get("peak_reserved_bytes") or 0) / scale for r in runs],
+            color="white",
+            edgecolor="tab:blue",
+            hatch="//",
+            label="peak reserved",
+        )
     mem_ax.barh(y, [r["peak_allocated_bytes"] / scale for r in runs], color="tab:blue", label="peak allocated")
     if cap:
         mem_ax.axvline(cap / scale, color="red", label=f"cap {_b(cap)}")
-    mem_ax.set(yticks=y, yticklabels=[r["config"] + ("" if r["status"] == "ok" else f" ({r['status']})") for r in runs],
-               xlabel=f"peak device memory ({unit})")
+    mem_ax.set(
+        yticks=y,
+        yticklabels=[r["config"] + ("" if r["status"] == "ok" else f" ({r['status']})") for r in runs],
+        xlabel=f"peak device memory ({unit})",
+    )
     mem_ax.legend(loc="lower right", fontsize=8)
     time_ax.barh(y, [r.get("ratio_to_naive") or 0 for r in runs], color="tab:orange")
     time_ax.axvline(1.0, color="black", linewidth=0.8)

@@ -19,8 +19,11 @@ from ._workload import Built
 __all__ = ["PEER_INSTALL", "Method", "meta_step", "unavailable"]
 
 #: how to install each peer
-PEER_INSTALL = {"torch_maml": "pip install torch-maml", "higher": "pip install higher",
-                "torchopt": "pip install torchopt"}
+PEER_INSTALL = {
+    "torch_maml": "pip install torch-maml",
+    "higher": "pip install higher",
+    "torchopt": "pip install torchopt",
+}
 
 
 class Method(NamedTuple):
@@ -53,8 +56,9 @@ def unavailable(method: Method, optimizer: str) -> str | None:
     return None
 
 
-def meta_step(built: Built, method: Method, n: int, *, max_grad_grad_norm: float | None = None
-              ) -> tuple[list[Any], Any, list[Any]]:
+def meta_step(
+    built: Built, method: Method, n: int, *, max_grad_grad_norm: float | None = None
+) -> tuple[list[Any], Any, list[Any]]:
     """``n`` inner steps, the query loss, its backward: ``(grads in named_parameters order, query loss, losses)``.
 
     ``max_grad_grad_norm`` clips through the unroll in memmaml and torch_maml;
@@ -69,8 +73,7 @@ def _memmaml(built: Built, method: Method, inputs: list[Any], clip: float | None
     import memmaml
 
     spec = parse_engine(method.engine)
-    maml = memmaml.MAML(built.model, built.loss_function, built.optimizer, schedule=spec.schedule,
-                        offload=spec.offload)
+    maml = memmaml.MAML(built.model, built.loss_function, built.optimizer, schedule=spec.schedule, offload=spec.offload)
     result = maml(inputs, max_grad_grad_norm=clip)
     query_loss = built.loss_function(result.model, built.query)
     query_loss.backward()
@@ -86,8 +89,9 @@ def _torch_maml(built: Built, method: Method, inputs: list[Any], clip: float | N
     if spec.schedule is None:
         maml = torch_maml.NaiveMAML(built.model, built.loss_function, optimizer)
     elif isinstance(spec.schedule, Uniform) and not spec.offload:
-        maml = torch_maml.GradientCheckpointMAML(built.model, built.loss_function, optimizer,
-                                                 checkpoint_steps=spec.schedule.checkpoint_steps)
+        maml = torch_maml.GradientCheckpointMAML(
+            built.model, built.loss_function, optimizer, checkpoint_steps=spec.schedule.checkpoint_steps
+        )
     else:
         raise ValueError(f"torch_maml has uniform segments only, not {method.engine!r}")
     result = maml(inputs, **({"max_grad_grad_norm": clip} if clip else {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -53,8 +54,6 @@ def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[st
     else:
         info["device_name"] = platform.processor() or platform.machine()
     for library, dist in (("torch_maml", "torch-maml"), ("higher", "higher"), ("torchopt", "torchopt")):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             info[library] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return info

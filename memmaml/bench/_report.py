@@ -22,21 +22,41 @@ from ._sweep import concrete_engine
 
 __all__ = ["render"]
 
-CSV_FIELDS = ["label", "library", "engine", "steps", "status", "offload", "peak_bytes", "host_peak_bytes",
-              "rss_peak_bytes", "cuda_max_reserved_bytes", "seconds", "seconds_untracked", "seconds_runs",
-              "grad_rel_diff", "grad_bitwise_equal", "probe_predicted_peak_bytes", "query_loss", "error"]
+CSV_FIELDS = [
+    "label",
+    "library",
+    "engine",
+    "steps",
+    "status",
+    "offload",
+    "peak_bytes",
+    "host_peak_bytes",
+    "rss_peak_bytes",
+    "cuda_max_reserved_bytes",
+    "seconds",
+    "seconds_untracked",
+    "seconds_runs",
+    "grad_rel_diff",
+    "grad_bitwise_equal",
+    "probe_predicted_peak_bytes",
+    "query_loss",
+    "error",
+]
 
 
 def render(out: Path) -> str:
     """Write ``results.md``, ``results.csv`` and ``results.png`` in ``out`` from its ``results.json``; the Markdown."""
     out = Path(out)
     data = json.loads((out / "results.json").read_text())
-    records = [r for r in data["records"]]
+    records = list(data["records"])
     probe = StepCosts(**data["probe"]["costs"]) if data.get("probe", {}).get("costs") else None
     fit = fit_costs(records, probe)
     host = data.get("host_budget_bytes")
-    answers = ([answer_budget(fit, engine, data["budget_bytes"], host_budget=host) for engine in data["engines"]]
-               if fit is not None and data.get("budget_bytes") else [])
+    answers = (
+        [answer_budget(fit, engine, data["budget_bytes"], host_budget=host) for engine in data["engines"]]
+        if fit is not None and data.get("budget_bytes")
+        else []
+    )
     data["fit"] = None if fit is None else {**fit._asdict(), "costs": fit.costs._asdict()}
     data["answers"] = answers
     (out / "results.json").write_text(json.dumps(data, indent=1))
@@ -60,8 +80,9 @@ def _ratio(record: dict[str, Any], reference: dict[str, Any] | None, key: str) -
     if reference is None:
         return "–"
     if key == "seconds":  # the median of ratios within each repeat: drift in the machine's load cancels
-        pairs = [a / b for a, b in zip(record.get("seconds_runs") or [], reference.get("seconds_runs") or [])
-                 if a and b]
+        pairs = [
+            a / b for a, b in zip(record.get("seconds_runs") or [], reference.get("seconds_runs") or []) if a and b
+        ]
         return f"{statistics.median(pairs):.2f}" if pairs else "–"
     a, b = record.get(key), reference.get(key)
     return f"{a / b:.3f}" if a and b else "–"
@@ -81,68 +102,97 @@ def _per_step(record: dict[str, Any], naive: dict[int, dict[str, Any]]) -> str:
 def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | None, answers: list[dict]) -> str:
     p, w = data["provenance"], data["workload"]
     dirty = " (uncommitted changes)" if p.get("memmaml_dirty") else ""
-    lines = [f"# compare_memory: {w['model']} at {w['batch_size']}x{w['channels']}x{w['image_size']}x"
-             f"{w['image_size']}, {w['optimizer']} lr {w['lr']:g}", "",
-             f"Measured on {_device(data)}, torch {p['torch']}, memmaml {p['memmaml_version']} at "
-             f"{(p.get('memmaml_commit') or 'unknown commit')[:10]}{dirty}, {data.get('threads')} thread(s) per run.",
-             f"Command: `{p['command']}`", "",
-             "Peak memory: " + ("the CUDA allocator's peak" if p["device"].startswith("cuda") else
-                                "bytes of live tensors (memmaml.track_memory), what a GPU allocator would hold "
-                                "less workspaces") + "; time: median of untracked runs; ratios are to memmaml naive "
-                                                     "at the same n.", "",
-             "Time per step is the tracked run's (the tracker's overhead is included, so compare it within the table); "
-             "time / naive is the median ratio of interleaved untracked runs at the same n.", "",
-             "| engine | n | stored states | graph steps | no-graph steps | peak (measured) | host (offloaded) | "
-             "s per step (tracked) | time / naive | memory / naive | meta-grad rel. diff | status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# compare_memory: {w['model']} at {w['batch_size']}x{w['channels']}x{w['image_size']}x"
+        f"{w['image_size']}, {w['optimizer']} lr {w['lr']:g}",
+        "",
+        f"Measured on {_device(data)}, torch {p['torch']}, memmaml {p['memmaml_version']} at "
+        f"{(p.get('memmaml_commit') or 'unknown commit')[:10]}{dirty}, {data.get('threads')} thread(s) per run.",
+        f"Command: `{p['command']}`",
+        "",
+        "Peak memory: "
+        + (
+            "the CUDA allocator's peak"
+            if p["device"].startswith("cuda")
+            else "bytes of live tensors (memmaml.track_memory), what a GPU allocator would hold less workspaces"
+        )
+        + "; time: median of untracked runs; ratios are to memmaml naive "
+        "at the same n.",
+        "",
+        "Time per step is the tracked run's (the tracker's overhead is included, so compare it within the table); "
+        "time / naive is the median ratio of interleaved untracked runs at the same n.",
+        "",
+        "| engine | n | stored states | graph steps | no-graph steps | peak (measured) | host (offloaded) | "
+        "s per step (tracked) | time / naive | memory / naive | meta-grad rel. diff | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     naive = {r["steps"]: r for r in records if r["label"] == "naive" and r.get("status") == "ok"}
     for r in records:
         stats = r.get("stats") or {}
         ref = naive.get(r["steps"])
         diff = r.get("grad_rel_diff")
-        diff_text = "reference" if r["label"] == "naive" else (
-            "–" if diff is None else ("0 (bitwise)" if r.get("grad_bitwise_equal") else f"{diff:.1e}"))
+        diff_text = (
+            "reference"
+            if r["label"] == "naive"
+            else ("–" if diff is None else ("0 (bitwise)" if r.get("grad_bitwise_equal") else f"{diff:.1e}"))
+        )
         status = r.get("status") + (f": {r['error'][:80]}" if r.get("error") else "")
         name = r["label"] if r["label"] == r["engine"] else f"{r['label']} ({r['engine']})"
-        lines.append(f"| {name} | {r['steps']} | {max(stats.get('max_stored', 1) - 1, 0) if stats else 0} | "
-                     f"{stats.get('max_segment', r['steps'])} | {stats.get('forward_steps', 0)} | "
-                     f"{format_bytes(r.get('peak_bytes'))} | {format_bytes(r.get('host_peak_bytes'))} | "
-                     f"{_per_step(r, naive)} | {_ratio(r, ref, 'seconds')} | "
-                     f"{_ratio(r, ref, 'peak_bytes')} | {diff_text} | {status} |")
+        lines.append(
+            f"| {name} | {r['steps']} | {max(stats.get('max_stored', 1) - 1, 0) if stats else 0} | "
+            f"{stats.get('max_segment', r['steps'])} | {stats.get('forward_steps', 0)} | "
+            f"{format_bytes(r.get('peak_bytes'))} | {format_bytes(r.get('host_peak_bytes'))} | "
+            f"{_per_step(r, naive)} | {_ratio(r, ref, 'seconds')} | "
+            f"{_ratio(r, ref, 'peak_bytes')} | {diff_text} | {status} |"
+        )
     if fit is not None:
         c = fit.costs
-        lines += ["", "## Fitted cost model (least squares over the measured runs)", "",
-                  f"One stored state S = {format_bytes(c.state_bytes)}, one step's graph A = "
-                  f"{format_bytes(c.graph_bytes)}, base {format_bytes(fit.base_naive)} (naive) and "
-                  f"{format_bytes(fit.base_checkpoint)} (checkpointed); largest relative residual "
-                  f"{fit.max_relative_residual:.2%} over {fit.memory_points} runs. Time per step: "
-                  f"{c.graph_seconds:.3g} s with its graph, {c.nograph_seconds:.3g} s without "
-                  f"({'fitted' if fit.time_from == 'fit' else 'scale fitted, ratio from the probe'})."]
+        lines += [
+            "",
+            "## Fitted cost model (least squares over the measured runs)",
+            "",
+            f"One stored state S = {format_bytes(c.state_bytes)}, one step's graph A = "
+            f"{format_bytes(c.graph_bytes)}, base {format_bytes(fit.base_naive)} (naive) and "
+            f"{format_bytes(fit.base_checkpoint)} (checkpointed); largest relative residual "
+            f"{fit.max_relative_residual:.2%} over {fit.memory_points} runs. Time per step: "
+            f"{c.graph_seconds:.3g} s with its graph, {c.nograph_seconds:.3g} s without "
+            f"({'fitted' if fit.time_from == 'fit' else 'scale fitted, ratio from the probe'}).",
+        ]
     if answers:
-        lines += ["", f"## The budget: {format_bytes(answers[0]['budget_bytes'])} (predicted from the fit)", "",
-                  "| engine | longest n | schedule at that n | predicted peak | time per step / naive's |",
-                  "|---|---:|---|---:|---:|"]
+        lines += [
+            "",
+            f"## The budget: {format_bytes(answers[0]['budget_bytes'])} (predicted from the fit)",
+            "",
+            "| engine | longest n | schedule at that n | predicted peak | time per step / naive's |",
+            "|---|---:|---|---:|---:|",
+        ]
         for a in answers:
             if a["grows_with_steps"]:
                 at = a["at"][0] if a["at"] else None
-                lines.append(f"| {a['engine']} | {a['longest_steps']} | {at['engine']} | "
-                             f"{format_bytes(at['predicted_peak_bytes'])} | {at['time_ratio_to_naive']:.2f} |" if at
-                             else f"| {a['engine']} | 0: one step needs {format_bytes(a['one_step_bytes'])} | – | – | – |")
+                lines.append(
+                    f"| {a['engine']} | {a['longest_steps']} | {at['engine']} | "
+                    f"{format_bytes(at['predicted_peak_bytes'])} | {at['time_ratio_to_naive']:.2f} |"
+                    if at
+                    else f"| {a['engine']} | 0: one step needs {format_bytes(a['one_step_bytes'])} | – | – | – |"
+                )
             else:
                 per = ", ".join(f"{x['time_ratio_to_naive']:.2f} at n={x['steps']:,}" for x in a["at"])
                 if a.get("host_budget_bytes") and "offload" in a["engine"]:
                     per += f" (stored states within {format_bytes(a['host_budget_bytes'])} of host memory)"
-                lines.append(f"| {a['engine']} | does not grow with n | {a['at'][-1]['engine']} | "
-                             f"{format_bytes(a['at'][-1]['predicted_peak_bytes'])} | {per} |")
+                lines.append(
+                    f"| {a['engine']} | does not grow with n | {a['at'][-1]['engine']} | "
+                    f"{format_bytes(a['at'][-1]['predicted_peak_bytes'])} | {per} |"
+                )
     return "\n".join(lines) + "\n"
 
 
-def _model_curve(fit: Fit, engine: str, budget: int, host: int | None, top: int
-                 ) -> tuple[list[int], list[float], list[float]]:
+def _model_curve(
+    fit: Fit, engine: str, budget: int, host: int | None, top: int
+) -> tuple[list[int], list[float], list[float]]:
     """The fitted model's peak (GiB) and time relative to naive for ``engine`` at log-spaced n up to ``top``."""
     room = max(int(budget - fit.base_checkpoint), 1)
     xs, ys, ts = [], [], []
-    for n in sorted({int(round(10 ** (i / 20))) for i in range(int(20 * math.log10(max(top, 2))) + 1)}):
+    for n in sorted({round(10 ** (i / 20)) for i in range(int(20 * math.log10(max(top, 2))) + 1)}):
         try:
             text = concrete_engine(engine, n, fit.costs, room, host)
         except ValueError:  # nothing of this family fits at n
@@ -153,7 +203,9 @@ def _model_curve(fit: Fit, engine: str, budget: int, host: int | None, top: int
     return xs, ys, ts
 
 
-def _plot(path: Path, data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | None, answers: list[dict]) -> None:
+def _plot(
+    path: Path, data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | None, answers: list[dict]
+) -> None:
     try:
         import matplotlib
 
@@ -169,18 +221,23 @@ def _plot(path: Path, data: dict[str, Any], records: list[dict[str, Any]], fit: 
         mem.plot([r["steps"] for r in rows], [r["peak_bytes"] / 2**30 for r in rows], "o", color=color, label=label)
         answer = next((a for a in answers if a["engine"] == label), None)
         if fit is not None and answer is not None:
-            xs, ys, ts = _model_curve(fit, label, data["budget_bytes"], data.get("host_budget_bytes"),
-                                      answer.get("longest_steps") or 100_000)
+            xs, ys, ts = _model_curve(
+                fit, label, data["budget_bytes"], data.get("host_budget_bytes"), answer.get("longest_steps") or 100_000
+            )
             mem.plot(xs, ys, "-", color=color, alpha=0.6)
             tim.plot(xs, ts, "-", color=color, label=label)
     if data.get("budget_bytes"):
         mem.axhline(data["budget_bytes"] / 2**30, color="k", ls="--", lw=1, label="budget")
-    mem.set(xlabel="inner steps n", ylabel="peak memory (GiB)",
-            title=f"measured (dots) and fitted model (lines), {_device(data)}")
+    mem.set(
+        xlabel="inner steps n",
+        ylabel="peak memory (GiB)",
+        title=f"measured (dots) and fitted model (lines), {_device(data)}",
+    )
     if any(r.get("status") == "ok" and r.get("peak_bytes") for r in records):  # log scales need data
         mem.set(xscale="log", yscale="log")
-    tim.set(xlabel="inner steps n", ylabel="time per step / naive's (predicted)",
-            title="predicted time relative to naive")
+    tim.set(
+        xlabel="inner steps n", ylabel="time per step / naive's (predicted)", title="predicted time relative to naive"
+    )
     if tim.lines:
         tim.set(xscale="log")
     mem.legend(fontsize=8)

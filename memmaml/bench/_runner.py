@@ -40,8 +40,9 @@ class Runner:
             on a CPU keeps times steady on a loaded machine.
     """
 
-    def __init__(self, workload: Workload, workdir: str | os.PathLike | None = None, *, timeout: float = 7200.0,
-                 threads: int = 0) -> None:
+    def __init__(
+        self, workload: Workload, workdir: str | os.PathLike | None = None, *, timeout: float = 7200.0, threads: int = 0
+    ) -> None:
         self.workload = workload
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="memmaml_bench_")
         self.workdir = Path(workdir if workdir is not None else self._tmp.name)
@@ -50,26 +51,46 @@ class Runner:
         self.threads = threads
         self.counter = 0
 
-    def run(self, method: Method, steps: int, *, track: bool, save_grads: bool = False,
-            memory_cap_bytes: int | None = None, measure_costs: bool = False) -> dict[str, Any]:
+    def run(
+        self,
+        method: Method,
+        steps: int,
+        *,
+        track: bool,
+        save_grads: bool = False,
+        memory_cap_bytes: int | None = None,
+        measure_costs: bool = False,
+    ) -> dict[str, Any]:
         """One configuration's record: ``status`` is ``ok``, ``oom``, ``failed``, ``timeout`` or ``unavailable``."""
-        record: dict[str, Any] = {"library": method.library, "engine": method.engine, "steps": steps,
-                                  "tracked": track}
+        record: dict[str, Any] = {"library": method.library, "engine": method.engine, "steps": steps, "tracked": track}
         reason = unavailable(method, self.workload.optimizer)
         if reason:
             return {**record, "status": "unavailable", "error": reason}
         self.counter += 1
         tag = self.workdir / f"{self.counter:04d}"
-        spec = {"workload": self.workload.__dict__, "method": method._asdict(), "steps": steps, "track": track,
-                "threads": self.threads, "memory_cap_bytes": memory_cap_bytes, "measure_costs": measure_costs,
-                "grad_path": f"{tag}.grad.pt" if save_grads else None}
+        spec = {
+            "workload": self.workload.__dict__,
+            "method": method._asdict(),
+            "steps": steps,
+            "track": track,
+            "threads": self.threads,
+            "memory_cap_bytes": memory_cap_bytes,
+            "measure_costs": measure_costs,
+            "grad_path": f"{tag}.grad.pt" if save_grads else None,
+        }
         Path(f"{tag}.spec.json").write_text(json.dumps(spec))
         result = Path(f"{tag}.result.json")
         command = [sys.executable, "-m", "memmaml.bench._worker", f"{tag}.spec.json", str(result)]
         try:
             with open(f"{tag}.log", "w") as log:
-                returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=self.timeout,
-                                            env=_child_env(), preexec_fn=_die_with_parent).returncode
+                returncode = subprocess.run(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.timeout,
+                    env=_child_env(),
+                    preexec_fn=_die_with_parent,
+                ).returncode
         except subprocess.TimeoutExpired:
             returncode = None
         if result.exists():

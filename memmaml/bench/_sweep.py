@@ -17,8 +17,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._cost_model import StepCosts, predicted_peak_bytes, predicted_seconds
 from .._auto import Auto
+from .._cost_model import StepCosts, predicted_peak_bytes, predicted_seconds
 from .._parse import EngineSpec, parse_engine
 from .._schedules import Binomial
 from ._methods import Method
@@ -27,8 +27,9 @@ from ._runner import Runner, host_available_bytes
 __all__ = ["concrete_engine", "engine_stats", "run_sweep"]
 
 
-def concrete_engine(text: str, n: int, costs: StepCosts | None, budget: int | None,
-                    host_budget: int | None = None) -> str:
+def concrete_engine(
+    text: str, n: int, costs: StepCosts | None, budget: int | None, host_budget: int | None = None
+) -> str:
     """The engine text that runs ``n`` steps: ``"uniform:best"`` -> ``"uniform:K"`` and so on.
 
     ``budget`` is what the schedule may use besides the run's base (model,
@@ -40,14 +41,20 @@ def concrete_engine(text: str, n: int, costs: StepCosts | None, budget: int | No
     if schedule is not None and schedule.needs_costs:
         if costs is None:
             raise ValueError(f"{text!r} needs measured step costs")
-        schedule = Auto(None if schedule.budget is None else budget, among=schedule.among).choose(
-            n, costs, offload=spec.offload).schedule
+        schedule = (
+            Auto(None if schedule.budget is None else budget, among=schedule.among)
+            .choose(n, costs, offload=spec.offload)
+            .schedule
+        )
         if spec.offload and host_budget is not None and isinstance(schedule, Binomial):
             schedule = Binomial(max(1, min(schedule.slots, host_budget // max(costs.state_bytes, 1))))
     if schedule is None:
         return "naive"
-    name = {"Uniform": f"uniform:{getattr(schedule, 'checkpoint_steps', 0)}",
-            "Binomial": f"binomial:{getattr(schedule, 'slots', 0)}", "SqrtUniform": "sqrt"}[type(schedule).__name__]
+    name = {
+        "Uniform": f"uniform:{getattr(schedule, 'checkpoint_steps', 0)}",
+        "Binomial": f"binomial:{getattr(schedule, 'slots', 0)}",
+        "SqrtUniform": "sqrt",
+    }[type(schedule).__name__]
     return name + ("+offload" if spec.offload else "")
 
 
@@ -67,16 +74,26 @@ def _prediction(text: str, n: int, costs: StepCosts) -> tuple[int, float]:
     return predicted_peak_bytes(plan, n, costs, offload=offload), predicted_seconds(plan, n, costs)
 
 
-def run_sweep(runner: Runner, engines: Sequence[str], steps: Sequence[int], *, peers: Sequence[Method] = (),
-              repeats: int = 1, time_steps: Sequence[int] | None = None, budget: int | None = None,
-              host_budget: int | None = None, max_run_seconds: float | None = None, progress: Callable[[str, dict[str, Any] | None], None] | None = None
-              ) -> dict[str, Any]:
+def run_sweep(
+    runner: Runner,
+    engines: Sequence[str],
+    steps: Sequence[int],
+    *,
+    peers: Sequence[Method] = (),
+    repeats: int = 1,
+    time_steps: Sequence[int] | None = None,
+    budget: int | None = None,
+    host_budget: int | None = None,
+    max_run_seconds: float | None = None,
+    progress: Callable[[str, dict[str, Any] | None], None] | None = None,
+) -> dict[str, Any]:
     """Measure ``engines`` (memmaml) and ``peers`` at every ``n`` of ``steps``; see the module docstring.
 
     Returns ``{"probe": ..., "records": [...]}``: the probe's step costs and one
     record per run (``role`` ``"memory"`` or ``"time"``; time runs are folded
     into their memory record as ``seconds_runs``).
     """
+
     def report(stage: str, record: dict[str, Any] | None = None) -> None:
         if progress is not None:
             progress(stage, record)
@@ -89,20 +106,20 @@ def run_sweep(runner: Runner, engines: Sequence[str], steps: Sequence[int], *, p
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for n in steps:
         for method in methods:
-            record = _run_one(runner, method, n, costs, (budget, host_budget), available, max_run_seconds,
-                              track=True)
+            record = _run_one(runner, method, n, costs, (budget, host_budget), available, max_run_seconds, track=True)
             records[method.label, n] = record
             report(f"memory {method.label} n={n}", record)
     _compare_gradients(records)
-    for n in (steps[-1:] if time_steps is None else time_steps):
+    for n in steps[-1:] if time_steps is None else time_steps:
         for repeat in range(repeats):
             shift = repeat % len(methods)
             for method in methods[shift:] + methods[:shift]:
                 target = records.get((method.label, n))
                 if target is None or target["status"] != "ok":
                     continue
-                timed = _run_one(runner, method, n, costs, (budget, host_budget), available, max_run_seconds,
-                                 track=False)
+                timed = _run_one(
+                    runner, method, n, costs, (budget, host_budget), available, max_run_seconds, track=False
+                )
                 target.setdefault("seconds_runs", []).append(timed.get("seconds") if timed["status"] == "ok" else None)
                 report(f"time {method.label} n={n} ({repeat + 1}/{repeats})", timed)
     for record in records.values():
@@ -112,25 +129,46 @@ def run_sweep(runner: Runner, engines: Sequence[str], steps: Sequence[int], *, p
     return {"probe": probe, "records": list(records.values())}
 
 
-def _run_one(runner: Runner, method: Method, n: int, costs: StepCosts | None, budgets: tuple[int | None, int | None],
-             available: int | None, max_run_seconds: float | None, *, track: bool) -> dict[str, Any]:
+def _run_one(
+    runner: Runner,
+    method: Method,
+    n: int,
+    costs: StepCosts | None,
+    budgets: tuple[int | None, int | None],
+    available: int | None,
+    max_run_seconds: float | None,
+    *,
+    track: bool,
+) -> dict[str, Any]:
     engine = method.engine
     if method.library == "memmaml":
         engine = concrete_engine(method.engine, n, costs, *budgets)
-    record = {"label": method.label, "library": method.library, "engine": engine, "steps": n, "tracked": track,
-              "role": "memory" if track else "time"}
+    record = {
+        "label": method.label,
+        "library": method.library,
+        "engine": engine,
+        "steps": n,
+        "tracked": track,
+        "role": "memory" if track else "time",
+    }
     stats, offload = engine_stats(engine, n)
     record.update(stats=stats, offload=offload)
     if costs is not None:
         peak, seconds = _prediction(engine, n, costs)
         record.update(probe_predicted_peak_bytes=peak, probe_predicted_seconds=seconds)
         if available is not None and peak > 0.8 * available:
-            return {**record, "status": "skipped",
-                    "error": f"predicted peak {peak / 2**30:.1f} GiB > 80% of the host's available "
-                             f"{available / 2**30:.1f} GiB"}
+            return {
+                **record,
+                "status": "skipped",
+                "error": f"predicted peak {peak / 2**30:.1f} GiB > 80% of the host's available "
+                f"{available / 2**30:.1f} GiB",
+            }
         if max_run_seconds is not None and seconds > max_run_seconds:
-            return {**record, "status": "skipped",
-                    "error": f"predicted {seconds:.0f} s > --max-run-seconds {max_run_seconds:g}"}
+            return {
+                **record,
+                "status": "skipped",
+                "error": f"predicted {seconds:.0f} s > --max-run-seconds {max_run_seconds:g}",
+            }
     result = runner.run(Method(method.library, engine), n, track=track, save_grads=track)
     return {**result, **record, "engine": engine}
 

@@ -89,8 +89,9 @@ def run_configuration(spec: dict[str, Any]) -> dict[str, Any]:
             record["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
             with contextlib.suppress(AttributeError, RuntimeError):
                 record["cuda_host_peak_bytes"] = int(torch.cuda.host_memory_stats().get("active_bytes.peak", 0))
-        record.update(query_loss=float(query_loss), inner_loss_first=float(losses[0]),
-                      inner_loss_last=float(losses[-1]))
+        record.update(
+            query_loss=float(query_loss), inner_loss_first=float(losses[0]), inner_loss_last=float(losses[-1])
+        )
         names = [name for name, _ in built.model.named_parameters()]
         missing = [name for name, g in zip(names, grads) if g is None]
         if missing:

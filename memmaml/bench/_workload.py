@@ -76,8 +76,10 @@ class Workload:
         """``'resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32'`` (and ``', dropout 0.2'`` if any)."""
         width = "" if self.model == "resnet18" else f" (width {self.width})"
         dropout = f", dropout {self.dropout:g}" if self.dropout else ""
-        return (f"{self.model}{width}, {self.batch_size}x{self.channels}x{self.image_size}x{self.image_size}, "
-                f"{self.num_classes} classes, {self.optimizer} lr {self.lr:g}, {self.dtype}{dropout}")
+        return (
+            f"{self.model}{width}, {self.batch_size}x{self.channels}x{self.image_size}x{self.image_size}, "
+            f"{self.num_classes} classes, {self.optimizer} lr {self.lr:g}, {self.dtype}{dropout}"
+        )
 
     def build(self) -> Built:
         """The model (seeded), the loss, the batches and the optimizer, on ``device``."""
@@ -94,8 +96,9 @@ class Workload:
         elif self.model == "conv4":
             model = models.conv4(self.channels, self.num_classes, image_size=self.image_size, filters=self.width)
         else:
-            model = models.mlp([self.channels * self.image_size**2, self.width, self.width, self.num_classes],
-                               flatten=True)
+            model = models.mlp(
+                [self.channels * self.image_size**2, self.width, self.width, self.num_classes], flatten=True
+            )
         if self.dropout and self.model == "resnet18":
             model.fc = torch.nn.Sequential(torch.nn.Dropout(self.dropout), model.fc)
         elif self.dropout:  # conv4 and the MLP are Sequentials ending in their classifier

@@ -11,8 +11,16 @@ from torch import Tensor, nn
 
 from .._checks import integer, positive_int
 
-__all__ = ["IMAGE_EXTENSIONS", "Task", "TaskSource", "accuracy", "cross_entropy_loss", "draw_seeds", "generator_for",
-           "mse_loss"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Task",
+    "TaskSource",
+    "accuracy",
+    "cross_entropy_loss",
+    "draw_seeds",
+    "generator_for",
+    "mse_loss",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -30,7 +38,7 @@ class Task(NamedTuple):
     support: tuple[Tensor, Tensor]
     query: tuple[Tensor, Tensor]
 
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "Task":
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Task:
         """The task on ``device``, floating tensors cast to ``dtype`` (integer labels keep theirs)."""
 
         def move(t: Tensor) -> Tensor:
@@ -40,7 +48,7 @@ class Task(NamedTuple):
 
         return Task(tuple(move(t) for t in self.support), tuple(move(t) for t in self.query))
 
-    def select(self, index: Any) -> "Task":
+    def select(self, index: Any) -> Task:
         """Index every tensor along the task dimension (``batch.select(slice(0, 2))``, ``batch.select(3)``)."""
         return Task(tuple(t[index] for t in self.support), tuple(t[index] for t in self.query))
 
@@ -127,5 +135,3 @@ def accuracy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     inputs, labels = batch
     logits = model(inputs)
     return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
-
-

@@ -23,8 +23,9 @@ class _ClassPoolTasks(TaskSource):
     loss_function = staticmethod(cross_entropy_loss)
     metrics = {"accuracy": accuracy}
 
-    def __init__(self, num_ways: int, num_shots: int, num_query: int, num_classes: int,
-                 examples_per_class: Sequence[int]) -> None:
+    def __init__(
+        self, num_ways: int, num_shots: int, num_query: int, num_classes: int, examples_per_class: Sequence[int]
+    ) -> None:
         positive_int("num_ways", num_ways)
         positive_int("num_shots", num_shots)
         positive_int("num_query", num_query)
@@ -36,7 +37,8 @@ class _ClassPoolTasks(TaskSource):
             index, count = short[0]
             raise ValueError(
                 f"class {self._class_name(index)!r} has {count} examples, fewer than "
-                f"num_shots + num_query = {needed} ({len(short)} classes are that small)")
+                f"num_shots + num_query = {needed} ({len(short)} classes are that small)"
+            )
         self.num_ways = num_ways
         self.num_shots = num_shots
         self.num_query = num_query
@@ -124,8 +126,7 @@ class SyntheticClassification(_ClassPoolTasks):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         num_train = round(num_classes * train_fraction)
         if not 0 < num_train < num_classes:
-            raise ValueError(
-                f"num_classes={num_classes} with train_fraction={train_fraction} leaves an empty split")
+            raise ValueError(f"num_classes={num_classes} with train_fraction={train_fraction} leaves an empty split")
         pool = torch.randn(num_classes, num_features, generator=generator_for(pool_seed), dtype=torch.float64)
         chosen = {"train": slice(0, num_train), "test": slice(num_train, None), "all": slice(None)}[split]
         self.centres = pool[chosen] * class_separation
@@ -186,9 +187,21 @@ def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
 class _ImageClassTasks(_ClassPoolTasks):
     """Classification tasks over classes given as lists of image files."""
 
-    def __init__(self, class_names: list[str], class_files: list[list[Path]], num_ways: int, num_shots: int,
-                 num_query: int, *, image_size: int | None, grayscale: bool, rotations: bool, cache: bool,
-                 transform: Callable[[Tensor], Tensor] | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        class_names: list[str],
+        class_files: list[list[Path]],
+        num_ways: int,
+        num_shots: int,
+        num_query: int,
+        *,
+        image_size: int | None,
+        grayscale: bool,
+        rotations: bool,
+        cache: bool,
+        transform: Callable[[Tensor], Tensor] | None,
+        dtype: torch.dtype,
+    ) -> None:
         if image_size is not None:
             positive_int("image_size", image_size)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -287,8 +300,9 @@ class ImageFolderTasks(_ImageClassTasks):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"root={str(root)!r} is not a folder; it must hold one subfolder of images "
-                                    "per class")
+            raise FileNotFoundError(
+                f"root={str(root)!r} is not a folder; it must hold one subfolder of images per class"
+            )
         available = sorted(p.name for p in root.iterdir() if p.is_dir())
         if classes is None:
             names = available
@@ -300,12 +314,24 @@ class ImageFolderTasks(_ImageClassTasks):
         files = [_image_files(root / name) for name in names]
         names_files = [(n, f) for n, f in zip(names, files) if f]
         if not names_files:
-            raise ValueError(f"root={str(root)!r} has no class subfolders with image files "
-                             f"(extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(
+                f"root={str(root)!r} has no class subfolders with image files "
+                f"(extensions {', '.join(IMAGE_EXTENSIONS)})"
+            )
         self.root = root
-        super().__init__([n for n, _ in names_files], [f for _, f in names_files], num_ways, num_shots, num_query,
-                         image_size=image_size, grayscale=grayscale, rotations=rotations, cache=cache,
-                         transform=transform, dtype=dtype)
+        super().__init__(
+            [n for n, _ in names_files],
+            [f for _, f in names_files],
+            num_ways,
+            num_shots,
+            num_query,
+            image_size=image_size,
+            grayscale=grayscale,
+            rotations=rotations,
+            cache=cache,
+            transform=transform,
+            dtype=dtype,
+        )
 
     def config(self) -> dict[str, Any]:
         return {"source": "imagefolder", "root": str(self.root), **self._image_config()}
@@ -364,7 +390,8 @@ class Omniglot(_ImageClassTasks):
                 f"Omniglot images not found: fill the folder {str(folder)!r} with the alphabet folders of "
                 f"{split}.zip (from https://github.com/brendenlake/omniglot, python/{split}.zip; "
                 f"torchvision.datasets.Omniglot(root={str(root)!r}, background={background}, download=True) "
-                "fetches it into the same place). memmaml never downloads at run time.")
+                "fetches it into the same place). memmaml never downloads at run time."
+            )
         names, files = [], []
         for alphabet in sorted(p for p in folder.iterdir() if p.is_dir()):
             for character in sorted(p for p in alphabet.iterdir() if p.is_dir()):
@@ -375,12 +402,23 @@ class Omniglot(_ImageClassTasks):
         if not files:
             raise FileNotFoundError(
                 f"Omniglot folder {str(folder)!r} holds no <alphabet>/<character>/*.png images; fill it with "
-                f"the contents of {split}.zip")
+                f"the contents of {split}.zip"
+            )
         self.root = Path(root)
         self.background = background
-        super().__init__(names, files, num_ways, num_shots, num_query, image_size=image_size, grayscale=True,
-                         rotations=rotations, cache=cache, transform=None, dtype=dtype)
+        super().__init__(
+            names,
+            files,
+            num_ways,
+            num_shots,
+            num_query,
+            image_size=image_size,
+            grayscale=True,
+            rotations=rotations,
+            cache=cache,
+            transform=None,
+            dtype=dtype,
+        )
 
     def config(self) -> dict[str, Any]:
-        return {"source": "omniglot", "root": str(self.root), "background": self.background,
-                **self._image_config()}
+        return {"source": "omniglot", "root": str(self.root), "background": self.background, **self._image_config()}

@@ -87,5 +87,3 @@ class Sinusoid(TaskSource):
             "x_range": list(self.x_range),
             "dtype": str(self.dtype),
         }
-
-
