@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    origin = provenance(args.device, ["python", "scripts/compare_memory.py", *argv])  # the code the runs import
+    origin = provenance(
+        args.device, ["python", "scripts/compare_memory.py", *argv], workers=True
+    )  # the code the runs import
     with _progress_bar(total, args.no_progress) as bar:
 
         def progress(stage: str, record: dict | None) -> None:

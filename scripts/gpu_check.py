@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         results["total_seconds"] = time.monotonic() - start
         write_gpu_report(results, out, with_plot=False)  # after every part: a cut-short run leaves its figures
     if results["provenance"] is None:  # the probe failed; here, after every part, CUDA may start in this process
-        results["provenance"] = provenance(args.device, command)
+        results["provenance"] = provenance(args.device, command, workers=True)
     results["total_seconds"] = time.monotonic() - start
     write_gpu_report(results, out)
     print(f"{results['label']}: {out / 'results.md'}, results.json, results.png ({results['total_seconds']:.0f} s)")

@@ -611,7 +611,7 @@ def _probe(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], None
     workload = Workload(**spec["workload"])
     environment = record["environment"] = {"device": workload.device, "name": workload.device}
     before = _start_device(spec, environment)
-    record["provenance"] = provenance(workload.device, spec.get("command"))
+    record["provenance"] = provenance(workload.device, spec.get("command"), workers=True)
     save()
     built = workload.build()
     costs = memmaml.measure_step_costs(built.model, built.loss_function, built.inputs(1)[0], built.optimizer)

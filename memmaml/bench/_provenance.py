@@ -23,14 +23,19 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[str, Any]:
+def provenance(device: str = "cpu", command: list[str] | None = None, *, workers: bool = False) -> dict[str, Any]:
     """The memmaml commit (and whether its code had uncommitted changes), versions, device and command line.
 
     Outside a git checkout the commit is ``None`` and the version stands alone.
+    ``malloc_mmap_threshold`` is glibc's ``MALLOC_MMAP_THRESHOLD_`` of this
+    process (``None``: glibc's adaptive default) or, with ``workers=True``, the
+    one :class:`~memmaml.bench.Runner` gives its worker processes.
     """
     import torch
 
     import memmaml
+
+    from ._runner import MMAP_THRESHOLD
 
     commit = _git("rev-parse", "HEAD")
     # uncommitted changes to the code that ran (the package and the scripts), not to notes or notebooks
@@ -44,8 +49,7 @@ def provenance(device: str = "cpu", command: list[str] | None = None) -> dict[st
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
-        # the workers' glibc mmap threshold (memmaml.bench.Runner fixes it unless set)
-        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536"),
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD if workers else None),
         "command": " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
