@@ -13,8 +13,9 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "matplotlib", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "matplotlib", "nbclient", "nbformat", "ipykernel", "scikit-learn", "ruff==0.17.6"],
         "plot": ["matplotlib"],
+        "examples": ["scikit-learn", "matplotlib"],
     },
     license="MIT",
 )

@@ -21,8 +21,10 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["memory_efficient_maml", "maml_from_scratch", "sine_wave_maml"]
-CELL_TIMEOUT_S = 300  # per cell; the three notebooks take about a minute together in quick mode
+NAMES = ["memory_efficient_maml", "maml_from_scratch", "sine_wave_maml", "long_horizon_hypergradients"]
+CELL_TIMEOUT_S = 300  # per cell; the notebooks take about a minute together in quick mode
+# notebooks that need scikit-learn (its digits data set): the "examples" and "test" extras install it
+NEEDS_SKLEARN = {"long_horizon_hypergradients"}
 
 
 def _load_build():
@@ -61,26 +63,35 @@ def test_stored_notebook_holds_the_cells_of_its_source(name: str) -> None:
     stored = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     built = build.build(name)
     assert [(cell.cell_type, cell.source) for cell in stored.cells] == [
-        (cell.cell_type, cell.source) for cell in built.cells], (
+        (cell.cell_type, cell.source) for cell in built.cells
+    ], (
         f"notebooks/{name}.ipynb does not hold the cells of notebooks/src/{name}.py: "
-        f"run python notebooks/build.py --execute --only {name}")
+        f"run python notebooks/build.py --execute --only {name}"
+    )
     assert stored.metadata["kernelspec"] == built.metadata["kernelspec"]
 
 
 def test_percent_format_parser() -> None:
     text = "# %% [markdown]\n# # Title\n#\n# text\n\n\n# %%\nx = 1\n\n\ndef f():\n    return x\n\n# %%\nprint(f())\n"
-    assert build.parse_cells(text) == [("markdown", "# Title\n\ntext"), ("code", "x = 1\n\n\ndef f():\n    return x"),
-                                       ("code", "print(f())")]
-    for bad, message in [("x = 1\n# %%\ny = 2\n", "before the first cell marker"),
-                         ("# %% [raw]\ntext\n", "unknown cell marker"),
-                         ("# %% [markdown]\nnot a comment\n", "lines are comments"),
-                         ("# %%\n\n# %%\nx = 1\n", "empty cell")]:
+    assert build.parse_cells(text) == [
+        ("markdown", "# Title\n\ntext"),
+        ("code", "x = 1\n\n\ndef f():\n    return x"),
+        ("code", "print(f())"),
+    ]
+    for bad, message in [
+        ("x = 1\n# %%\ny = 2\n", "before the first cell marker"),
+        ("# %% [raw]\ntext\n", "unknown cell marker"),
+        ("# %% [markdown]\nnot a comment\n", "lines are comments"),
+        ("# %%\n\n# %%\nx = 1\n", "empty cell"),
+    ]:
         with pytest.raises(ValueError, match=message):
             build.parse_cells(bad)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_in_quick_mode(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if name in NEEDS_SKLEARN:
+        pytest.importorskip("sklearn", reason=f"notebook {name} needs scikit-learn: pip install -e '.[examples]'")
     monkeypatch.setenv("MEMMAML_NOTEBOOK_QUICK", "1")  # the kernel inherits this environment
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread each: CI machines are small and shared
         monkeypatch.setenv(variable, "1")
@@ -90,8 +101,9 @@ def test_notebook_runs_in_quick_mode(name: str, tmp_path: Path, monkeypatch: pyt
     for cell in nb.cells:  # run from a clean slate, not on top of the stored outputs
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
     nbformat.write(nb, copy)
     text = "".join(_outputs_text(cell) for cell in nb.cells if cell.cell_type == "code")
@@ -104,7 +116,8 @@ def test_stored_notebook_holds_a_full_run(name: str) -> None:
     nbformat.validate(nb)
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1)), (
-        "the stored notebook was not run top to bottom in one session")
+        "the stored notebook was not run top to bottom in one session"
+    )
     errors = [output for cell in code_cells for output in cell.outputs if output.output_type == "error"]
     assert not errors, errors
     text = "".join(_outputs_text(cell) for cell in code_cells)
