@@ -120,7 +120,9 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         "at the same n.",
         "",
         "Time per step is the tracked run's (the tracker's overhead is included, so compare it within the table); "
-        "time / naive is the median ratio of interleaved untracked runs at the same n.",
+        "time / naive is the median ratio of interleaved untracked runs at the same n. Stored states, graph "
+        "steps and no-graph steps are memmaml's plan (the graph steps: the longest segment held at once); a peer's "
+        "own checkpointing shows '–'.",
         "",
         "| engine | n | stored states | graph steps | no-graph steps | peak (measured) | host (offloaded) | "
         "s per step (tracked) | time / naive | memory / naive | meta-grad rel. diff | status |",
@@ -138,9 +140,15 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         )
         status = r.get("status") + (f": {r['error'][:80]}" if r.get("error") else "")
         name = r["label"] if r["label"] == r["engine"] else f"{r['label']} ({r['engine']})"
+        if r.get("library", "memmaml") != "memmaml" and stats:  # a peer's own checkpointing: not memmaml's plan
+            counts = "– | – | –"
+        else:
+            counts = (
+                f"{max(stats.get('max_stored', 1) - 1, 0) if stats else 0} | "
+                f"{stats.get('max_segment', r['steps'])} | {stats.get('forward_steps', 0)}"
+            )
         lines.append(
-            f"| {name} | {r['steps']} | {max(stats.get('max_stored', 1) - 1, 0) if stats else 0} | "
-            f"{stats.get('max_segment', r['steps'])} | {stats.get('forward_steps', 0)} | "
+            f"| {name} | {r['steps']} | {counts} | "
             f"{format_bytes(r.get('peak_bytes'))} | {format_bytes(r.get('host_peak_bytes'))} | "
             f"{_per_step(r, naive)} | {_ratio(r, ref, 'seconds')} | "
             f"{_ratio(r, ref, 'peak_bytes')} | {diff_text} | {status} |"
