@@ -29,18 +29,9 @@ from __future__ import annotations
 import os
 
 from ._fit import Fit, answer_budget, fit_costs
-from ._gpu import (
-    GPU_PARTS,
-    GPU_SIZES,
-    GpuPart,
-    GpuSizes,
-    fit_steps,
-    plan_gpu_part,
-    predict_seconds,
-    probe_device,
-    run_gpu_part,
-    write_gpu_report,
-)
+from ._gpu import probe_device, run_gpu_part
+from ._gpu_plan import GPU_PARTS, GPU_SIZES, GpuPart, GpuSizes, fit_steps, plan_gpu_part, predict_seconds
+from ._gpu_report import write_gpu_report
 from ._methods import PEER_INSTALL, Method, meta_step, unavailable
 from ._provenance import provenance
 from ._report import render

@@ -1,0 +1,161 @@
+"""The GPU check's report: ``results.json``, ``results.md`` and ``results.png``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .._units import format_bytes
+
+__all__ = ["write_gpu_report"]
+
+
+def _b(num: float | None) -> str:
+    return "—" if num is None else format_bytes(num)
+
+
+def _s(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:.1f}"
+
+
+def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_plot: bool = True) -> str:
+    """Write ``results.json``, ``results.md`` and (``with_plot``) ``results.png`` in ``out``; the Markdown.
+
+    Each run's time relative to naive's (``ratio_to_naive``) is recomputed
+    here from part 1's time per step, so the files always agree.
+    """
+    out = Path(out)
+    parts = results["parts"]
+    naive_step = parts.get("naive", {}).get("seconds_per_step")
+    runs = [r for part in parts.values() for r in part.get("runs", [])]
+    for run in runs:
+        ok = naive_step and run.get("status") == "ok" and run.get("seconds_per_step")
+        run["ratio_to_naive"] = run["seconds_per_step"] / naive_step if ok else None
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    label, env, prov = results["label"], results.get("environment") or {}, results.get("provenance") or {}
+    dirty = " (uncommitted changes)" if prov.get("memmaml_dirty") else ""
+    commit = prov.get("memmaml_commit") or "unknown commit"
+    lines = [
+        f"# memmaml GPU check — {label}",
+        "",
+        f"- command: `{prov.get('command', '—')}`",
+        f"- memmaml {prov.get('memmaml_version', '—')} at {commit}{dirty}; "
+        f"torch {prov.get('torch', '—')}, CUDA {prov.get('cuda', '—')}, cuDNN {env.get('cudnn', '—')}",
+        f"- device: {env.get('name', results['device'])}; allocator cap: {_b(results['cap_bytes'])}; "
+        f"CUDA context: {_b(env.get('context_bytes'))} ({env.get('context_method', 'none on CPU')}); after the "
+        f"probe's steps, with kernels and library handles: {_b(env.get('non_allocator_bytes_after_probe'))}",
+        f"- workload: {results['workload_text']}",
+        f"- {results['total_seconds']:.0f} s in all, of a {results['time_budget_seconds']:.0f} s budget",
+        "",
+        "| part | status | predicted s | measured s | wall s | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in parts.values():
+        note = "; ".join(str(part[k]) for k in ("plan_note", "error", "note", "schedule") if part.get(k))
+        lines.append(
+            f"| {part['number']}. {part['title']} | {part['status']} | {_s(part.get('predicted_seconds'))} | "
+            f"{_s(part.get('work_seconds'))} | {_s(part.get('wall_seconds'))} | "
+            f"{note[:300].replace('|', '/').replace(chr(10), ' ')} |"
+        )
+    lines += [
+        "",
+        f"Runs, {label}, each in a fresh process. "
+        + (
+            "Peaks are the allocator's, absolute (model and batches included); host: pinned active bytes."
+            if env.get("total_bytes")
+            else "Peaks are live tensor bytes created during the meta-step "
+            "(memmaml.track_memory), whose overhead is in the times; host: offloaded states."
+        ),
+        "",
+        "| configuration | status | peak allocated | peak reserved | host peak | time / step | × naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        per_step, ratio = r.get("seconds_per_step"), r.get("ratio_to_naive")
+        lines.append(
+            f"| {r['config']} | {r['status']} | {_b(r.get('peak_allocated_bytes'))} | "
+            f"{_b(r.get('peak_reserved_bytes'))} | {_b(r.get('host_peak_bytes'))} | "
+            f"{'—' if per_step is None else f'{per_step * 1e3:.1f} ms'} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    naive = parts.get("naive", {})
+    if naive.get("longest_n"):
+        lines += [
+            "",
+            f"Naive, {label}: longest n = {naive['longest_n']}, first failing n = "
+            f"{naive.get('first_failing_n')} ({naive.get('first_failing_error') or naive.get('note')}).",
+        ]
+    exact = parts.get("exactness", {})
+    for mode, m in exact.get("modes", {}).items():
+        lines += [
+            "",
+            f"Exactness against naive, {mode} settings ({m['settings']}), {label}; "
+            f"{exact.get('workload_text')}, n = {exact.get('spec', {}).get('n')}:",
+            "",
+            "| engine | relative difference | bitwise | buffers bitwise |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {v['relative_difference']:.3g} | {v['bitwise']} | {v['buffers_bitwise']} |"
+            for k, v in m["methods"].items()
+        ]
+        if m["nondeterministic_op_warnings"]:
+            lines.append(f"\nOps without a deterministic implementation: {m['nondeterministic_op_warnings']}")
+    peer = parts.get("torch_maml", {})
+    if peer.get("relative_difference") is not None:
+        lines += [
+            "",
+            f"torch_maml {peer.get('torch_maml_version', '')} against memmaml, same schedule, {label}: "
+            f"meta-gradients differ by {peer['relative_difference']:.3g} (relative to the largest), "
+            f"bitwise equal: {peer['bitwise']}.",
+        ]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    if with_plot:
+        _plot(runs, results, out / "results.png")
+    return text
+
+
+def _plot(runs: list[dict[str, Any]], results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional (pip install memmaml[plot]); the tables are written anyway
+        return
+    runs = [r for r in runs if r.get("peak_allocated_bytes") is not None]
+    cap = results["cap_bytes"]
+    fig, (mem_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 1.8 + 0.4 * len(runs)))
+    y = list(range(len(runs)))
+    largest = max([r["peak_allocated_bytes"] for r in runs] + [cap or 0])
+    unit, scale = ("GiB", 2**30) if largest > 2**29 else ("MiB", 2**20)
+    if any(r.get("peak_reserved_bytes") for r in runs):  # behind the allocated bars: their excess shows hatched
+        mem_ax.barh(
+            y,
+            [(r.get("peak_reserved_bytes") or 0) / scale for r in runs],
+            color="white",
+            edgecolor="tab:blue",
+            hatch="//",
+            label="peak reserved",
+        )
+    mem_ax.barh(y, [r["peak_allocated_bytes"] / scale for r in runs], color="tab:blue", label="peak allocated")
+    if cap:
+        mem_ax.axvline(cap / scale, color="red", label=f"cap {_b(cap)}")
+    mem_ax.set(
+        yticks=y,
+        yticklabels=[r["config"] + ("" if r["status"] == "ok" else f" ({r['status']})") for r in runs],
+        xlabel=f"peak device memory ({unit})",
+    )
+    mem_ax.legend(loc="lower right", fontsize=8)
+    time_ax.barh(y, [r.get("ratio_to_naive") or 0 for r in runs], color="tab:orange")
+    time_ax.axvline(1.0, color="black", linewidth=0.8)
+    time_ax.set(yticks=y, yticklabels=[], xlabel="time per inner step / naive's")
+    for ax in (mem_ax, time_ax):
+        ax.invert_yaxis()  # the first configuration on top, as in results.md
+    fig.suptitle(results["label"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
