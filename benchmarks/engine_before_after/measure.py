@@ -111,6 +111,7 @@ def main() -> int:
     p.add_argument("--before", required=True, help="a checkout of memmaml before the change")
     p.add_argument("--after", required=True, help="a checkout after it")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", default="", help="run only the configurations whose name contains this text")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     roots = {"before": str(Path(args.before).resolve()), "after": str(Path(args.after).resolve())}
@@ -121,7 +122,8 @@ def main() -> int:
         "device": "cpu, 1 thread per run",
         "configs": {},
     }
-    keys = [(c, v) for c in CONFIGS for v in roots if not (c[7] == "torch_maml" and v == "before")]
+    configs = [c for c in CONFIGS if args.only in c[0]]
+    keys = [(c, v) for c in configs for v in roots if not (c[7] == "torch_maml" and v == "before")]
     for config, version in keys:  # memory: one tracked run each
         results["configs"].setdefault(config[0], {})[version] = {"peak_bytes": run(roots[version], config, True)}
         print(config[0], version, results["configs"][config[0]][version], flush=True)
@@ -142,6 +144,8 @@ def main() -> int:
 
 
 def _ratio(results: dict, a: tuple[str, str], b: tuple[str, str]) -> str:
+    if a[0] not in results["configs"] or b[0] not in results["configs"]:
+        return "not measured in this run"
     xs = results["configs"][a[0]][a[1]]["seconds"]
     ys = results["configs"][b[0]][b[1]]["seconds"]
     pairs = [x / y for x, y in zip(xs, ys) if x and y]
