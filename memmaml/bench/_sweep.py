@@ -156,12 +156,14 @@ def _run_one(
     if costs is not None:
         peak, seconds = _prediction(engine, n, costs)
         record.update(probe_predicted_peak_bytes=peak, probe_predicted_seconds=seconds)
-        if available is not None and peak > 0.8 * available:
+        # the probe's graph bytes hold one step's backward transient too, so n steps' prediction
+        # runs high (ResNet-18 at 224 px: 1.25 GB per step from the probe, 654 MiB fitted to the
+        # measured runs): skip only what would not fit even then
+        if available is not None and peak > available:
             return {
                 **record,
                 "status": "skipped",
-                "error": f"predicted peak {peak / 2**30:.1f} GiB > 80% of the host's available "
-                f"{available / 2**30:.1f} GiB",
+                "error": f"predicted peak {peak / 2**30:.1f} GiB > the host's available {available / 2**30:.1f} GiB",
             }
         if max_run_seconds is not None and seconds > max_run_seconds:
             return {
