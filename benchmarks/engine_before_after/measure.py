@@ -94,6 +94,7 @@ def run(root: str, config: tuple, track: bool) -> dict:
         capture_output=True,
         text=True,
         env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        cwd=root,  # python -c puts the working directory first on sys.path: it must be the checkout measured
         timeout=7200,
     )
     if proc.returncode:
