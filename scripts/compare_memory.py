@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip runs the probe predicts to take longer (recorded with the reason)",
     )
+    s.add_argument(
+        "--no-host-check",
+        action="store_true",
+        help="run configurations even where the probe predicts more than the host's available memory "
+        "(its per-step figure holds a backward transient, so it runs high)",
+    )
     p.add_argument("--budget", type=_size, default="11GiB", help="memory budget to answer (the seed demo's card)")
     p.add_argument(
         "--host-budget",
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             budget=args.budget,
             host_budget=host_budget,
             max_run_seconds=args.max_run_seconds,
+            host_check=not args.no_host_check,
             progress=progress,
         )
     payload = {

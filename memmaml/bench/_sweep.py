@@ -85,9 +85,13 @@ def run_sweep(
     budget: int | None = None,
     host_budget: int | None = None,
     max_run_seconds: float | None = None,
+    host_check: bool = True,
     progress: Callable[[str, dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Measure ``engines`` (memmaml) and ``peers`` at every ``n`` of ``steps``; see the module docstring.
+
+    ``host_check=False`` runs configurations the probe predicts to exceed the
+    host's available memory (on CPU they are skipped otherwise).
 
     Returns ``{"probe": ..., "records": [...]}``: the probe's step costs and one
     record per run (``role`` ``"memory"`` or ``"time"``; time runs are folded
@@ -101,7 +105,7 @@ def run_sweep(
     probe = runner.run(Method("memmaml", "naive"), 1, track=False, measure_costs=True)
     report("probe", probe)
     costs = StepCosts(**probe["costs"]) if probe.get("status") == "ok" else None
-    available = host_available_bytes() if runner.workload.device == "cpu" else None
+    available = host_available_bytes() if runner.workload.device == "cpu" and host_check else None
     methods = [Method("memmaml", e) for e in engines] + list(peers)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for n in steps:
