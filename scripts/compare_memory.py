@@ -9,7 +9,7 @@ runs, engines interleaved. With --budget, memmaml's cost model (the one Auto
 plans with) is fitted to the measured runs and answers, per engine, the
 longest unroll that fits -- or says that its memory does not grow with n.
 
-Example (the seed demo; 19 minutes on a 2-core CPU, one run per core at a time):
+Example (the seed demo; 19 minutes on a 2-core CPU):
 
     python scripts/compare_memory.py --steps 1,2,4 --budget 11GiB --out results/seed
 """
