@@ -23,7 +23,10 @@ library).
   (:func:`batched_meta_gradient`) for meta-training runs.
 """
 
-from . import bench, models, tasks  # noqa: F401  (public namespaces, not re-exported here)
+import importlib
+from typing import Any
+
+from . import models, tasks  # noqa: F401  (public namespaces, not re-exported here)
 from ._adapted import AdaptedModule
 from ._auto import Auto, best_uniform, binomial_slots
 from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
@@ -45,6 +48,20 @@ from ._units import format_bytes, parse_size
 from ._unroll import Result, choose_schedule, measure_step_costs, unroll
 
 __version__ = "0.1.0"
+
+#: public namespaces loaded on first use (PEP 562): the benchmark library sits on top of the
+#: package and imports it, so importing it here would be a cycle
+_LAZY_NAMESPACES = ("bench",)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMESPACES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_NAMESPACES])
 
 __all__ = [
     "Adam",
