@@ -140,8 +140,8 @@ def test_omniglot_missing_root_names_the_folder_to_fill(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         Omniglot(tmp_path)
     message = str(info.value)
-    assert str(tmp_path / "omniglot-py" / "images_background") in message
-    assert "never downloads" in message
+    assert f"under {tmp_path / 'omniglot-py'}:" in message and "put images_background/ there" in message
+    assert "download=True" in message and "\n" not in message  # one line, for a command line to print
     with pytest.raises(FileNotFoundError, match="images_evaluation"):
         Omniglot(tmp_path, background=False)
 

@@ -22,9 +22,25 @@ Sources
       Gaussian clusters drawn from a fixed pool of classes (no files needed).
     * :class:`ImageFolderTasks` -- N-way K-shot classification from a folder
       with one subfolder of images per class.
-    * :class:`Omniglot` -- N-way K-shot Omniglot (Lake et al. 2015) read from
-      the layout ``torchvision.datasets.Omniglot`` uses, from a local root;
-      nothing is downloaded.
+    * :class:`Omniglot` -- N-way K-shot Omniglot (Lake et al. 2015) in the
+      layout ``torchvision.datasets.Omniglot`` uses (``download=True`` fetches
+      it through torchvision): Finn et al.'s 1,100 / 100 / 423-character split
+      (``split="train"/"val"/"test"``) or Lake's background/evaluation sets.
+    * :class:`CIFARFS` -- CIFAR-FS (Bertinetto et al. 2019), 64 / 16 / 20
+      CIFAR-100 classes; :class:`FC100` -- FC100 (Oreshkin et al. 2018), 12 /
+      4 / 4 CIFAR-100 superclasses. Both read torchvision's
+      ``cifar-100-python`` files (``download=True`` fetches them).
+    * :class:`MiniImageNet` -- miniImageNet with Ravi & Larochelle's
+      ``train.csv``/``val.csv``/``test.csv`` over a folder of images (no
+      download).
+    * :class:`Digits` -- scikit-learn's 8x8 digits, shipped in its wheel: an
+      image benchmark that runs offline (digits 0-4 train, 5-9 test).
+
+The named datasets split by class (their splits are checked to be disjoint)
+and share the interface ``Source(root, num_ways, num_shots, num_query, *,
+split=..., download=...)``. A missing dataset raises
+:class:`DatasetNotFoundError` (a ``FileNotFoundError``) with a one-line
+message naming the folder to fill and what to put there.
 
 Classification tasks label their ``num_ways`` classes ``0 .. num_ways-1`` in a
 random order per task; support and query sets hold disjoint examples.
@@ -35,13 +51,25 @@ Losses and metrics matching the sources: :func:`mse_loss`,
 """
 
 from ._base import IMAGE_EXTENSIONS, Task, TaskSource, accuracy, cross_entropy_loss, draw_seeds, mse_loss
-from ._classification import ImageFolderTasks, Omniglot, SyntheticClassification
+from ._cifar import CIFARFS, FC100
+from ._classification import ImageFolderTasks, SyntheticClassification
+from ._datasets import SPLITS, DatasetNotFoundError
+from ._digits import DIGITS_SPLIT, Digits
+from ._mini_imagenet import MiniImageNet
+from ._omniglot import Omniglot, finn_split
 from ._sinusoid import Sinusoid
 
 __all__ = [
+    "CIFARFS",
+    "DIGITS_SPLIT",
+    "DatasetNotFoundError",
+    "Digits",
+    "FC100",
     "IMAGE_EXTENSIONS",
     "ImageFolderTasks",
+    "MiniImageNet",
     "Omniglot",
+    "SPLITS",
     "Sinusoid",
     "SyntheticClassification",
     "Task",
@@ -49,5 +77,6 @@ __all__ = [
     "accuracy",
     "cross_entropy_loss",
     "draw_seeds",
+    "finn_split",
     "mse_loss",
 ]

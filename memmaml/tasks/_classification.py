@@ -1,4 +1,4 @@
-"""N-way K-shot classification tasks: synthetic clusters, image folders, Omniglot."""
+"""N-way K-shot classification tasks: the class-pool base, synthetic clusters, image files, in-memory images."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import Tensor
 from .._checks import positive_int
 from ._base import IMAGE_EXTENSIONS, Task, TaskSource, accuracy, cross_entropy_loss, generator_for
 
-__all__ = ["ImageFolderTasks", "Omniglot", "SyntheticClassification"]
+__all__ = ["ImageFolderTasks", "SyntheticClassification"]
 
 
 # ------------------------------------------------------------- classification base
@@ -337,88 +337,59 @@ class ImageFolderTasks(_ImageClassTasks):
         return {"source": "imagefolder", "root": str(self.root), **self._image_config()}
 
 
-class Omniglot(_ImageClassTasks):
-    """N-way K-shot Omniglot (Lake et al. 2015) from a local copy; nothing is downloaded.
+# -------------------------------------------------------------------- in-memory images
+class _TensorClassTasks(_ClassPoolTasks):
+    """Classification tasks over images held in memory, one tensor ``(n, C, H, W)`` per class.
 
-    Reads the layout ``torchvision.datasets.Omniglot`` downloads to:
-    ``root/omniglot-py/images_background/<alphabet>/<character>/*.png`` (964
-    characters) and ``root/omniglot-py/images_evaluation/...`` (659). Each
-    character is a class; images are 105x105 grayscale, resized to
-    ``image_size``. If only torchvision's zip file is there
-    (``root/omniglot-py/images_background.zip``), it is extracted in place with
-    ``torchvision.datasets.utils.extract_archive``.
-
-    Args:
-        root: the folder that holds ``omniglot-py``.
-        num_ways, num_shots, num_query: task shape (N, K, query images per class).
-        background: ``True`` for ``images_background`` (the usual training
-            alphabets), ``False`` for ``images_evaluation``.
-        image_size: side of the square images (28 in Finn et al. 2017).
-        rotations: add 90/180/270-degree rotations of each character as new
-            classes (Finn et al. 2017).
-        cache: keep decoded images in memory (about 3 kB per image at 28x28).
-        dtype: floating dtype of the images.
-
-    Raises:
-        FileNotFoundError: the images are missing; the message names the
-            folder to fill.
+    Images are stored as read (``uint8`` for CIFAR-100) and converted per
+    example: divided by ``scale`` (to ``[0, 1]``), resized to ``image_size``,
+    passed through ``transform`` and cast to ``dtype``.
     """
 
     def __init__(
         self,
-        root: str | os.PathLike,
-        num_ways: int = 5,
-        num_shots: int = 1,
-        num_query: int = 15,
+        class_names: list[str],
+        class_images: list[Tensor],
+        num_ways: int,
+        num_shots: int,
+        num_query: int,
         *,
-        background: bool = True,
-        image_size: int = 28,
-        rotations: bool = False,
-        cache: bool = True,
-        dtype: torch.dtype = torch.float32,
+        scale: float,
+        image_size: int | None,
+        transform: Callable[[Tensor], Tensor] | None,
+        dtype: torch.dtype,
     ) -> None:
-        split = "images_background" if background else "images_evaluation"
-        base = Path(root) / "omniglot-py"
-        folder = base / split
-        archive = base / f"{split}.zip"
-        if not folder.is_dir() and archive.is_file():
-            from torchvision.datasets.utils import extract_archive
+        if image_size is not None:
+            positive_int("image_size", image_size)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.class_names = class_names
+        self.class_images = class_images
+        self.image_size = image_size
+        self.transform = transform
+        self.dtype = dtype
+        self._scale = scale
+        super().__init__(num_ways, num_shots, num_query, len(class_images), [len(x) for x in class_images])
 
-            extract_archive(str(archive), str(base))
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"Omniglot images not found: fill the folder {str(folder)!r} with the alphabet folders of "
-                f"{split}.zip (from https://github.com/brendenlake/omniglot, python/{split}.zip; "
-                f"torchvision.datasets.Omniglot(root={str(root)!r}, background={background}, download=True) "
-                "fetches it into the same place). memmaml never downloads at run time."
-            )
-        names, files = [], []
-        for alphabet in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for character in sorted(p for p in alphabet.iterdir() if p.is_dir()):
-                images = [p for p in _image_files(character) if p.suffix.lower() == ".png"]
-                if images:
-                    names.append(f"{alphabet.name}/{character.name}")
-                    files.append(images)
-        if not files:
-            raise FileNotFoundError(
-                f"Omniglot folder {str(folder)!r} holds no <alphabet>/<character>/*.png images; fill it with "
-                f"the contents of {split}.zip"
-            )
-        self.root = Path(root)
-        self.background = background
-        super().__init__(
-            names,
-            files,
-            num_ways,
-            num_shots,
-            num_query,
-            image_size=image_size,
-            grayscale=True,
-            rotations=rotations,
-            cache=cache,
-            transform=None,
-            dtype=dtype,
-        )
+    def _class_name(self, index: int) -> str:
+        return self.class_names[index]
 
-    def config(self) -> dict[str, Any]:
-        return {"source": "omniglot", "root": str(self.root), "background": self.background, **self._image_config()}
+    def _example(self, class_index: int, example_index: int, generator: torch.Generator) -> Tensor:
+        image = self.class_images[class_index][example_index].to(torch.float32) / self._scale
+        if self.image_size is not None and tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            from torchvision.transforms import functional as TF
+
+            image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.to(self.dtype)
+
+    def _tensor_config(self) -> dict[str, Any]:
+        return {
+            "num_ways": self.num_ways,
+            "num_shots": self.num_shots,
+            "num_query": self.num_query,
+            "image_size": self.image_size,
+            "transform": None if self.transform is None else repr(self.transform),
+            "dtype": str(self.dtype),
+        }
