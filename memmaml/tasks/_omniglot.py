@@ -21,7 +21,8 @@ NOTE [ Which Omniglot split ]
     * (i + 1))``, also Python 3's ``random.shuffle(x, random)`` before 3.11)
     driven by ``random.Random(1).random()``, whose sequence Python promises
     not to change. It is the split Finn et al.'s code gives under Python 2
-    on a file system that lists folders in sorted order; it is a convention
+    on a file system that lists folders in sorted order (checked against
+    Python 2.7.18's ``random.seed(1); random.shuffle``); it is a convention
     of this package, the same on every machine, not a copy of their split
     (Python 3's default shuffle draws differently, so their code gives yet
     another split there). The sizes, 1,100 / 100 / 423, are theirs.
@@ -154,9 +155,10 @@ class Omniglot(_ImageClassTasks):
             ``split="background"``, ``False`` is ``split="evaluation"``.
         download: fetch missing sets with ``torchvision.datasets.Omniglot``
             (needs a network; the zip files' md5 are checked).
-        image_size: side of the square images (28 in Finn et al. 2017;
-            resized with antialiasing, not the LANCZOS of their preprocessing
-            script, and not inverted as their loader does).
+        image_size: side of the square images (28 in Finn et al. 2017; ``None``
+            keeps the files' 105x105). Resized with antialiasing, not with the
+            LANCZOS filter of their preprocessing script, and not inverted
+            (their loader uses ``1 - image``).
         rotations: add the 90/180/270-degree rotations as new classes.
         cache: keep decoded images in memory (about 3 kB per image at 28x28).
         dtype: floating dtype of the images.
@@ -177,7 +179,7 @@ class Omniglot(_ImageClassTasks):
         split: str | None = None,
         background: bool | None = None,
         download: bool = False,
-        image_size: int = 28,
+        image_size: int | None = 28,
         rotations: bool = False,
         cache: bool = True,
         dtype: torch.dtype = torch.float32,
