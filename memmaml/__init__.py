@@ -23,16 +23,23 @@ library).
   (:func:`batched_meta_gradient`) for meta-training runs.
 """
 
-import importlib
-from typing import Any
+import importlib as _importlib
 
 from . import models, tasks  # noqa: F401  (public namespaces, not re-exported here)
 from ._adapted import AdaptedModule
 from ._auto import Auto, best_uniform, binomial_slots
 from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
 from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
-from ._cost_model import Choice, StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
+from ._cost_model import (
+    Choice,
+    StepCosts,
+    longest_steps,
+    predicted_host_bytes,
+    predicted_peak_bytes,
+    predicted_seconds,
+)
 from ._evaluation import batched_evaluate
+from ._host import host_available_bytes
 from ._inner_optimizer import InnerOptimizer, PerStep, at_step
 from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
 from ._memory import MemoryTracker, peak_rss_bytes, track_memory
@@ -54,14 +61,15 @@ __version__ = "0.1.0"
 _LAZY_NAMESPACES = ("bench",)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY_NAMESPACES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY_NAMESPACES])
+
 
 __all__ = [
     "Adam",
@@ -110,6 +118,7 @@ __all__ = [
     "check_vmappable",
     "choose_schedule",
     "format_bytes",
+    "host_available_bytes",
     "load_checkpoint_file",
     "longest_steps",
     "measure_step_costs",
@@ -117,6 +126,7 @@ __all__ = [
     "parse_schedule",
     "parse_size",
     "peak_rss_bytes",
+    "predicted_host_bytes",
     "predicted_peak_bytes",
     "predicted_seconds",
     "sqrt_steps",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from ._cost_model import Choice, StepCosts, predicted_peak_bytes
+from ._cost_model import Choice, StepCosts, predicted_host_bytes, predicted_peak_bytes
+from ._host import host_available_bytes
 from ._plans import Plan, PlanStats
 from ._schedules import Binomial, Schedule, Uniform, check_num_steps
 from ._units import format_bytes, parse_size
@@ -17,26 +18,43 @@ from ._units import format_bytes, parse_size
 __all__ = ["Auto", "best_uniform", "binomial_slots"]
 
 
-def best_uniform(num_steps: int, costs: StepCosts, *, offload: bool = False) -> Uniform:
-    """The segment length with the least predicted peak for ``num_steps`` steps (ties: the longer segment)."""
+def best_uniform(
+    num_steps: int, costs: StepCosts, *, offload: bool = False, host_budget: int | float = math.inf
+) -> Uniform:
+    """The segment length with the least predicted peak for ``num_steps`` steps (ties: the longer segment).
+
+    With ``offload``, only segment lengths whose stored states fit ``host_budget`` bytes of host memory are
+    considered (the longest segment, one stored state, if none does).
+    """
     n = check_num_steps(num_steps)
     candidates = sorted({1, n} | {max(1, round(n / m)) for m in range(1, min(n, 2000) + 1)}, reverse=True)
+    fitting = [
+        k for k in candidates if predicted_host_bytes(Uniform(k).stats(n), n, costs, offload=offload) <= host_budget
+    ]
     return min(
-        (Uniform(k) for k in candidates), key=lambda s: predicted_peak_bytes(s.stats(n), n, costs, offload=offload)
+        (Uniform(k) for k in fitting or [n]),
+        key=lambda s: predicted_peak_bytes(s.stats(n), n, costs, offload=offload),
     )
 
 
-def binomial_slots(num_steps: int, costs: StepCosts, budget: int, *, offload: bool = False) -> int:
+def binomial_slots(
+    num_steps: int, costs: StepCosts, budget: int, *, offload: bool = False, host_budget: int | float = math.inf
+) -> int:
     """The most slots worth having that fit ``budget`` (0 if none): more slots never cost more replays,
-    and more than ``n - 1`` are never used."""
+    and more than ``n - 1`` are never used. With ``offload`` the slots live in host memory and must fit
+    ``host_budget`` instead, beside the input state."""
     useful = max(check_num_steps(num_steps) - 1, 1)
-    if offload:
-        return useful
     S, A = costs.state_bytes, costs.graph_bytes
-    return int(max(0, min(useful, (budget - A - 2 * S) // S)))
+    if offload:
+        room = useful if host_budget == math.inf else host_budget // max(S, 1) - 1
+    else:
+        room = (budget - A - 2 * S) // max(S, 1)
+    return int(max(0, min(useful, room)))
 
 
 _FAMILIES = ("naive", "uniform", "binomial")
+#: the share of the host's available memory offloaded states may pin when no host budget is given
+_HOST_SHARE = 0.8
 
 
 class Auto(Schedule):
@@ -48,9 +66,10 @@ class Auto(Schedule):
     candidates are naive (peak ``n * A``), the :class:`Uniform` segment length
     with the least peak (``(ceil(n / k) + 1) * S + k * A``) and
     :class:`Binomial` with the most slots that fit (``(slots + 2) * S + A``);
-    with ``offload=True`` stored states count as ``2 * S`` whatever their
-    number (:mod:`memmaml._cost_model`). Among those that fit, the least
-    predicted time wins.
+    with ``offload=True`` stored states live in host memory and count as
+    ``3 * S`` on the device whatever their number (:mod:`memmaml._cost_model`),
+    and the ``max_stored * S`` bytes they pin must fit ``host_budget``. Among
+    those that fit, the least predicted time wins.
 
     Given as a schedule to :func:`~memmaml.unroll` or :class:`~memmaml.MAML`,
     the engine measures one step first (:func:`~memmaml.measure_step_costs`)
@@ -65,6 +84,11 @@ class Auto(Schedule):
         among: the families to choose from (``"naive"``, ``"uniform"``,
             ``"binomial"``); text forms ``"uniform:best"`` and
             ``"binomial:auto"`` (:func:`parse_engine`) choose within one.
+        host_budget: with ``offload=True``, the host memory the stored states
+            may pin: bytes or a size string. ``None`` (default): 80% of the
+            host's available memory when :meth:`choose` runs
+            (:func:`~memmaml.host_available_bytes`), leaving the rest to the
+            process itself (its batches, the pinned staging of the copies).
 
     Example:
         >>> from memmaml import Auto, StepCosts
@@ -76,13 +100,20 @@ class Auto(Schedule):
 
     needs_costs = True
 
-    def __init__(self, budget: int | str | None, *, among: tuple[str, ...] = _FAMILIES) -> None:
+    def __init__(
+        self,
+        budget: int | str | None,
+        *,
+        among: tuple[str, ...] = _FAMILIES,
+        host_budget: int | str | None = None,
+    ) -> None:
         among = tuple(among)
         if not among or any(family not in _FAMILIES for family in among):
             raise ValueError(f"among must name some of {_FAMILIES}, got {among!r}")
         if budget is None and among != ("uniform",):
             raise ValueError(f"Auto(among={among!r}) needs a memory budget")
         self.budget = None if budget is None else parse_size(budget)
+        self.host_budget = None if host_budget is None else parse_size(host_budget)
         self.among = among
 
     def plan(self, num_steps: int) -> Plan:
@@ -106,18 +137,25 @@ class Auto(Schedule):
             raise ValueError(f"{self!r} chooses from measured step costs: pass costs=measure_step_costs(...)")
         S, A = costs.state_bytes, costs.graph_bytes
         budget = math.inf if self.budget is None else self.budget
+        host_budget = self._host_budget() if offload else math.inf
+        chooser = repr(self).replace("'", "")
         candidates: list[Schedule | None] = []
         if "naive" in self.among:
             candidates.append(None)
         if "uniform" in self.among:
-            candidates.append(best_uniform(n, costs, offload=offload))
+            candidates.append(best_uniform(n, costs, offload=offload, host_budget=host_budget))
         if "binomial" in self.among:
-            slots = binomial_slots(n, costs, int(min(budget, 2**62)), offload=offload)
+            slots = binomial_slots(n, costs, int(min(budget, 2**62)), offload=offload, host_budget=host_budget)
             if slots >= 1:
                 candidates.append(Binomial(slots))
-        choices = [Choice.of(s, n, costs, offload=offload, chooser=repr(self).replace("'", "")) for s in candidates]
-        fitting = [c for c in choices if c.predicted_peak_bytes <= budget]
+        choices = [Choice.of(s, n, costs, offload=offload, chooser=chooser) for s in candidates]
+        fitting = [c for c in choices if c.predicted_peak_bytes <= budget and c.predicted_host_bytes <= host_budget]
         if not fitting:
+            if offload and n > 1 and predicted_host_bytes(Binomial(1).stats(n), n, costs, offload=True) > host_budget:
+                raise ValueError(
+                    f"host budget {format_bytes(host_budget)} is smaller than what offloading {n} steps needs: "
+                    f"at least {format_bytes(2 * S)} (two stored states of {format_bytes(S)})"
+                )
             smallest = min((c.predicted_peak_bytes for c in choices), default=A + 2 * S)
             if "binomial" in self.among and n > 1:
                 smallest = min(smallest, predicted_peak_bytes(Binomial(1).stats(n), n, costs, offload=offload))
@@ -128,7 +166,14 @@ class Auto(Schedule):
             )
         return min(fitting, key=lambda c: (c.predicted_seconds, c.predicted_peak_bytes))
 
+    def _host_budget(self) -> int | float:
+        if self.host_budget is not None:
+            return self.host_budget
+        available = host_available_bytes()
+        return math.inf if available is None else int(_HOST_SHARE * available)
+
     def __repr__(self) -> str:
         budget = "None" if self.budget is None else repr(format_bytes(self.budget))
         among = "" if self.among == _FAMILIES else f", among={self.among!r}"
-        return f"Auto(budget={budget}{among})"
+        host = "" if self.host_budget is None else f", host_budget={format_bytes(self.host_budget)!r}"
+        return f"Auto(budget={budget}{among}{host})"

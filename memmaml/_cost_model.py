@@ -7,7 +7,11 @@ answers of ``scripts/compare_memory.py`` -- comes from here, from measured
 * peak bytes: naive ``n * A``; checkpointed ``(max_stored + 1) * S +
   max_segment * A`` (the stored states, the working state and the graphs of
   the longest replayed segment); with ``offload=True`` the stored states live
-  in host memory and ``2 * S + max_segment * A`` stays on the device;
+  in host memory and ``3 * S + max_segment * A`` stays on the device (the
+  working state, the state a replay started from, and the next one, copied
+  back while the current segment is reversed);
+* host bytes: with ``offload=True``, ``max_stored * S`` pinned in host memory
+  (0 otherwise);
 * seconds: ``forward_steps * t_nograph + n * t_graph`` (every step is evaluated
   once with its graph; the forward pass and the replays without one).
 
@@ -24,7 +28,14 @@ from typing import Any, NamedTuple
 from ._plans import PlanStats
 from ._units import format_bytes
 
-__all__ = ["Choice", "StepCosts", "longest_steps", "predicted_peak_bytes", "predicted_seconds"]
+__all__ = [
+    "Choice",
+    "StepCosts",
+    "longest_steps",
+    "predicted_host_bytes",
+    "predicted_peak_bytes",
+    "predicted_seconds",
+]
 
 
 class StepCosts(NamedTuple):
@@ -55,12 +66,27 @@ def predicted_peak_bytes(
         20000
         >>> predicted_peak_bytes(PlanStats(5, 10, 0, 10, 2), 10, costs)  # 5 stored + 1 working state, 2 graphs
         4600
+        >>> predicted_peak_bytes(PlanStats(5, 10, 0, 10, 2), 10, costs, offload=True)  # 3 states on the device
+        4300
     """
     S, A = costs.state_bytes, costs.graph_bytes
     if stats is None:
         return base + num_steps * A
-    stored = 2 * S if offload else (stats.max_stored + 1) * S
+    stored = 3 * S if offload else (stats.max_stored + 1) * S
     return base + stored + stats.max_segment * A
+
+
+def predicted_host_bytes(stats: PlanStats | None, num_steps: int, costs: StepCosts, *, offload: bool = False) -> int:
+    """Host bytes an unroll pins for its stored states: ``max_stored * S`` with ``offload``, else 0.
+
+    Example:
+        >>> costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
+        >>> predicted_host_bytes(PlanStats(5, 10, 0, 10, 2), 10, costs, offload=True)
+        500
+    """
+    if stats is None or not offload:
+        return 0
+    return stats.max_stored * costs.state_bytes
 
 
 def predicted_seconds(stats: PlanStats | None, num_steps: int, costs: StepCosts) -> float:
@@ -80,6 +106,8 @@ class Choice(NamedTuple):
         predicted_peak_bytes: device bytes the unroll adds (``None`` without measured costs).
         predicted_seconds: its steps' time (``None`` without measured costs).
         chooser: what made the choice (``"Auto(budget=11.0 GiB)"``), or ``""`` if it was given.
+        predicted_host_bytes: host bytes pinned for offloaded states (0 without
+            offload, ``None`` without measured costs).
     """
 
     schedule: Any
@@ -89,6 +117,7 @@ class Choice(NamedTuple):
     predicted_peak_bytes: int | None
     predicted_seconds: float | None
     chooser: str = ""
+    predicted_host_bytes: int | None = None
 
     @classmethod
     def of(
@@ -96,9 +125,19 @@ class Choice(NamedTuple):
     ) -> Choice:
         """The choice of ``schedule`` (``None`` for naive), with predictions when ``costs`` are given."""
         stats = None if schedule is None else schedule.stats(num_steps)
-        peak = None if costs is None else predicted_peak_bytes(stats, num_steps, costs, offload=offload)
-        seconds = None if costs is None else predicted_seconds(stats, num_steps, costs)
-        return cls(schedule, num_steps, stats, offload and schedule is not None, peak, seconds, chooser)
+        offload = offload and schedule is not None
+        if costs is None:
+            return cls(schedule, num_steps, stats, offload, None, None, chooser)
+        return cls(
+            schedule,
+            num_steps,
+            stats,
+            offload,
+            predicted_peak_bytes(stats, num_steps, costs, offload=offload),
+            predicted_seconds(stats, num_steps, costs),
+            chooser,
+            predicted_host_bytes(stats, num_steps, costs, offload=offload),
+        )
 
     @property
     def stored_states(self) -> int:
@@ -120,9 +159,10 @@ class Choice(NamedTuple):
             f"{self.evaluations / self.num_steps:.2f} no-graph evaluations per step"
         )
         if self.predicted_peak_bytes is not None:
-            text += (
-                f", predicted peak {format_bytes(self.predicted_peak_bytes)}, predicted {self.predicted_seconds:.3g} s"
-            )
+            text += f", predicted peak {format_bytes(self.predicted_peak_bytes)}"
+            if self.offload:
+                text += f" on the device and {format_bytes(self.predicted_host_bytes)} pinned in host memory"
+            text += f", predicted {self.predicted_seconds:.3g} s"
         return text
 
 

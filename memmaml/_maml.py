@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._cost_model import Choice, StepCosts
@@ -136,6 +137,7 @@ class MAML(nn.Module):
         optimizer_state: Any = None,
         *,
         max_grad_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
         first_order: bool = False,
         allow_unused: bool = False,
         check_finite: bool = False,
@@ -151,6 +153,9 @@ class MAML(nn.Module):
             optimizer_state: the initial optimizer state (default: fresh).
             max_grad_grad_norm: clip, at every inner step, the cotangent flowing
                 back into that step's new parameters to this global L2 norm.
+            grad_scaler: the ``torch.amp.GradScaler`` that scales the meta-loss
+                (``scaler.scale(loss).backward()``): the clip then applies to
+                the unscaled cotangent. Does nothing without ``max_grad_grad_norm``.
             first_order: first-order MAML: inner gradients are constants.
             allow_unused: adapted parameters the loss does not use get zero gradients
                 instead of an error.
@@ -186,7 +191,7 @@ class MAML(nn.Module):
                 )
             return self.step_costs
 
-        if inputs:
+        if inputs and torch.is_grad_enabled():  # under no_grad nothing is stored: there is nothing to choose
             self.last_choice = choose_schedule(self.schedule, len(inputs), measure, offload=self.offload)
         return unroll(
             self.model,
@@ -201,6 +206,7 @@ class MAML(nn.Module):
             offload=self.last_choice is not None and self.last_choice.offload,
             first_order=first_order,
             max_grad_grad_norm=max_grad_grad_norm,
+            grad_scaler=grad_scaler,
             allow_unused=allow_unused,
             check_finite=check_finite,
             preserve_rng_state=self.preserve_rng_state,

@@ -206,7 +206,8 @@ class RMSProp(InnerOptimizer):
 
 # -------------------------------------------------------------------------- Adam
 class AdamState(NamedTuple):
-    """State of :class:`Adam`: the step count (a 0-d float tensor) and both moments."""
+    """State of :class:`Adam`: the step count (a 0-d float32 tensor, as ``torch.optim`` keeps it) and both
+    moments (in the parameters' dtype)."""
 
     count: Tensor
     exp_avg: dict[str, Tensor]
@@ -244,9 +245,9 @@ class Adam(InnerOptimizer):
 
     def init(self, params: Params) -> AdamState:
         first = next(iter(params.values()), None)
-        count = torch.zeros(
-            (), dtype=first.dtype if first is not None else None, device=first.device if first is not None else None
-        )
+        # float32 whatever the parameters' dtype, as torch.optim keeps its step: a bfloat16 count stops at 256
+        # (256 + 1 rounds to 256) and a float16 one at 2048, freezing the bias correction
+        count = torch.zeros((), dtype=torch.float32, device=first.device if first is not None else None)
         return AdamState(
             count,
             {name: torch.zeros_like(p) for name, p in params.items()},
@@ -258,11 +259,13 @@ class Adam(InnerOptimizer):
         updates, exp_avg, exp_avg_sq = {}, {}, {}
         for name, param in params.items():
             g = _with_weight_decay(grads[name], param, for_parameter(hp["weight_decay"], name))
+            # the bias corrections in at least float32 (torch.optim computes them in Python floats)
+            t = count.to(device=g.device, dtype=torch.promote_types(g.dtype, torch.float32))
             updates[name], exp_avg[name], exp_avg_sq[name] = adam_update(
                 g,
                 opt_state.exp_avg[name],
                 opt_state.exp_avg_sq[name],
-                count,
+                t,
                 *(for_parameter(hp[key], name) for key in ("lr", "beta1", "beta2", "eps", "eps_root")),
             )
         return updates, AdamState(count, exp_avg, exp_avg_sq)

@@ -7,12 +7,28 @@ NOTE [ Clipping through the unroll ]
     (scale ``min(1, max_norm / (norm + 1e-6))``, computed on the device, no
     host sync). The naive and the checkpointed engine apply it at the same
     places, so their meta-gradients agree.
+
+    Mixed precision changes the arithmetic, never which function is clipped:
+
+    * the norm is accumulated in float32 at least (per tensor, then over
+      tensors, on the first tensor's device), so a float16 cotangent whose
+      norm exceeds 65,504 while every entry is small does not become ``inf``
+      -- which would make the scale 0 and the meta-gradient exactly zero, and
+      finite, so that no GradScaler would notice;
+    * with ``grad_scaler`` (a ``torch.amp.GradScaler``) the cotangents arrive
+      multiplied by its current scale (``scaler.scale(loss).backward()``); the
+      norm is divided by that scale -- the scaler's own tensor, read on the
+      device when the backward pass runs, without a host sync -- so the clip
+      acts on the unscaled cotangent, as ``scaler.unscale_`` before
+      ``clip_grad_norm_`` does in torch's recipe. A power-of-two scale makes
+      the scaled run's meta-gradient, once unscaled, equal the unscaled run's.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,33 +38,63 @@ from torch.utils import _pytree as pytree
 from ._adapted import AdaptedModule, has_tied_weights
 from ._inner_optimizer import InnerOptimizer, at_step, per_step_length
 
-__all__ = ["Extras", "InnerStep", "progress_bar", "tensors_in"]
+__all__ = ["Extras", "InnerStep", "check_grad_scaler", "global_norm", "loss_scale", "progress_bar", "tensors_in"]
 
 Params = dict[str, Tensor]
 #: everything a step reads besides its state: (hyperparameters, static parameters, batches, loss_kwargs)
 Extras = tuple[dict[str, Any], Params, list[Any], dict[str, Any]]
 
 
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The joint L2 norm of ``tensors``, accumulated in float32 at least, on the first tensor's device."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    device = tensors[0].device
+    norms = [torch.linalg.vector_norm(t, dtype=dtype).to(device) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def loss_scale(grad_scaler: Any, device: torch.device) -> Tensor | None:
+    """The current scale of a ``torch.amp.GradScaler`` as a tensor on ``device`` (no host sync), or ``None``
+    when it scales nothing (disabled, or ``scale()`` not yet called)."""
+    if grad_scaler is None or not grad_scaler.is_enabled():
+        return None
+    scale = grad_scaler._get_scale_async()  # the scaler's own tensor: get_scale() would sync with the host
+    return None if scale is None else scale.to(device, non_blocking=True)
+
+
+def check_grad_scaler(grad_scaler: Any) -> Any:
+    """``grad_scaler`` if it is ``None`` or a ``torch.amp.GradScaler``; ``TypeError`` naming it otherwise."""
+    if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+        raise TypeError(
+            f"grad_scaler must be a torch.amp.GradScaler (the one whose scale() multiplies the meta-loss), "
+            f"got {type(grad_scaler).__name__}"
+        )
+    return grad_scaler
+
+
 class _ClipCotangent(torch.autograd.Function):
-    """Identity forward; backward clips the joint L2 norm of the cotangents."""
+    """Identity forward; backward clips the joint L2 norm of the (unscaled) cotangents."""
 
     @staticmethod
-    def forward(ctx, max_norm: float, *tensors: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx, max_norm: float, grad_scaler: Any, *tensors: Tensor) -> tuple[Tensor, ...]:
         ctx.max_norm = max_norm
+        ctx.grad_scaler = grad_scaler
         return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
-        dtype = grads[0].dtype
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(dtype) for g in grads]))
-        scale = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
-        return (None, *(g * scale.to(g.device) for g in grads))
+        norm = global_norm(grads)
+        scale = loss_scale(ctx.grad_scaler, norm.device)
+        if scale is not None:
+            norm = norm / scale
+        factor = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
+        return (None, None, *(g * factor.to(g.device, g.dtype) for g in grads))
 
 
-def _clip(params: Params, max_norm: float | None) -> Params:
+def _clip(params: Params, max_norm: float | None, grad_scaler: Any) -> Params:
     if max_norm is None:
         return params
-    clipped = _ClipCotangent.apply(max_norm, *params.values())
+    clipped = _ClipCotangent.apply(max_norm, grad_scaler, *params.values())
     return dict(zip(params, clipped))
 
 
@@ -76,6 +122,8 @@ class InnerStep:
         extras: what the steps read besides the state (see :data:`Extras`).
         first_order: inner gradients are constants.
         max_grad_grad_norm: clip the cotangent of each step's new parameters.
+        grad_scaler: the ``torch.amp.GradScaler`` that scales the meta-loss, so the
+            clip compares the unscaled cotangent (NOTE [ Clipping through the unroll ]).
         allow_unused: an adapted parameter the loss does not use gets a zero gradient.
         check_finite: raise at the first non-finite loss (one host sync per step).
     """
@@ -91,6 +139,7 @@ class InnerStep:
         max_grad_grad_norm: float | None,
         allow_unused: bool,
         check_finite: bool,
+        grad_scaler: Any = None,
     ) -> None:
         self.model = model
         self.tie_weights = has_tied_weights(model)  # checked once: functional_call would look on every step
@@ -106,6 +155,7 @@ class InnerStep:
             )
         self.first_order = first_order
         self.max_norm = max_grad_grad_norm
+        self.grad_scaler = check_grad_scaler(grad_scaler)
         self.allow_unused = allow_unused
         self.check_finite = check_finite
 
@@ -169,7 +219,7 @@ class InnerStep:
             # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
             params = {name: params[name] + updates[name] for name in params}
             if mode == "graph":
-                params = _clip(params, self.max_norm)
+                params = _clip(params, self.max_norm, self.grad_scaler)
         new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
         if new_spec != spec:
             raise TypeError(

@@ -11,6 +11,7 @@ rounding:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -22,12 +23,14 @@ from ._adapted import AdaptedModule
 from ._checks import positive_number
 from ._cost_model import Choice, StepCosts
 from ._executor import CheckpointedUnroll, Executor
+from ._host import host_available_bytes
 from ._inner_optimizer import InnerOptimizer
 from ._measure import measure_costs
 from ._parse import parse_schedule
 from ._replay_context import ReplayContext
 from ._schedules import Schedule
 from ._step import InnerStep, progress_bar, tensors_in
+from ._units import format_bytes
 
 __all__ = ["Result", "choose_schedule", "measure_step_costs", "unroll"]
 
@@ -65,12 +68,18 @@ def choose_schedule(
 
     ``measure`` is called only for a schedule that ``needs_costs`` (:class:`~memmaml.Auto`).
     """
+    schedule = _checked_schedule(schedule, offload)
+    if schedule is None:
+        return Choice.of(None, num_steps)
+    return schedule.choose(num_steps, measure() if schedule.needs_costs else None, offload=offload)
+
+
+def _checked_schedule(schedule: Schedule | str | None, offload: bool) -> Schedule | None:
     if schedule is None:
         if offload:
             raise ValueError("offload=True needs a checkpoint schedule: the naive unroll stores no states")
-        return Choice.of(None, num_steps)
-    schedule = parse_schedule(schedule)
-    return schedule.choose(num_steps, measure() if schedule.needs_costs else None, offload=offload)
+        return None
+    return parse_schedule(schedule)
 
 
 class _Setup(NamedTuple):
@@ -117,6 +126,7 @@ def unroll(
     offload: bool = False,
     first_order: bool = False,
     max_grad_grad_norm: float | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
     allow_unused: bool = False,
     check_finite: bool = False,
     preserve_rng_state: bool = True,
@@ -156,7 +166,14 @@ def unroll(
             with the number of steps. Needs a schedule.
         first_order: treat each inner gradient as a constant (first-order MAML).
         max_grad_grad_norm: clip the cotangent of each step's new parameters to
-            this global L2 norm in the backward pass.
+            this global L2 norm in the backward pass (norms accumulated in
+            float32 at least).
+        grad_scaler: the ``torch.amp.GradScaler`` whose ``scale(loss)`` the
+            meta-loss goes through: the clip then compares the *unscaled*
+            cotangent with ``max_grad_grad_norm``, reading the scaler's current
+            scale on the device (no host sync). Without it, a scaled backward
+            pass is clipped ``scale`` times too hard. Does nothing when
+            ``max_grad_grad_norm`` is ``None``.
         allow_unused: an adapted parameter that does not affect the loss gets a
             zero gradient instead of an error.
         check_finite: raise ``FloatingPointError`` at the first non-finite loss
@@ -175,6 +192,10 @@ def unroll(
     Autocast: the steps run under the autocast state of the call (captured
     here and restored in every replay), so naive and checkpointed engines run
     the same operations in reduced precision (NOTE [ Replay must be exact ]).
+
+    Under ``torch.no_grad()`` or ``torch.inference_mode()`` every engine runs
+    the steps once without a graph (each inner gradient is still computed) and
+    stores nothing: the result does not require grad, whatever the schedule.
 
     Returns:
         :class:`Result` ``(model, loss_history, optimizer_state)``; ``result.params``
@@ -199,12 +220,18 @@ def unroll(
         preserve_rng_state=bool(preserve_rng_state),
         first_order=bool(first_order),
         max_grad_grad_norm=max_grad_grad_norm,
+        grad_scaler=grad_scaler,
         allow_unused=bool(allow_unused),
         check_finite=bool(check_finite),
     )
+    if not torch.is_grad_enabled():  # no_grad and inference_mode: no engine keeps anything
+        _checked_schedule(schedule, bool(offload))
+        return _without_graph(setup, progress=bool(progress))
     choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
     if choice.schedule is None:
         return _naive(setup, progress=bool(progress))
+    if choice.offload:
+        _check_host_room(choice, setup)
     executor = Executor(
         setup.step,
         setup.context,
@@ -216,14 +243,51 @@ def unroll(
         progress=bool(progress),
     )
     state_tensors = [setup.leaves[i] for i in executor.tensor_slots]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in state_tensors + executor.extra_inputs):
-        outputs = CheckpointedUnroll.apply(executor, len(state_tensors), *state_tensors, *executor.extra_inputs)
-        final, losses = list(outputs[:-1]), outputs[-1]
-    else:  # nothing to differentiate: run once, keep nothing
-        executor = Executor(setup.step, setup.context, setup.leaves, setup.spec, None, progress=bool(progress))
-        final, losses = executor.run_forward(state_tensors)
+    if not any(t.requires_grad for t in state_tensors + executor.extra_inputs):
+        return _without_graph(setup, progress=bool(progress))
+    outputs = CheckpointedUnroll.apply(executor, len(state_tensors), *state_tensors, *executor.extra_inputs)
+    params, opt_state = pytree.tree_unflatten(executor.state_leaves(list(outputs[:-1])), setup.spec)
+    return Result(AdaptedModule(model, params), list(outputs[-1].unbind(0)), opt_state)
+
+
+def _without_graph(setup: _Setup, *, progress: bool) -> Result:
+    """Every step once without a graph, nothing stored: what there is to run when nothing is differentiated.
+
+    Each step still differentiates its loss for the inner gradient. Under ``torch.inference_mode()`` no
+    tensor can take part in autograd, so the steps leave it (``inference_mode(False)`` with grad mode off)
+    and use ordinary copies of any inference tensor among the inputs.
+    """
+    with contextlib.ExitStack() as stack:
+        leaves = setup.leaves
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.no_grad())
+            leaves = _outside_inference(leaves)
+            setup.step.extras = _outside_inference(setup.step.extras)
+        executor = Executor(setup.step, setup.context, leaves, setup.spec, None, progress=progress)
+        final, losses = executor.run_forward([leaves[i] for i in executor.tensor_slots])
     params, opt_state = pytree.tree_unflatten(executor.state_leaves(final), setup.spec)
-    return Result(AdaptedModule(model, params), list(losses.unbind(0)), opt_state)
+    return Result(AdaptedModule(setup.step.model, params), list(losses.unbind(0)), opt_state)
+
+
+def _outside_inference(tree: Any) -> Any:
+    """``tree`` with every inference tensor replaced by an ordinary copy (autograd cannot save the former)."""
+    return pytree.tree_map_only(Tensor, lambda t: t.clone() if t.is_inference() else t, tree)
+
+
+def _check_host_room(choice: Choice, setup: _Setup) -> None:
+    """Refuse an offloaded plan whose stored states cannot fit in the host's available memory."""
+    state = sum(t.numel() * t.element_size() for t in tensors_in(setup.leaves))
+    state += sum(t.numel() * t.element_size() for t in setup.context.buffers_of(None))
+    pinned = choice.stats.max_stored * state
+    available = host_available_bytes()
+    if available is not None and pinned > available:
+        raise ValueError(
+            f"offload=True with {choice.schedule!r} over {choice.num_steps} steps would pin "
+            f"{format_bytes(pinned)} of host memory ({choice.stats.max_stored} states of {format_bytes(state)}), "
+            f"more than the {format_bytes(available)} the host has available; keep fewer states "
+            f"(Binomial(slots)), or let Auto(budget) choose within the host's memory"
+        )
 
 
 def _naive(setup: _Setup, *, progress: bool) -> Result:

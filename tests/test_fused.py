@@ -150,7 +150,7 @@ def _unfused_adam(grads, state, params, hp):
             grads[name],
             state.exp_avg[name],
             state.exp_avg_sq[name],
-            count,
+            count.to(torch.promote_types(grads[name].dtype, torch.float32)),  # as memmaml.Adam: float32 at least
             *(hp[k][name] if isinstance(hp[k], dict) else hp[k] for k in ("lr", "beta1", "beta2", "eps", "eps_root")),
         )
     return updates, memmaml.AdamState(count, m, v)

@@ -1,0 +1,174 @@
+"""What GPU users do, on the CPU: loss scaling with clipping, float16 norms, host budgets for offload, no_grad.
+
+Each test fails on the engine before these habits were handled: the clip compared the scaled cotangent with
+the unscaled limit, float16 norms overflowed to inf (a meta-gradient of exactly zero), Auto planned offload
+without a host budget, and the naive engine built its second-order graph under no_grad.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import flat, mlp, mse, regression_batches
+from torch import nn
+
+import memmaml
+from memmaml import Auto, Binomial, StepCosts, Uniform
+
+ENGINES = [None, "binomial:2", "uniform:2"]
+
+
+# ------------------------------------------------------------------------ loss scaling
+def _scaled_meta_gradient(schedule, scale, max_norm, *, tell_engine=True):
+    """The meta-gradient of a float32 MLP, through a GradScaler of ``scale`` (None: no scaler), unscaled."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    batches = [(x.float(), y.float()) for x, y in regression_batches(5)]
+    scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+    maml = memmaml.MAML(model, mse, memmaml.SGD(0.3, momentum=0.5), schedule=schedule)
+    result = maml(batches, max_grad_grad_norm=max_norm, grad_scaler=scaler if tell_engine else None)
+    loss = 10 * mse(result.model, batches[0])
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    grads = flat([p.grad for p in model.parameters()])
+    return grads if scaler is None else grads / scale
+
+
+@pytest.mark.parametrize("schedule", ENGINES)
+def test_clipping_under_a_grad_scaler_acts_on_the_unscaled_cotangent(schedule):
+    unscaled = _scaled_meta_gradient(schedule, None, 0.05)
+    assert (unscaled - _scaled_meta_gradient(schedule, None, None)).norm() > 0.1 * unscaled.norm(), "clip is active"
+    for scale in (2.0**16, 2.0**5):
+        # a power-of-two scale changes no rounding: the unscaled meta-gradients are equal to the last bit
+        torch.testing.assert_close(_scaled_meta_gradient(schedule, scale, 0.05), unscaled, rtol=0, atol=0)
+    # without the scaler the engine clips the scaled cotangent, 65,536 times too hard
+    wrong = _scaled_meta_gradient(schedule, 2.0**16, 0.05, tell_engine=False)
+    assert (wrong - unscaled).norm() > 0.1 * unscaled.norm()
+
+
+def test_a_scaler_without_clipping_changes_nothing():
+    torch.testing.assert_close(
+        _scaled_meta_gradient("binomial:2", 2.0**16, None), _scaled_meta_gradient(None, None, None)
+    )
+
+
+def test_grad_scaler_must_be_a_grad_scaler():
+    model = mlp()
+    maml = memmaml.MAML(model, mse, memmaml.SGD(0.1))
+    with pytest.raises(TypeError, match="grad_scaler must be a torch.amp.GradScaler.*got float"):
+        maml(regression_batches(2), max_grad_grad_norm=1.0, grad_scaler=65536.0)
+
+
+# ---------------------------------------------------------------------- float16 norms
+def test_global_norm_of_float16_tensors_does_not_overflow():
+    from memmaml._step import global_norm
+
+    tensors = [torch.full((10_000,), 1000.0, dtype=torch.float16), torch.full((3,), 2.0, dtype=torch.float16)]
+    norm = global_norm(tensors)  # sqrt(10,000 * 1000**2 + 3 * 4) = 100,000.00006, above float16's 65,504
+    assert norm.dtype == torch.float32 and math.isclose(norm.item(), 100_000.0, rel_tol=1e-5)
+
+
+def _fp16_meta_gradient(dtype, schedule, scale):
+    """A float16 net whose scaled cotangent has norm ~106,000 (float16's largest value is 65,504) with every
+    entry below 4,000: the GradScaler sees nothing wrong, so a norm that overflows would go unnoticed."""
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 64))
+    model = nn.Sequential(nn.Linear(256, 64), nn.Tanh(), nn.Linear(64, 64)).to(dtype)
+    model.load_state_dict({k: v.to(dtype) for k, v in reference.state_dict().items()})
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, 256, generator=gen), torch.randn(32, 64, generator=gen)) for _ in range(4)]
+    data = [(x.to(dtype), y.to(dtype)) for x, y in data]
+    loss_fn = lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(1).mean()
+    scaler = None if scale is None else torch.amp.GradScaler("cpu", init_scale=scale)
+    result = memmaml.MAML(model, loss_fn, memmaml.SGD(0.01), schedule=schedule)(
+        data[:3], max_grad_grad_norm=1.0, grad_scaler=scaler
+    )
+    loss = loss_fn(result.model, data[3])
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    grads = flat([p.grad.double() for p in model.parameters()])
+    return grads if scaler is None else grads / scale
+
+
+@pytest.mark.parametrize("schedule", [None, "binomial:2"])
+def test_float16_clipping_under_a_scaler_matches_float64(schedule):
+    exact = _fp16_meta_gradient(torch.float64, None, None)
+    half = _fp16_meta_gradient(torch.float16, schedule, 2.0**12)
+    assert torch.isfinite(half).all()
+    # float16 arithmetic through three inner steps: measured 8e-4 relative
+    assert (half - exact).norm() <= 5e-3 * exact.norm(), ((half - exact).norm() / exact.norm()).item()
+
+
+# ------------------------------------------------------------------ Auto's host budget
+MiB, GiB = 2**20, 2**30
+SEED_COSTS = StepCosts(state_bytes=int(44.7 * MiB), graph_bytes=664 * MiB, nograph_seconds=2.0, graph_seconds=6.0)
+
+
+def test_auto_with_offload_stays_within_the_host_budget():
+    choice = Auto("10GiB", host_budget="24GiB").choose(100_000, SEED_COSTS, offload=True)
+    assert isinstance(choice.schedule, Binomial), choice.describe()
+    assert 0 < choice.predicted_host_bytes <= 24 * GiB
+    assert choice.predicted_host_bytes == choice.stats.max_stored * SEED_COSTS.state_bytes
+    assert "pinned in host memory" in choice.describe() and "GiB" in choice.describe()
+    for n in (10, 100, 1_000, 10_000):
+        for host in ("200MiB", "1GiB", "24GiB"):
+            c = Auto("10GiB", host_budget=host).choose(n, SEED_COSTS, offload=True)
+            assert c.predicted_host_bytes <= memmaml.parse_size(host), (n, host, c.describe())
+
+
+def test_auto_host_budget_defaults_to_a_share_of_available_memory(monkeypatch):
+    monkeypatch.setattr(memmaml._auto, "host_available_bytes", lambda: 10 * GiB)
+    choice = Auto("10GiB").choose(100_000, SEED_COSTS, offload=True)
+    assert choice.predicted_host_bytes <= 8 * GiB < choice.predicted_host_bytes + 2 * SEED_COSTS.state_bytes
+    assert Auto("10GiB").choose(100, SEED_COSTS).predicted_host_bytes == 0, "no offload, no host memory"
+
+
+def test_auto_host_budget_too_small_says_so():
+    with pytest.raises(ValueError, match=r"host budget 50.0 MiB is smaller than what offloading 100 steps needs"):
+        Auto("10GiB", host_budget="50MiB").choose(100, SEED_COSTS, offload=True)
+
+
+@pytest.mark.parametrize("junk", ["lots", -5, 0, "12 parsecs", True])
+def test_host_budget_junk_reads_like_a_junk_device_budget(junk):
+    with pytest.raises(ValueError) as device_error:
+        Auto(junk)
+    with pytest.raises(ValueError) as host_error:
+        Auto("1GiB", host_budget=junk)
+    assert str(host_error.value) == str(device_error.value)
+
+
+def test_an_offloaded_plan_larger_than_the_host_is_refused(monkeypatch):
+    model = mlp()
+    state = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(memmaml._unroll, "host_available_bytes", lambda: 5 * state)
+    maml = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule=Uniform(1), offload=True)
+    with pytest.raises(ValueError, match=r"would pin .* of host memory \(20 states of .*\), more than the"):
+        maml(regression_batches(20))
+    memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule=Binomial(3), offload=True)(regression_batches(20))
+
+
+# ----------------------------------------------------------------------------- no_grad
+@pytest.mark.parametrize("schedule", ENGINES)
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_no_grad_keeps_no_graph_in_any_engine(schedule, mode):
+    model = mlp(sizes=(4, 32, 32, 2))
+    batches = regression_batches(200)
+    state = sum(p.numel() * p.element_size() for p in model.parameters())
+    maml = memmaml.MAML(model, mse, memmaml.Adam(0.01), schedule=schedule)
+    with memmaml.track_memory() as mem:
+        with mode():
+            result = maml(batches)
+        kept = mem.current_bytes  # what the result holds on to
+    assert not any(p.requires_grad for p in result.params.values())
+    assert not any(loss.requires_grad for loss in result.loss_history)
+    # the parameters and Adam's two moments, plus 200 losses: no step's graph (naive kept 5 MB before)
+    assert kept <= 3 * state + 200 * 64, (kept, state)
+    expected = memmaml.MAML(model, mse, memmaml.Adam(0.01))(batches)
+    for name, p in result.params.items():
+        torch.testing.assert_close(p, expected.params[name].detach(), rtol=1e-12, atol=0)
+
+
+def test_inference_mode_accepts_batches_made_in_inference_mode():
+    model = mlp()
+    with torch.inference_mode():
+        batches = regression_batches(3)
+        result = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule="uniform:2")(batches)
+    assert len(result.loss_history) == 3 and not result.params["0.weight"].requires_grad
