@@ -151,7 +151,7 @@ def test_omniglot_missing_files_name_what_to_put_where(tmp_path):
     assert isinstance(info.value, FileNotFoundError)
 
     write_omniglot(tmp_path, sets=("images_background",))
-    with pytest.raises(DatasetNotFoundError, match=r"put images_background/ and images_evaluation/ there"):
+    with pytest.raises(DatasetNotFoundError, match=r"or put images_evaluation/ there \(the alphabet"):
         Omniglot(tmp_path, split="test")
     Omniglot(tmp_path, 5, 1, 1, split="background")  # Lake's background set alone is enough for itself
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import one_of
 from ._classification import _TensorClassTasks
-from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint, check_split, read_split_file
+from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint, read_split_file
 
 __all__ = ["CIFARFS", "FC100"]
 
@@ -151,10 +153,10 @@ class _CIFAR100Tasks(_TensorClassTasks):
         split: str,
         download: bool,
         image_size: int | None,
-        transform: Any,
+        transform: Callable[[Tensor], Tensor] | None,
         dtype: torch.dtype,
     ) -> None:
-        check_split(split)
+        one_of("split", split, SPLITS)
         splits = self.split_classes()
         check_disjoint(self._dataset, splits)
         images, names = read_cifar100(root, download)
@@ -224,7 +226,7 @@ class CIFARFS(_CIFAR100Tasks):
         split: str = "train",
         download: bool = False,
         image_size: int | None = None,
-        transform: Any = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(
@@ -278,7 +280,7 @@ class FC100(_CIFAR100Tasks):
         split: str = "train",
         download: bool = False,
         image_size: int | None = None,
-        transform: Any = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(

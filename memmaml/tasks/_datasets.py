@@ -27,7 +27,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["SPLITS", "DatasetNotFoundError", "check_disjoint", "check_split", "read_split_file"]
+__all__ = ["SPLITS", "DatasetNotFoundError", "check_disjoint", "read_split_file"]
 
 #: the split names every named source accepts.
 SPLITS = ("train", "val", "test")
@@ -38,14 +38,6 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))  # one line, whatever the caller's formatting
-
-
-def check_split(split: Any, choices: Iterable[str] = SPLITS) -> str:
-    """``split`` if it is one of ``choices``; ``ValueError`` listing them otherwise."""
-    choices = tuple(choices)
-    if split not in choices:
-        raise ValueError(f"split must be one of {', '.join(repr(c) for c in choices)}; got {split!r}")
-    return split
 
 
 def check_disjoint(dataset: str, splits: Mapping[str, Iterable[Any]]) -> None:

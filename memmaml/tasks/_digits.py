@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import one_of
 from ._classification import _TensorClassTasks
-from ._datasets import SPLITS, check_disjoint, check_split
+from ._datasets import SPLITS, check_disjoint
 
 __all__ = ["DIGITS_SPLIT", "Digits"]
 
@@ -92,7 +93,7 @@ class Digits(_TensorClassTasks):
         flatten: bool = False,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        check_split(split)
+        one_of("split", split, SPLITS)
         splits = _class_split(class_split)
         check_disjoint("Digits", splits)
         digits = splits[split]

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from .._checks import one_of
 from ._classification import _ImageClassTasks
-from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint, check_split
+from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint
 
 __all__ = ["MiniImageNet"]
 
@@ -89,10 +92,10 @@ class MiniImageNet(_ImageClassTasks):
         download: bool = False,
         image_size: int | None = 84,
         cache: bool = True,
-        transform: Any = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        check_split(split)
+        one_of("split", split, SPLITS)
         root = Path(root)
         images = root / "images"
         missing = [f"{s}.csv" for s in SPLITS if not (root / f"{s}.csv").is_file()]

@@ -38,8 +38,9 @@ from typing import Any
 
 import torch
 
+from .._checks import one_of
 from ._classification import _image_files, _ImageClassTasks
-from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint, check_split
+from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint
 
 __all__ = ["Omniglot", "finn_split"]
 
@@ -48,7 +49,6 @@ _SETS = {"background": "images_background", "evaluation": "images_evaluation"}
 NUM_CHARACTERS = {"images_background": 964, "images_evaluation": 659}
 #: Finn et al.'s meta-train / meta-validation sizes; the rest (423) is the test split.
 FINN_SIZES = {"train": 1100, "val": 100}
-_REPO = "https://github.com/brendenlake/omniglot (python/{name}.zip)"
 
 
 def finn_split(characters: Iterable[str], seed: int = 1) -> dict[str, list[str]]:
@@ -87,32 +87,32 @@ def _characters(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _ensure_set(root: Path, name: str, download: bool, needed: list[str]) -> None:
-    """Make ``root/omniglot-py/<name>`` exist: extract torchvision's zip if it is there, else download or explain."""
+def _ensure_sets(root: Path, names: list[str], download: bool) -> None:
+    """Make ``root/omniglot-py/<name>`` exist for each name: extract torchvision's zip, download, or explain."""
     base = root / "omniglot-py"
-    folder, archive = base / name, base / f"{name}.zip"
-    if folder.is_dir():
-        return
-    if archive.is_file():
+    missing = [name for name in names if not (base / name).is_dir()]
+    for name in [name for name in missing if (base / f"{name}.zip").is_file()]:
         from torchvision.datasets.utils import extract_archive
 
-        extract_archive(str(archive), str(base))
-    elif download:
+        extract_archive(str(base / f"{name}.zip"), str(base))
+    missing = [name for name in missing if not (base / name).is_dir()]
+    if missing and download:
         from torchvision import datasets
 
-        try:  # downloads <name>.zip into omniglot-py/, checks its md5 and extracts it
-            datasets.Omniglot(str(root), background=name == _SETS["background"], download=True)
-        except (OSError, RuntimeError) as exc:
-            raise DatasetNotFoundError(
-                f"Omniglot download of {name}.zip into {base} failed ({type(exc).__name__}: {exc}); "
-                f"put {' and '.join(f'{n}/' for n in needed)} there by hand, from {_REPO.format(name=name)}"
-            ) from exc
-    if not folder.is_dir():
-        what = " and ".join(f"{n}/" for n in needed)
-        zips = ", ".join(f"{n}.zip" for n in needed)
+        for name in missing:
+            try:  # downloads <name>.zip into omniglot-py/, checks its md5 and extracts it
+                datasets.Omniglot(str(root), background=name == _SETS["background"], download=True)
+            except (OSError, RuntimeError) as exc:
+                raise DatasetNotFoundError(
+                    f"Omniglot download of {name}.zip into {base} failed ({type(exc).__name__}: {exc}); "
+                    f"put {name}/ there by hand, from https://github.com/brendenlake/omniglot (python/{name}.zip)"
+                ) from exc
+        missing = [name for name in missing if not (base / name).is_dir()]
+    if missing:
         raise DatasetNotFoundError(
-            f"Omniglot not found under {base}: pass download=True (needs a network) or put {what} there "
-            f"(the alphabet folders of {zips} from https://github.com/brendenlake/omniglot, python/)"
+            f"Omniglot not found under {base}: pass download=True (needs a network) or put "
+            f"{' and '.join(f'{name}/' for name in missing)} there (the alphabet folders of "
+            f"{', '.join(f'{name}.zip' for name in missing)} from https://github.com/brendenlake/omniglot, python/)"
         )
 
 
@@ -187,13 +187,12 @@ class Omniglot(_ImageClassTasks):
         if split is None:
             split = "evaluation" if background is False else "background"
         else:
-            check_split(split, (*SPLITS, *_SETS))
+            one_of("split", split, (*SPLITS, *_SETS))
             if background is not None:
                 raise ValueError(f"pass split or background, not both (got split={split!r}, background={background!r})")
         root = Path(root)
         names = list(_SETS.values()) if split in SPLITS else [_SETS[split]]
-        for name in names:
-            _ensure_set(root, name, download, names)
+        _ensure_sets(root, names, download)
         characters: dict[str, list[Path]] = {}
         for name in names:
             found = _characters(root / "omniglot-py" / name)
