@@ -58,6 +58,7 @@ def finn_split(characters: Iterable[str], seed: int = 1) -> dict[str, list[str]]
     for Omniglot). They are sorted by (alphabet, character), shuffled as
     NOTE [ Which Omniglot split ] describes and cut into the first 1,100
     (``"train"``), the next 100 (``"val"``) and the rest (``"test"``).
+    ``seed`` is the ``random.seed`` of Finn et al.'s code, 1.
 
     Example:
         >>> names = [f"A{a:02d}/c{c:02d}" for a in range(3) for c in range(500)]
@@ -202,6 +203,9 @@ class Omniglot(_ImageClassTasks):
                     f"fill it with the contents of {name}.zip (from https://github.com/brendenlake/omniglot, "
                     "python/) or remove it and pass download=True"
                 )
+            clash = sorted(set(found) & set(characters))
+            if clash:  # Lake's sets use different alphabet names; a copy that does not would merge classes
+                raise ValueError(f"Omniglot: both sets hold {len(clash)} characters of the same name, e.g. {clash[0]}")
             characters.update(found)
         if split in SPLITS:
             expected = sum(NUM_CHARACTERS.values())
