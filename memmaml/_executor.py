@@ -201,17 +201,23 @@ class Executor:
         extra_grads: list[Tensor | None] = [None] * len(extra_leaves)
         cot = list(state_cotangents)
         work = self.stats.replayed_steps + self.stats.reversed_steps - (0 if kept is None else len(kept.losses))
+        ops = self.plan.backward
         with progress_bar(self.progress, work, "memmaml replay") as bar:
-            for op in self.plan.backward:
+            for position, op in enumerate(ops):
                 if isinstance(op, Drop):
                     store.pop(op.index)
                 elif isinstance(op, Advance):
-                    store.put(op.stop, self._advance(store.get(op.start), op, extras, bar))
+                    state = store.get(op.start)
+                    _prefetch_next(store, ops, position)
+                    store.put(op.stop, self._advance(state, op, extras, bar))
                 elif isinstance(op, Reverse):
                     if kept is not None:  # the first Reverse: the forward pass kept its graph
                         segment, kept = kept, None
+                        _prefetch_next(store, ops, position)
                     else:
-                        segment = self._replay(store.get(op.start), op, extras, extra_leaves, bar)
+                        state = store.get(op.start)
+                        _prefetch_next(store, ops, position)
+                        segment = self._replay(state, op, extras, extra_leaves, bar)
                     cot, grads = self._pull(segment, op, cot, loss_cotangents)
                     for index, grad in enumerate(grads):
                         if grad is not None:
@@ -280,6 +286,17 @@ class Executor:
         )
         new_cot = [grads.pop(0) if t.requires_grad else None for t in segment.inputs]
         return new_cot, grads
+
+
+def _prefetch_next(store: Store, ops: Sequence[Any], position: int) -> None:
+    """Ask ``store`` for the state the next replaying operation after ``ops[position]`` reads, if it is stored
+    already: with offload on CUDA its copy back overlaps the current operation (NOTE [ Copies that overlap
+    compute ] in :mod:`memmaml._store`)."""
+    for op in ops[position + 1 :]:
+        if isinstance(op, (Advance, Reverse)):
+            if op.start in store.states:
+                store.prefetch(op.start)
+            return
 
 
 class CheckpointedUnroll(torch.autograd.Function):

@@ -3,7 +3,11 @@
 ``with track_memory(device) as mem: ...`` then ``mem.peak_bytes``.
 
 * CUDA: the caching allocator's own count (``torch.cuda.max_memory_allocated``
-  after ``reset_peak_memory_stats``), minus what was allocated on entry.
+  after ``reset_peak_memory_stats``), minus what was allocated on entry. The
+  allocator has one peak per device, so a tracker entered inside another (an
+  ``Auto`` choice measuring a step inside the user's tracker, say) would erase
+  the outer one's peak when it resets it: before any reset, the peak so far is
+  folded into every enclosing tracker on that device.
 * CPU: a ``TorchDispatchMode`` sees every tensor produced by an operator
   inside the block, registers each new storage with its size (an output that
   shares storage with one of the operator's inputs -- a view, ``detach``, an
@@ -87,6 +91,30 @@ class _StorageCounter(TorchDispatchMode):
         return out
 
 
+class _CudaStats:
+    """The CUDA caching allocator's counters for one device (a fake stands in for them in the tests)."""
+
+    @staticmethod
+    def synchronize(device: torch.device) -> None:
+        torch.cuda.synchronize(device)
+
+    @staticmethod
+    def reset_peak(device: torch.device) -> None:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    @staticmethod
+    def allocated(device: torch.device) -> int:
+        return torch.cuda.memory_allocated(device)
+
+    @staticmethod
+    def peak(device: torch.device) -> int:
+        return torch.cuda.max_memory_allocated(device)
+
+
+_cuda_stats = _CudaStats()
+_ACTIVE_CUDA: list[MemoryTracker] = []  # CUDA trackers inside whose block we are, outermost first
+
+
 class MemoryTracker:
     """Counts live tensor bytes allocated inside a ``with`` block; see the module docstring.
 
@@ -102,6 +130,8 @@ class MemoryTracker:
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"track_memory supports cpu and cuda devices, got {self.device}")
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())  # one name per device
         self.peak_bytes = 0
         self.host_peak_bytes = 0
         self._current = 0
@@ -142,16 +172,24 @@ class MemoryTracker:
     @property
     def current_bytes(self) -> int:
         if self.device.type == "cuda" and self._active:
-            return torch.cuda.memory_allocated(self.device) - self._start
+            return _cuda_stats.allocated(self.device) - self._start
         return self._current
+
+    def _fold_cuda_peak(self) -> None:
+        """Keep the device's peak so far, before another tracker resets it."""
+        self.peak_bytes = max(self.peak_bytes, _cuda_stats.peak(self.device) - self._start)
 
     def __enter__(self) -> MemoryTracker:
         self.peak_bytes = 0
         self.host_peak_bytes = 0
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
+            _cuda_stats.synchronize(self.device)
+            for outer in _ACTIVE_CUDA:
+                if outer.device == self.device:
+                    outer._fold_cuda_peak()
+            _cuda_stats.reset_peak(self.device)
+            self._start = _cuda_stats.allocated(self.device)
+            _ACTIVE_CUDA.append(self)
         else:
             self._mode = _StorageCounter(self)
             self._mode.__enter__()
@@ -160,8 +198,9 @@ class MemoryTracker:
 
     def __exit__(self, *exc: Any) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+            _cuda_stats.synchronize(self.device)
+            self._fold_cuda_peak()
+            _ACTIVE_CUDA.remove(self)
         else:
             assert self._mode is not None
             self._mode.__exit__(*exc)

@@ -32,10 +32,19 @@ NOTE [ Replay must be exact ]
     (memory growing with ``n``: measured 0.5 MB per step for a 330 kB MLP
     under bf16). The engine's own steps therefore run with the cache off.
 
+    * the cuDNN flags (enabled, benchmark, deterministic, TF32), as the call
+      found them: they choose kernels, and a replay running other kernels
+      computes another function. The flags matter most for cuDNN's LSTM and GRU
+      with dropout, whose masks come from cuDNN's own dropout state, which
+      restoring the generator cannot restore: the engine refuses such a model
+      on CUDA with cuDNN enabled (:func:`check_cudnn_rnn_dropout`), and a call
+      made under ``torch.backends.cudnn.flags(enabled=False)`` is replayed
+      without cuDNN too, where the masks come from the generator.
+
     Left alone, because they are process-wide settings a program does not
     change between a forward and a backward pass, and a change would be
-    caught by ``check_replay``: the default dtype, deterministic-algorithm and
-    cuDNN flags, float32 matmul precision, the number of threads. Grad mode is
+    caught by ``check_replay``: the default dtype, deterministic-algorithm
+    flags, float32 matmul precision, the number of threads. Grad mode is
     set by the engine itself for every step. Saved-tensor hooks and anomaly
     mode change where tensors live or what is checked, not what is computed.
 """
@@ -48,27 +57,64 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Ambient", "ReplayContext", "Rng"]
+__all__ = ["Ambient", "ReplayContext", "Rng", "check_cudnn_rnn_dropout"]
 
 Rng = tuple[Tensor, list[Tensor]]  # the CPU generator's state and one state per CUDA device in use
 
 
 class Ambient:
-    """The autocast state steps compute under, captured at construction."""
+    """The autocast state and cuDNN flags steps compute under, captured at construction."""
 
     def __init__(self, device_types: Iterable[str]) -> None:
         types = sorted(t for t in set(device_types) | {"cpu"} if torch.amp.is_autocast_available(t))
         self.autocast = tuple((t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in types)
+        self.cudnn = _cudnn_flags()
 
     @contextlib.contextmanager
     def restored(self) -> Iterator[None]:
-        """Autocast as captured, with the weight cache off (it changes no value)."""
+        """Autocast and cuDNN flags as captured, with the autocast weight cache off (it changes no value)."""
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_cudnn_flags_set(self.cudnn))
             for device_type, enabled, dtype in self.autocast:
                 stack.enter_context(
                     torch.autocast(device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False)
                 )
             yield
+
+
+def _cudnn_flags() -> tuple:
+    """Every cuDNN flag as ``torch.backends.cudnn.set_flags`` returns them (reading changes nothing).
+
+    ``torch.backends.cudnn.flags()`` would also reset the flags it is not given to their defaults."""
+    return torch.backends.cudnn.set_flags(None, None, None, None, None, None, None)
+
+
+@contextlib.contextmanager
+def _cudnn_flags_set(flags: tuple) -> Iterator[None]:
+    previous = torch.backends.cudnn.set_flags(*flags)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.set_flags(*previous)
+
+
+def check_cudnn_rnn_dropout(model: nn.Module, device_types: Iterable[str]) -> None:
+    """Refuse a model a checkpointed schedule cannot replay exactly: a multi-layer ``nn.LSTM``/``nn.GRU``/
+    ``nn.RNN`` with dropout, in train mode, on CUDA with cuDNN enabled.
+
+    cuDNN draws that dropout's masks from its own dropout state, not from the generator the engine restores,
+    so a replay would use other masks and the meta-gradient would silently belong to another computation.
+    """
+    if "cuda" not in set(device_types) or not torch.backends.cudnn.enabled:
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.RNNBase) and module.training and module.dropout > 0 and module.num_layers > 1:
+            raise ValueError(
+                f"module {name or type(module).__name__!r} ({type(module).__name__}, dropout={module.dropout}) "
+                "draws its dropout masks from cuDNN's own state, which a replay cannot restore; run the call "
+                "inside `with torch.backends.cudnn.flags(enabled=False):` (memmaml then replays without cuDNN "
+                "too, with masks from the generator), use the naive engine (schedule=None), or set dropout=0"
+            )
 
 
 class ReplayContext:
@@ -91,7 +137,8 @@ class ReplayContext:
         if preserve_rng_state:
             devices = {t.device.index for t in tensors if t.is_cuda}
             self.cuda_devices = sorted(d if d is not None else torch.cuda.current_device() for d in devices)
-        self.ambient = Ambient(t.device.type for t in tensors)
+        self.device_types = {t.device.type for t in tensors}
+        self.ambient = Ambient(self.device_types)
 
     def snapshot_rng(self) -> Rng | None:
         """The RNG state now (``None`` when RNG state is not preserved)."""

@@ -27,7 +27,7 @@ from ._host import host_available_bytes
 from ._inner_optimizer import InnerOptimizer
 from ._measure import measure_costs
 from ._parse import parse_schedule
-from ._replay_context import ReplayContext
+from ._replay_context import ReplayContext, check_cudnn_rnn_dropout
 from ._schedules import Schedule
 from ._step import InnerStep, progress_bar, tensors_in
 from ._units import format_bytes
@@ -230,6 +230,7 @@ def unroll(
     choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
     if choice.schedule is None:
         return _naive(setup, progress=bool(progress))
+    check_cudnn_rnn_dropout(model, setup.context.device_types)
     if choice.offload:
         _check_host_room(choice, setup)
     executor = Executor(

@@ -172,3 +172,176 @@ def test_inference_mode_accepts_batches_made_in_inference_mode():
         batches = regression_batches(3)
         result = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule="uniform:2")(batches)
     assert len(result.loss_history) == 3 and not result.params["0.weight"].requires_grad
+
+
+# ---------------------------------------------------------------- offload's copies
+def _layouts():
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "channels_last": torch.randn(4, 3, 5, 5, generator=gen).to(memory_format=torch.channels_last),
+        "transposed": torch.randn(6, 7, generator=gen).t(),
+        "contiguous": torch.randn(2, 3, generator=gen, dtype=torch.float64),
+        "scalar": torch.tensor(3.0),
+        "bfloat16": torch.randn(8, 2, generator=gen).to(torch.bfloat16).t(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_layouts()))
+def test_host_copies_keep_size_strides_and_dtype(name):
+    from memmaml._store import from_host, to_host
+
+    tensor = _layouts()[name]
+    stored = to_host(tensor)
+    back = from_host(stored)
+    for copy in (stored.tensor, back):
+        assert copy.stride() == tensor.stride() and copy.dtype == tensor.dtype and copy.device == tensor.device
+        assert torch.equal(copy, tensor) and copy.data_ptr() != tensor.data_ptr()
+
+
+def test_host_copies_of_expanded_tensors_are_contiguous_and_equal():
+    from memmaml._store import from_host, to_host
+
+    expanded = torch.arange(3.0).expand(4, 3)  # stride 0: four rows share three numbers
+    back = from_host(to_host(expanded))
+    assert back.is_contiguous() and torch.equal(back, expanded)
+
+
+def test_offloaded_tensors_return_to_their_own_devices():
+    from memmaml._store import OnHost, Store, StoredState
+
+    store = Store(offload=True)
+    leaf, buffer = torch.randn(3), torch.randn(2)
+    store.states[0] = StoredState(
+        [OnHost(leaf, torch.device("cpu")), 7], {"b": OnHost(buffer, torch.device("meta"))}, None
+    )
+    state = store.get(0)
+    assert state.leaves[0].device.type == "cpu" and torch.equal(state.leaves[0], leaf) and state.leaves[1] == 7
+    assert state.buffers["b"].device.type == "meta", "a buffer goes back where it came from, not to the first leaf's"
+
+
+def test_channels_last_weights_come_back_channels_last_and_replay_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+    model = model.double().to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(5, 3, 6, 6, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen))]
+    batches = [(x.to(memory_format=torch.channels_last), y.double()) for x, y in batches * 6]
+    formats = []
+
+    def loss_fn(m, b):
+        formats.append(m.params["0.weight"].is_contiguous(memory_format=torch.channels_last))
+        return mse(m, b)
+
+    grads = []
+    for schedule, offload in [(None, False), ("uniform:2", True), ("binomial:2", True)]:
+        model.zero_grad()
+        maml = memmaml.MAML(model, loss_fn, memmaml.SGD(0.1, momentum=0.5), schedule=schedule, offload=offload)
+        loss_fn(maml(batches, check_replay=True).model, batches[0]).backward()
+        grads.append(flat([p.grad for p in model.parameters()]))
+    assert all(formats), "every step, replays included, saw channels_last weights"
+    for other in grads[1:]:
+        torch.testing.assert_close(other, grads[0], rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("schedule", ["uniform:3", "binomial:2", "binomial:4"])
+def test_prefetch_asks_for_the_state_the_next_replay_reads(schedule, monkeypatch):
+    from memmaml._store import Store
+
+    calls = []
+    real_prefetch, real_get = Store.prefetch, Store.get
+
+    def prefetch(self, index):
+        assert index in self.states, f"prefetch of state {index}, which is not stored"
+        calls.append(("prefetch", index))
+        return real_prefetch(self, index)
+
+    def get(self, index):
+        calls.append(("get", index))
+        return real_get(self, index)
+
+    monkeypatch.setattr(Store, "prefetch", prefetch)
+    monkeypatch.setattr(Store, "get", get)
+    model = mlp()
+    result = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule=schedule, offload=True)(regression_batches(11))
+    mse(result.model, regression_batches(1, seed=5)[0]).backward()
+    prefetched = [i for kind, i in calls if kind == "prefetch"]
+    assert prefetched, "the backward pass asked for states ahead"
+    for position, (kind, index) in enumerate(calls):
+        if kind == "prefetch":
+            following = next(i for k, i in calls[position + 1 :] if k == "get")
+            assert following == index, (schedule, calls)
+
+
+# -------------------------------------------------------------------- nested trackers
+class _FakeCudaStats:
+    """The allocator's current and peak counters, driven by the test."""
+
+    def __init__(self):
+        self.current = self.peak_value = 0
+
+    def allocate(self, nbytes):
+        self.current += nbytes
+        self.peak_value = max(self.peak_value, self.current)
+
+    def synchronize(self, device):
+        pass
+
+    def reset_peak(self, device):
+        self.peak_value = self.current
+
+    def allocated(self, device):
+        return self.current
+
+    def peak(self, device):
+        return self.peak_value
+
+
+def test_an_inner_cuda_tracker_does_not_erase_the_outer_peak(monkeypatch):
+    from memmaml import _memory
+
+    stats = _FakeCudaStats()
+    monkeypatch.setattr(_memory, "_cuda_stats", stats)
+    stats.allocate(1_000)  # before both trackers
+    with memmaml.track_memory("cuda:0") as outer:
+        stats.allocate(500)
+        stats.allocate(-500)  # the outer peak so far: 500
+        with memmaml.track_memory("cuda:0") as inner:  # an Auto choice measuring a step, say
+            stats.allocate(200)
+            stats.allocate(-200)
+        stats.allocate(100)
+        with memmaml.track_memory("cuda:1") as other:  # another device's counters are its own
+            pass
+    assert inner.peak_bytes == 200 and outer.peak_bytes == 500 and other.peak_bytes == 0
+    with memmaml.track_memory("cuda:0") as later:
+        stats.allocate(300)
+    assert later.peak_bytes == 300, "a tracker after the others starts afresh"
+
+
+# -------------------------------------------------------------------------- cuDNN RNNs
+def test_a_cudnn_rnn_with_dropout_is_refused_on_cuda():
+    from memmaml._replay_context import check_cudnn_rnn_dropout
+
+    model = nn.Sequential()
+    model.add_module("encoder", nn.LSTM(4, 8, num_layers=2, dropout=0.3))
+    with pytest.raises(ValueError, match=r"module 'encoder' \(LSTM, dropout=0.3\) .*cudnn.flags\(enabled=False\)"):
+        check_cudnn_rnn_dropout(model, {"cuda", "cpu"})
+    check_cudnn_rnn_dropout(model, {"cpu"})  # the CPU kernels draw their masks from the generator
+    with torch.backends.cudnn.flags(enabled=False):
+        check_cudnn_rnn_dropout(model, {"cuda"})
+    check_cudnn_rnn_dropout(model.eval(), {"cuda"})
+    check_cudnn_rnn_dropout(nn.GRU(4, 8, num_layers=1, dropout=0.0), {"cuda"})
+
+
+def test_replays_run_under_the_cudnn_flags_of_the_call():
+    seen = []
+
+    def loss_fn(m, b):
+        seen.append(torch.backends.cudnn.enabled)
+        return mse(m, b)
+
+    model = mlp()
+    with torch.backends.cudnn.flags(enabled=False):
+        result = memmaml.MAML(model, loss_fn, memmaml.SGD(0.1), schedule="uniform:2")(regression_batches(6))
+    mse(result.model, regression_batches(1)[0]).backward()  # the replays run here, with cuDNN enabled
+    assert torch.backends.cudnn.enabled and len(seen) == 6 + 4, seen  # 6 steps, 4 of them replayed
+    assert seen == [False] * len(seen), "forward and replays ran without cuDNN, as the call did"
