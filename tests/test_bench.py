@@ -5,17 +5,20 @@ import math
 import pytest
 
 import memmaml
-from memmaml import StepCosts, binomial_evaluations
-from memmaml.bench import Method, Runner, Workload, answer_budget, concrete_engine, engine_stats, fit_costs
-from memmaml.bench._worker import is_out_of_memory
+from memmaml import PlanStats, StepCosts, binomial_evaluations
+from memmaml.bench import Method, Runner, Workload, answer_budget, concrete_engine, engine_stats, fit_costs, predict
+from memmaml.bench._process import is_out_of_memory
 
 S, A, BASE_NAIVE, BASE_CKPT = 43e6, 700e6, 600e6, 650e6
+COSTS = StepCosts(int(S), int(A), 0.3, 1.0)
 
 
 def _record(engine, n, *, library="memmaml", status="ok", seconds=None):
+    """A run as memmaml's cost model predicts it at known costs and bases (what the fit must recover)."""
     stats, offload = engine_stats(engine, n)
-    stored = 0 if stats is None else (2 if offload else stats["max_stored"] + 1)
-    peak = BASE_NAIVE + n * A if stats is None else BASE_CKPT + stored * S + stats["max_segment"] * A
+    plan = None if stats is None else PlanStats(**stats)
+    base = BASE_NAIVE if stats is None else BASE_CKPT
+    peak = base + memmaml.predicted_peak_bytes(plan, n, COSTS, offload=offload)
     forward = 0 if stats is None else stats["forward_steps"]
     return {
         "library": library,
@@ -77,23 +80,44 @@ def test_budget_answers_match_brute_force():
     expected = (2 + 0.3 * binomial_evaluations(n, int(slots)) + n) / (2 + n)
     assert binomial["at"][-1]["time_ratio_to_naive"] == pytest.approx(expected, rel=1e-3)
     offload = answer_budget(fit, "binomial:auto+offload", budget, host_budget=int(200 * S))
-    assert offload["grows_with_steps"] is False and offload["at"][-1]["engine"] == "binomial:200+offload"
+    slots = memmaml.binomial_slots(100_000, fit.costs, budget, offload=True, host_budget=int(200 * S))
+    assert offload["grows_with_steps"] is False and offload["at"][-1]["engine"] == f"binomial:{slots}+offload"
+    assert 190 <= slots <= 200  # the stored states within the host budget
     tiny = answer_budget(fit, "uniform:best", int(BASE_CKPT))
     assert tiny["longest_steps"] == 0 and tiny["one_step_bytes"] > BASE_CKPT
 
 
 def test_concrete_engines():
-    costs = StepCosts(int(S), int(A), 0.3, 1.0)
+    costs = COSTS
     assert (
         concrete_engine("uniform:best", 1000, costs, None)
         == f"uniform:{memmaml.best_uniform(1000, costs).checkpoint_steps}"
     )
-    assert (
-        concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=int(10 * S)) == "binomial:10+offload"
-    )
+    # the host budget goes to Auto, which keeps the offloaded states within it
+    host = int(10 * S)
+    engine = concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=host)
+    chosen = memmaml.Auto(2 * 2**30, among=("binomial",), host_budget=host).choose(50, costs, offload=True)
+    assert engine == f"binomial:{chosen.schedule.slots}+offload" and chosen.predicted_host_bytes <= host
+    assert predict(engine, 50, costs).host_bytes == chosen.predicted_host_bytes
+    assert concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=10**15) == "binomial:49+offload"
     assert concrete_engine("naive", 5, None, None) == "naive"
+    assert concrete_engine("auto:1GiB", 5, costs, None) == concrete_engine("auto:1GiB", 5, costs, 2**30)
     with pytest.raises(ValueError, match="unknown engine 'revolve'"):
         concrete_engine("revolve", 5, costs, None)
+    with pytest.raises(ValueError, match="is chosen from measured step costs, and there are none"):
+        concrete_engine("uniform:best", 5, None, None)
+
+
+def test_one_prediction_for_every_caller():
+    """The sweep, the fit and the GPU plan all predict through bench.predict, which is memmaml's cost model."""
+    stats = memmaml.Binomial(3).stats(20)
+    p = predict("binomial:3+offload", 20, COSTS, base=7)
+    assert p.engine == "binomial:3+offload" and p.offload and p.stats == stats._asdict()
+    assert p.peak_bytes == 7 + memmaml.predicted_peak_bytes(stats, 20, COSTS, offload=True)
+    assert p.host_bytes == memmaml.predicted_host_bytes(stats, 20, COSTS, offload=True) > 0
+    assert p.seconds == memmaml.predicted_seconds(stats, 20, COSTS)
+    naive = predict("naive", 20, COSTS)
+    assert naive.stats is None and naive.host_bytes == 0 and naive.peak_bytes == 20 * COSTS.graph_bytes
 
 
 def test_out_of_memory_errors_are_recognised():
@@ -110,6 +134,10 @@ def test_workload_validation():
         Workload(model="vgg16")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         Workload(batch_size=0)
+    with pytest.raises(ValueError, match="lr must be a finite positive number, got nan"):
+        Workload(lr=float("nan"))
+    with pytest.raises(ValueError, match="max_grad_grad_norm must be a finite positive number, got -1"):
+        Workload(max_grad_grad_norm=-1)
     assert Workload().describe() == "resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32"
 
 
@@ -119,6 +147,7 @@ def test_a_failing_run_is_recorded_not_raised(tmp_path):
     assert record["status"] == "timeout" and "stopped after 0.01 s" in record["error"]
     with pytest.raises(ValueError, match="unknown library 'learn2learn'"):
         runner.run(Method("learn2learn"), 2, track=True)
+    assert Runner(runner.workload, tmp_path).counter == 1  # a new runner numbers on: no earlier file is overwritten
 
 
 def test_a_peer_that_is_not_installed_is_skipped_with_the_install_line(tmp_path, monkeypatch):

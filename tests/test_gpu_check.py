@@ -1,5 +1,6 @@
-"""scripts/gpu_check.py and memmaml.bench's GPU parts: the smoke run end to end (every part, on the CPU), the
-time planning, the naive search, the report, failures and errors."""
+"""The GPU check (memmaml.cli.gpu_check, scripts/gpu_check.py) and memmaml.bench's GPU parts: the smoke run end to
+end (every part, on the CPU), the time planning, the naive search, the report, failures and errors, and the CPU
+twins of what only CUDA runs."""
 
 import dataclasses
 import importlib.util
@@ -24,7 +25,10 @@ from memmaml.bench import (
     run_gpu_part,
     write_gpu_report,
 )
-from memmaml.bench._gpu import _part_naive, _part_offload
+from memmaml.bench._device import GPU_CHILD_ENV, start_device, warmup_steps
+from memmaml.bench._gpu import _part_naive, _part_offload, _part_overlap
+from memmaml.bench._gpu_child import smi_token
+from memmaml.cli import gpu_check as gpu_check_cli
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 SMOKE_WORKLOAD = GPU_SIZES[True].workload
@@ -32,10 +36,7 @@ SMOKE_WORKLOAD = GPU_SIZES[True].workload
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return gpu_check_cli
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,25 @@ def test_smoke_run_records_every_part(smoke, gpu_check):
     assert [r["config"] for r in parts["offload"]["runs"]] == ["binomial:2+offload n=8", "binomial:2 n=8"]
     with_offload, without = parts["offload"]["runs"]
     assert with_offload["host_peak_bytes"] > 0 and without["host_peak_bytes"] is None  # offloaded states, apart
+    # the states' bytes (stored at once x the probe's state size) are what the CPU tracker measured, exactly
+    stored = memmaml.Binomial(2).stats(8).max_stored
+    assert with_offload["host_state_bytes"] == stored * results["calibration"]["step_costs"]["state_bytes"]
+    assert with_offload["host_state_bytes"] == with_offload["host_peak_bytes"]
     assert with_offload["peak_allocated_bytes"] < without["peak_allocated_bytes"]
     assert set(parts["offload"]["time_with_over_without"]) == {"8"}
+    assert {r["warmup_steps"] for r in parts["offload"]["runs"]} == {1}  # at n only on CUDA (warmup_steps)
+    # the same schedule with and without offload, untracked, one repeat in the smoke run
+    overlap = parts["overlap"]
+    assert [r["config"] for r in overlap["runs"]] == [
+        "binomial:2+offload n=8 (untracked)",
+        "binomial:2 n=8 (untracked)",
+    ]
+    assert all(
+        r["status"] == "ok" and r["tracked"] is False and r["peak_allocated_bytes"] is None for r in overlap["runs"]
+    )
+    on, off = (r["seconds"] for r in overlap["runs"])
+    assert overlap["time_with_over_without"] == on / off and overlap["ratios"] == [on / off]
+    assert all(r["ratio_to_naive"] is None for r in overlap["runs"])  # naive's time is a tracked run's
     for name in ("uniform", "binomial", "offload"):
         for run in parts[name]["runs"]:
             assert run["status"] == "ok" and run["peak_allocated_bytes"] > 0 and run["seconds_per_step"] > 0
@@ -118,6 +136,8 @@ def test_smoke_outputs(smoke):
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "parts" / "naive").glob("*.log")) and (out / "parts" / "probe" / "probe.log").exists()
     assert (out / "parts" / "exactness" / "exactness.log").exists()
+    assert "| binomial:2+offload n=8 | ok |" in text and "Offload's copies against compute" in text
+    assert not list(out.rglob(".*.tmp"))  # every file was written whole, then renamed
 
 
 def test_fit_steps_reduces_raises_or_skips():
@@ -142,10 +162,14 @@ def test_plan_part_predicts_from_step_costs():
     assert 490 <= evaluations <= 500 and predicted == pytest.approx(evaluations * 0.01 + 500 * 0.03)
     spec, predicted, _ = plan_gpu_part("offload", size, costs, 1e6)
     assert spec == {"runs": [["binomial:100", 200], ["binomial:100", 2000]]}
-    # Binomial(100): about t*n - C(100+t, 101) no-graph evaluations, t = 2 for both n (Griewank)
+    # Binomial(100): about t*n - C(100+t, 101) no-graph evaluations, t = 2 for both n (Griewank); with offload
+    # and without, the offloading run twice (on CUDA it warms up at n)
     evaluations = {n: memmaml.check_plan(memmaml.Binomial(100).plan(n)).forward_steps for n in (200, 2000)}
     assert abs(evaluations[200] - 298) <= 1 and abs(evaluations[2000] - 3898) <= 1
-    assert predicted == pytest.approx(sum(2 * (evaluations[n] * 0.01 + n * 0.03) for n in (200, 2000)))
+    assert predicted == pytest.approx(sum(3 * (evaluations[n] * 0.01 + n * 0.03) for n in (200, 2000)))
+    spec, predicted, _ = plan_gpu_part("overlap", size, costs, 1e6)
+    assert spec == {"n": 500, "engine": "binomial:100", "repeats": 2}
+    assert predicted == pytest.approx(2 * 3 * (memmaml.Binomial(100).stats(500).forward_steps * 0.01 + 500 * 0.03))
     spec, _, note = plan_gpu_part("binomial", size, costs, 30.0, auto_budget=10 * 2**30)
     assert spec["n"] < 2000 and note.startswith("reduced from 2000")
     spec, predicted, note = plan_gpu_part("binomial", size, costs, 1e6, auto_budget=2**30)
@@ -180,7 +204,8 @@ class _FakePart:
     def __init__(self, fits, record):
         self.fits, self.record = fits, record
 
-    def measure(self, engine, n, **_):
+    def measure(self, engine, n, **options):
+        self.record.setdefault("calls", []).append(options)
         ok, offload = n <= self.fits, engine.endswith("+offload")
         run = {
             "config": f"{engine} n={n}",
@@ -196,22 +221,40 @@ class _FakePart:
 
 
 @pytest.mark.parametrize(
-    "fits, longest, tried", [(18, 18, [16, 17, 18, 19]), (13, 13, [16, 15, 14, 13]), (100, 20, [16, 17, 18, 19, 20])]
+    "fits, longest, tried",
+    [(18, 18, [16, 20, 18, 19]), (13, 13, [16, 8, 12, 14, 13]), (100, 20, [16, 20]), (300, 64, [16, 32, 64])],
 )
-def test_naive_search_goes_up_to_the_first_failure_or_down_to_the_first_fit(fits, longest, tried):
+def test_naive_search_brackets_then_bisects(fits, longest, tried):
+    """Doubling up to the first out-of-memory error (or halving down to the first fit), then bisection."""
     record = {"runs": []}
-    _part_naive(_FakePart(fits, record), {"n": 16, "max_n": 20, "seconds": 60.0}, record)
+    top = 64 if fits == 300 else 20
+    _part_naive(_FakePart(fits, record), {"n": 16, "max_n": top, "seconds": 60.0}, record)
     assert [r["steps"] for r in record["runs"]] == tried and record["longest_n"] == longest
-    if fits < 20:
+    if fits < top:
         assert record["first_failing_n"] == longest + 1 and "out of memory" in record["first_failing_error"]
+        assert "note" not in record
     else:
-        assert record["first_failing_n"] is None and record["note"] == "no out-of-memory up to n=20: the search limit"
-    assert record.get("bytes_per_step") == (None if fits == 13 else 100)  # from two fitting runs, if any
+        assert record["first_failing_n"] is None
+        assert record["note"] == f"no out-of-memory up to n={top}: the search limit"
+    assert record["bytes_per_step"] == 100  # from the longest and the shortest fitting runs
     assert record["seconds_per_step"] == 0.1
     record = {"runs": []}
     with pytest.raises(RuntimeError, match="does not fit even at n=1"):
         _part_naive(_FakePart(0, record), {"n": 2, "max_n": 4, "seconds": 60.0}, record)
     assert [r["steps"] for r in record["runs"]] == [2, 1]
+
+
+def test_naive_search_stops_at_its_deadline():
+    """Past the first bracket the search runs only while its seconds last, and says where it stopped."""
+    record = {"runs": []}
+    _part_naive(_FakePart(18, record), {"n": 16, "max_n": 64, "seconds": 0.0}, record)
+    assert [r["steps"] for r in record["runs"]] == [16] and record["longest_n"] == 16
+    assert record["first_failing_n"] is None and record["note"] == "no out-of-memory up to n=16: time ran out"
+    record = {"runs": []}
+    _part_naive(_FakePart(13, record), {"n": 16, "max_n": 64, "seconds": 0.0}, record)
+    assert [r["steps"] for r in record["runs"]] == [16, 8]  # down to a fit whatever the time, then no bisection
+    assert (record["longest_n"], record["first_failing_n"]) == (8, 16)
+    assert record["note"] == "time ran out: the longest n is between 8 and 15"
 
 
 def test_offload_runs_with_and_without_at_each_n():
@@ -225,6 +268,21 @@ def test_offload_runs_with_and_without_at_each_n():
     ]
     assert record["device_peak_growth"] == 900 / 700  # the offloaded peaks, n=8 over n=4
     assert record["time_with_over_without"] == {"4": 2.0, "8": 2.0}
+
+
+def test_overlap_times_the_same_schedule_with_and_without_offload_interleaved():
+    record = {"runs": []}
+    _part_overlap(_FakePart(100, record), {"engine": "binomial:2", "n": 8, "repeats": 3}, record)
+    assert [r["config"] for r in record["runs"]] == [
+        "binomial:2+offload n=8",
+        "binomial:2 n=8",
+        "binomial:2 n=8",
+        "binomial:2+offload n=8",
+        "binomial:2+offload n=8",
+        "binomial:2 n=8",
+    ]  # the order alternates between repeats, so drift in the machine's load hits both alike
+    assert record["ratios"] == [2.0, 2.0, 2.0] and record["time_with_over_without"] == 2.0
+    assert all(call["track"] is False for call in record["calls"])  # timed runs: no tracker overhead
 
 
 def _fake_cuda_results():
@@ -255,7 +313,10 @@ def _fake_cuda_results():
         "default": {
             "settings": {"cudnn.deterministic": False},
             "nondeterministic_op_warnings": ["op X does not have a deterministic implementation"],
-            "methods": {"uniform:3": {"relative_difference": 2e-7, "bitwise": False, "buffers_bitwise": True}},
+            "methods": {
+                "naive (again)": {"relative_difference": 1e-7, "bitwise": False, "buffers_bitwise": True},
+                "uniform:3": {"relative_difference": 2e-7, "bitwise": False, "buffers_bitwise": True},
+            },
         }
     }
     return {
@@ -293,6 +354,20 @@ def _fake_cuda_results():
             ),
             "exactness": part(5, "exactness", modes=modes, workload_text="resnet18, dropout 0.2", spec={"n": 8}),
             "uniform": part(2, "uniform", runs=[run("uniform:5 n=4", 4, "ok", 0.75, 3 * 2**30)]),
+            "offload": part(
+                4,
+                "offload",
+                runs=[{**run("binomial:2+offload n=4", 4, "ok", 1.0, 2**30), "host_state_bytes": 3 * 2**20}],
+            ),
+            "overlap": part(
+                7,
+                "overlap",
+                engine="binomial:2",
+                n=4,
+                ratios=[1.25, 1.5],
+                time_with_over_without=1.375,
+                runs=[{**run("binomial:2+offload n=4 (untracked)", 4, "ok", 1.0), "tracked": False}],
+            ),
             "torch_maml": part(6, "torch_maml", status="skipped", plan_note="skipped: not installed"),
         },
     }
@@ -311,6 +386,16 @@ def test_report_from_a_results_dict(tmp_path):
     assert "longest n = 2, first failing n = 3 (OutOfMemoryError: out of memory)" in text
     assert "| 6. torch_maml | skipped | 0.4 | 0.5 | 1.0 | skipped: not installed |" in text
     assert "| uniform:3 | 2e-07 | False | True |" in text and "Ops without a deterministic implementation" in text
+    assert "naive (again) is naive run a second time: it is not bitwise equal to the first" in text
+    # host use: the stored states' bytes beside the allocator's rounded figure
+    run = next(r for r in results["parts"]["offload"]["runs"])
+    run["host_peak_bytes"] = 4 * 2**20
+    text = write_gpu_report(results, tmp_path, with_plot=False)
+    assert "| binomial:2+offload n=4 | ok | 1.0 GiB | 1.2 GiB | 3.0 MiB / 4.0 MiB | 1000.0 ms | 2.00 |" in text
+    assert (
+        "| binomial:2+offload n=4 (untracked) | ok | — | — | — | 1000.0 ms | — |" in text
+    )  # no ratio to a tracked run
+    assert "binomial:2 at n = 4 with offload over without, untracked and interleaved, median of 2 repeats: 1.38" in text
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["parts"]["uniform"]["runs"][0]["ratio_to_naive"] == 1.5  # recomputed from part 1
     assert saved["parts"]["naive"]["runs"][1]["ratio_to_naive"] is None
@@ -336,7 +421,7 @@ def test_a_failing_child_process_is_recorded(tmp_path):
     spec = {"n": 2, "engines": ["revolve:3"], "dropout": 0.2}
     record = run_gpu_part("exactness", spec, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=120, threads=1)
     assert record["status"] == "failed" and "unknown engine 'revolve:3'" in record["error"]
-    assert "_exactness" in record["traceback"] and record["processes"] == 1
+    assert "in exactness" in record["traceback"] and record["processes"] == 1
     assert (tmp_path / "exactness.log").exists()
 
 
@@ -358,13 +443,19 @@ def test_without_cuda_a_real_run_is_refused(gpu_check, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.parse_args(["--device", "cpu", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert "run on a machine with a GPU, or pass --smoke" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu_check.parse_args(["--smoke"])  # --out is required
-    assert "--out is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu_check.parse_args(["--smoke", "--out", str(tmp_path), "--parts", "naive,revolve"])
-    assert "unknown parts ['revolve']" in capsys.readouterr().err
+    assert "argument --device: no CUDA device (cpu): run on a machine with a GPU, or pass --smoke" in str(
+        exit_info.value
+    )
+    assert "pass --smoke" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_smoke_arguments(gpu_check, tmp_path, capsys):
+    args = gpu_check.parse_args(["--smoke", "--device", "CPU", "--out", str(tmp_path), "--parts", "Offload,naive"])
+    assert args.device == "cpu" and args.parts == ["naive", "offload"]  # names in any case, in the check's order
+    assert capsys.readouterr().err == "device: cpu\n"
+    gpu_check.parse_args(["--smoke", "--out", str(tmp_path)])
+    assert capsys.readouterr().err.endswith(" (the default here)\n")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the default device would run")
@@ -372,5 +463,69 @@ def test_default_device_without_cuda_exits_2(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2 and "pass --smoke" in proc.stderr
+    assert proc.returncode == 2 and "pass --smoke" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_cpu_twins_of_the_cuda_only_lines(tmp_path, monkeypatch):
+    """What only CUDA runs sits behind small functions; their CPU answers, and the environment every GPU check
+    process gets (CUDA numbers devices as nvidia-smi does)."""
+    threads = torch.get_num_threads()
+    try:
+        assert start_device("cpu", threads=1, cap_bytes=2**30) == {}  # no allocator to cap on a CPU
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert warmup_steps("binomial:2+offload", 50, "cuda:1") == 50 and warmup_steps("binomial:2+offload", 50, "cpu") == 1
+    assert warmup_steps("binomial:2", 50, "cuda") == 1 and warmup_steps("naive", 50, "cuda") == 1
+    assert smi_token(2, None) == "2" and smi_token(1, "4,6") == "6" and smi_token(0, " GPU-ab ") == "GPU-ab"
+    assert GPU_CHILD_ENV == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    seen = []
+
+    def fake_run_child(target, spec, tag, *, timeout, env=None):
+        seen.append((target, env))
+        return {"status": "ok"}
+
+    import memmaml.bench._gpu as gpu
+
+    monkeypatch.setattr(gpu, "run_child", fake_run_child)
+    probe_device(SMOKE_WORKLOAD, tmp_path, timeout=10)
+    run_gpu_part(
+        "exactness", {"n": 2, "engines": [], "dropout": 0.0}, workload=SMOKE_WORKLOAD, workdir=tmp_path, timeout=10
+    )
+    assert seen == [
+        ("memmaml.bench._gpu_child:probe", GPU_CHILD_ENV),
+        ("memmaml.bench._gpu_child:exactness", {**GPU_CHILD_ENV, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}),
+    ]
+    part = gpu._Part(SMOKE_WORKLOAD, tmp_path, {"runs": []}, cap_bytes=None, deadline=0.0, threads=1)
+    assert part.runner.env == GPU_CHILD_ENV  # the worker processes too
+
+
+def test_a_part_cut_short_keeps_its_runs(tmp_path):
+    """After every run a part hands its record to ``progress`` (the check writes it), and offloading runs get their
+    stored states' bytes from the probe's costs."""
+    import memmaml.bench._gpu as gpu
+
+    class Runner:
+        def run(self, method, steps, **_):
+            return {"status": "ok", "steps": steps, "seconds": 1.0, "peak_bytes": 10, "host_peak_bytes": 4096}
+
+    saved = []
+    costs = StepCosts(state_bytes=100, graph_bytes=1000, nograph_seconds=0.1, graph_seconds=0.2)
+    part = gpu._Part(
+        SMOKE_WORKLOAD,
+        tmp_path,
+        {"runs": [], "processes": 0, "work_seconds": 0.0},
+        cap_bytes=None,
+        deadline=float("inf"),
+        threads=1,
+        costs=costs,
+        progress=lambda record: saved.append([run["config"] for run in record["runs"]]),
+    )
+    part.runner = Runner()
+    part.measure("binomial:3+offload", 10)
+    part.measure("binomial:3", 10)
+    assert saved == [["binomial:3+offload n=10"], ["binomial:3+offload n=10", "binomial:3 n=10"]]
+    with_offload, without = part.record["runs"]
+    assert with_offload["host_state_bytes"] == memmaml.Binomial(3).stats(10).max_stored * 100
+    assert with_offload["host_peak_bytes"] == 4096 and without["host_state_bytes"] is None

@@ -1,14 +1,22 @@
-"""The benchmark library: what ``scripts/compare_memory.py``, ``scripts/gpu_check.py`` and the notebooks share.
+"""The benchmark library: what the command lines (:mod:`memmaml.cli`) and the notebooks share.
 
 * :class:`Workload` -- a meta-step's problem as plain values (model, data,
   inner optimizer), built with :mod:`memmaml.models`;
 * :class:`Method` and the peer adapters -- memmaml's engines
   (:func:`memmaml.parse_engine` text) and torch_maml, higher, torchopt;
-* :class:`Runner` -- each configuration in a fresh process, failures recorded;
-* :func:`run_sweep` -- memory and interleaved time over engines and step counts;
+* :class:`Runner` -- each configuration in a fresh process, failures recorded
+  (one process helper underneath: a JSON spec in, an atomically written record
+  out, the deadline, out-of-memory kills and errors mapped the same way for
+  every caller);
+* :func:`run_sweep` -- memory and interleaved time over engines and step
+  counts, every finished run saved as it completes and kept by a resumed sweep;
+* :func:`predict` -- engine text to the concrete engine that runs and its
+  predicted peak, host bytes and seconds (:func:`concrete_engine`,
+  :func:`engine_stats`), the one path every prediction here takes;
 * :func:`fit_costs` / :func:`answer_budget` -- memmaml's cost model fitted to the
   runs, the longest unroll per engine;
 * :func:`render` -- ``results.json`` to Markdown, CSV and a plot;
+  :func:`write_json_atomic` -- a results file that is always whole;
   :func:`provenance` -- commit, versions, device and command of every result;
 * the GPU check's parts (:data:`GPU_PARTS`, :data:`GPU_SIZES`): :func:`probe_device`
   (the CUDA context, the step costs), :func:`plan_gpu_part` (time planning from
@@ -16,9 +24,11 @@
   and :func:`write_gpu_report`;
 * :func:`quick_mode` -- the notebooks' small-size switch.
 
-Also :func:`quick_mode`, which every notebook reads once to
-choose its sizes. The test suite sets ``MEMMAML_NOTEBOOK_QUICK=1`` and runs each
-notebook top to bottom in seconds; ``python notebooks/build.py --execute``
+The library sits on top of memmaml and uses only its public API
+(``tests/test_bench_imports.py``); :func:`host_available_bytes` is memmaml's,
+re-exported. Every notebook reads :func:`quick_mode` once to choose its sizes.
+The test suite sets ``MEMMAML_NOTEBOOK_QUICK=1`` and runs each notebook top to
+bottom in seconds; ``python notebooks/build.py --execute``
 removes the variable and stores the outputs of a full run. The switch lives in
 the package, not beside the notebooks, because the Colab notebook installs
 memmaml and has no other file of the repository.
@@ -28,15 +38,19 @@ from __future__ import annotations
 
 import os
 
+from memmaml import host_available_bytes
+
+from ._engines import Prediction, concrete_engine, engine_stats, predict
 from ._fit import Fit, answer_budget, fit_costs
 from ._gpu import probe_device, run_gpu_part
 from ._gpu_plan import GPU_PARTS, GPU_SIZES, GpuPart, GpuSizes, fit_steps, plan_gpu_part, predict_seconds
 from ._gpu_report import write_gpu_report
 from ._methods import PEER_INSTALL, Method, meta_step, unavailable
+from ._process import write_json_atomic
 from ._provenance import provenance
 from ._report import render
-from ._runner import Runner, host_available_bytes
-from ._sweep import concrete_engine, engine_stats, run_sweep
+from ._runner import Runner
+from ._sweep import run_sweep
 from ._workload import Built, Workload
 
 __all__ = [
@@ -48,6 +62,7 @@ __all__ = [
     "GpuSizes",
     "Method",
     "PEER_INSTALL",
+    "Prediction",
     "QUICK_MODE_VARIABLE",
     "Runner",
     "Workload",
@@ -59,6 +74,7 @@ __all__ = [
     "host_available_bytes",
     "meta_step",
     "plan_gpu_part",
+    "predict",
     "predict_seconds",
     "probe_device",
     "provenance",
@@ -68,6 +84,7 @@ __all__ = [
     "run_sweep",
     "unavailable",
     "write_gpu_report",
+    "write_json_atomic",
 ]
 
 #: the environment variable :func:`quick_mode` reads

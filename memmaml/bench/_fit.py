@@ -1,15 +1,20 @@
 """memmaml's cost model fitted to measured runs, and the budget answered per engine.
 
-The model is :mod:`memmaml._cost_model`'s -- the one :class:`~memmaml.Auto`
-plans with -- plus what a measured run holds besides the unroll (the model,
-the batches, the meta-gradient: a base per engine family):
+The model is memmaml's own cost model -- the one :class:`~memmaml.Auto`
+plans with (:func:`~memmaml.predicted_peak_bytes`,
+:func:`~memmaml.predicted_seconds`) -- plus what a measured run holds besides
+the unroll (the model, the batches, the meta-gradient: a base per engine
+family):
 
 * memory: naive ``base_naive + n * A``; checkpointed ``base_checkpoint +
-  (max_stored + 1) * S + max_segment * A`` (``2 * S`` with offload);
+  (max_stored + 1) * S + max_segment * A`` (fewer states with offload: as the
+  cost model counts them);
 * time: ``base_seconds + forward_steps * t_nograph + n * t_graph``.
 
-Least squares over the measured records gives ``S``, ``A`` and the bases;
-every answer below is then a prediction from measurements, and says so.
+The model is linear in ``S``, ``A``, ``t_nograph`` and ``t_graph``, so each
+run's coefficients are the cost model's predictions at unit costs; least
+squares over the measured records then gives ``S``, ``A`` and the bases.
+Every answer below is a prediction from measurements, and says so.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .._cost_model import StepCosts, longest_steps, predicted_peak_bytes, predicted_seconds
-from .._plans import PlanStats
-from ._sweep import concrete_engine, engine_stats
+from memmaml import StepCosts, longest_steps
+
+from ._engines import predict
 
 __all__ = ["Fit", "answer_budget", "fit_costs"]
 
@@ -38,15 +43,28 @@ class Fit(NamedTuple):
     time_from: str  # "fit" or "probe ratio" (when the timed runs cannot separate t_nograph from t_graph)
 
     def peak(self, engine: str, n: int) -> float:
-        stats, offload = engine_stats(engine, n)
-        base = self.base_naive if stats is None else self.base_checkpoint
-        return predicted_peak_bytes(
-            None if stats is None else PlanStats(**stats), n, self.costs, offload=offload, base=int(base)
-        )
+        """Predicted peak bytes of a concrete ``engine`` at ``n``, the family's base included."""
+        base = self.base_naive if engine == "naive" else self.base_checkpoint
+        return predict(engine, n, self.costs, base=int(base)).peak_bytes
 
     def seconds(self, engine: str, n: int) -> float:
-        stats, _ = engine_stats(engine, n)
-        return self.base_seconds + predicted_seconds(None if stats is None else PlanStats(**stats), n, self.costs)
+        """Predicted seconds of a concrete ``engine`` at ``n``, the base included."""
+        return self.base_seconds + predict(engine, n, self.costs).seconds
+
+
+#: unit costs: the cost model at one of them is the coefficient of that cost
+_UNIT = {
+    "state": StepCosts(1, 0, 0.0, 0.0),
+    "graph": StepCosts(0, 1, 0.0, 0.0),
+    "nograph": StepCosts(0, 0, 1.0, 0.0),
+    "graph_time": StepCosts(0, 0, 0.0, 1.0),
+}
+
+
+def _coefficient(record: dict[str, Any], unit: str) -> float:
+    """The coefficient of one cost in a measured record's prediction (its concrete engine at its ``n``)."""
+    p = predict(record["engine"], record["steps"], _UNIT[unit])
+    return float(p.seconds if unit in ("nograph", "graph_time") else p.peak_bytes)
 
 
 def _lstsq(rows: list[list[float]], target: list[float]) -> tuple[list[float], list[float]] | None:
@@ -76,12 +94,8 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
     ]
     rows, target = [], []
     for r in points:
-        stats, n = r.get("stats"), r["steps"]
-        if stats is None:
-            rows.append([1.0, 0.0, 0.0, float(n)])
-        else:
-            stored = 2 if r.get("offload") else stats["max_stored"] + 1
-            rows.append([0.0, 1.0, float(stored), float(stats["max_segment"])])
+        naive = r.get("stats") is None
+        rows.append([float(naive), float(not naive), _coefficient(r, "state"), _coefficient(r, "graph")])
         target.append(float(r["peak_bytes"]))
     memory = _lstsq(rows, target)
     if memory is None:
@@ -90,7 +104,7 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
     residual = max(abs(f - t) / t for f, t in zip(fitted, target))
     timed = [r for r in points if r.get("seconds_untracked")] or [r for r in points if r.get("seconds")]
     seconds_of = lambda r: r.get("seconds_untracked") or r["seconds"]
-    rows = [[1.0, float((r["stats"] or {}).get("forward_steps", 0)), float(r["steps"])] for r in timed]
+    rows = [[1.0, _coefficient(r, "nograph"), _coefficient(r, "graph_time")] for r in timed]
     time = _lstsq(rows, [seconds_of(r) for r in timed])
     how = "fit"
     if time is None or time[0][1] < 0 or time[0][2] <= 0:
@@ -122,7 +136,7 @@ def answer_budget(
 
     def concrete(n: int) -> str | None:
         try:
-            return concrete_engine(engine, n, fit.costs, room, host_budget)
+            return predict(engine, n, fit.costs, budget=room, host_budget=host_budget).engine
         except ValueError:  # nothing of this family fits the room at n
             return None
 

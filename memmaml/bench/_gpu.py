@@ -1,32 +1,37 @@
-"""The GPU check's parts and the fresh processes they run in (``scripts/gpu_check.py``).
+"""The GPU check's parts and the fresh processes they run in (``memmaml-gpu-check``, ``scripts/gpu_check.py``).
 
 Their sizes and time planning are in ``_gpu_plan``, their report in ``_gpu_report``.
 
 The check measures the seed's workload (:class:`~memmaml.bench.Workload`'s
 default: ResNet-18, 16x3x224x224, in-graph SGD at 0.01) on a CUDA device in
-six independent parts (:data:`GPU_PARTS`). Every meta-step a part measures runs
+independent parts (:data:`GPU_PARTS`). Every meta-step a part measures runs
 in a fresh process (:class:`~memmaml.bench.Runner`), under the allocator cap;
-what the worker does not do runs in a fresh process of ``_gpu_child`` instead:
-the probe (the CUDA context's size, the device, provenance and the step costs
-every prediction starts from) and part 5 (exactness under default and
-deterministic settings, with dropout and BatchNorm in the model).
+what the worker does not do runs in a fresh process of ``_gpu_child``
+instead: the probe (the CUDA context's size, the device, provenance and the
+step costs every prediction starts from) and part 5 (exactness under default
+and deterministic settings, with dropout and BatchNorm in the model). Both go
+through :func:`~memmaml.bench._process.run_child`, with
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``. A part reports its record after every run
+(``progress``), so a caller that stores it keeps the runs of a part cut short.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
+import statistics
 import time
-import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._units import format_bytes
+from memmaml import StepCosts, format_bytes
+
+from ._device import GPU_CHILD_ENV
+from ._engines import predict
 from ._methods import Method
-from ._runner import Runner, _child_env, _die_with_parent
+from ._process import error_record, run_child
+from ._runner import Runner
 from ._workload import Workload
 
 __all__ = ["probe_device", "run_gpu_part"]
@@ -54,10 +59,13 @@ class _Part:
         cap_bytes: int | None,
         deadline: float,
         threads: int,
+        costs: StepCosts | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.workload, self.workdir, self.record = workload, workdir, record
         self.cap_bytes, self.deadline, self.threads = cap_bytes, deadline, threads
-        self.runner = Runner(workload, workdir, threads=threads)
+        self.costs, self.progress = costs, progress
+        self.runner = Runner(workload, workdir, threads=threads, env=GPU_CHILD_ENV)
 
     def left(self) -> float:
         left = self.deadline - time.monotonic()
@@ -66,14 +74,28 @@ class _Part:
         return left
 
     def measure(
-        self, engine: str, n: int, *, library: str = "memmaml", config: str | None = None, save_grads: bool = False
+        self,
+        engine: str,
+        n: int,
+        *,
+        library: str = "memmaml",
+        config: str | None = None,
+        save_grads: bool = False,
+        track: bool = True,
     ) -> dict[str, Any]:
-        """One tracked meta-step under the cap; an out-of-memory error is a result, a timeout ends the part."""
+        """One meta-step under the cap; an out-of-memory error is a result, a timeout ends the part.
+
+        ``host_state_bytes`` is the bytes of the states an offloading engine
+        stores at once (the plan's count times the probe's state size), beside
+        ``host_peak_bytes``, the pinned allocator's peak, which rounds each
+        block up.
+        """
         self.runner.timeout = self.left()
         record = self.runner.run(
-            Method(library, engine), n, track=True, save_grads=save_grads, memory_cap_bytes=self.cap_bytes
+            Method(library, engine), n, track=track, save_grads=save_grads, memory_cap_bytes=self.cap_bytes
         )
         label = config or (f"{engine} n={n}" if library == "memmaml" else f"{library} {engine} n={n}")
+        offloads = library == "memmaml" and engine.endswith("+offload")
         run = {
             "config": label,
             **record,
@@ -81,35 +103,47 @@ class _Part:
             "peak_allocated_bytes": record.get("cuda_max_allocated_bytes", record.get("peak_bytes")),
             "peak_reserved_bytes": record.get("cuda_max_reserved_bytes"),
             "host_peak_bytes": record.get("cuda_host_peak_bytes", record.get("host_peak_bytes")),
+            "host_state_bytes": predict(engine, n, self.costs).host_bytes if offloads and self.costs else None,
         }
         self.record["runs"].append(run)
         self.record["processes"] += 1
         self.record["work_seconds"] += record.get("seconds") or 0.0
+        self.saved()
         if record["status"] == "timeout":
             raise _OutOfTime
         return run
 
     def child(self, function: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-        """One of this module's process functions; its figures merged into the record even when it fails."""
-        child = _in_fresh_process(
-            function,
+        """A process target of ``_gpu_child``; its figures merged into the record even when it fails."""
+        child = run_child(
+            f"memmaml.bench._gpu_child:{function}",
             {**spec, "workload": self.workload.__dict__, "cap_bytes": self.cap_bytes, "threads": self.threads},
-            self.workdir,
+            self.workdir / function,
             timeout=self.left(),
-            env=env,
+            env={**GPU_CHILD_ENV, **(env or {})},
         )
         self.record["processes"] += 1
         self.record["work_seconds"] += child.pop("work_seconds", 0.0)
         status = child.pop("status")
-        self.record.update({k: v for k, v in child.items() if k not in ("error", "traceback")})
+        self.record.update({k: v for k, v in child.items() if k not in ("error", "traceback", "log_tail")})
+        self.saved()
         if status == "timeout":
             raise _OutOfTime
         if status != "ok":
             raise _ChildFailed(child)
         return child
 
+    def saved(self) -> None:
+        if self.progress is not None:
+            self.progress(self.record)
+
 
 def _part_naive(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
+    """The longest n naive fits: doubling from ``n`` (or halving) to bracket it, then bisection.
+
+    The search stops at ``max_n`` and, past the first bracket, when its
+    ``seconds`` run out; the record says which.
+    """
     fits: dict[int, bool] = {}
     search_deadline = time.monotonic() + spec["seconds"]
 
@@ -121,31 +155,41 @@ def _part_naive(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> No
             fits[n] = run["status"] == "ok"
         return fits[n]
 
-    n = spec["n"]
-    if fits_at(n):
-        while n < spec["max_n"] and time.monotonic() < search_deadline and fits_at(n + 1):
-            n += 1
-    else:
-        while n > 1 and not fits_at(n - 1):
-            n -= 1
+    def time_left() -> bool:
+        return time.monotonic() < search_deadline
+
+    start, top = spec["n"], spec["max_n"]
+    low, high = (start, None) if fits_at(start) else (None, start)  # the longest n that fits, the first that does not
+    while low is None and high > 1:
+        n = max(high // 2, 1)
+        low, high = (n, high) if fits_at(n) else (None, n)
+    if low is None:
+        raise RuntimeError(f"naive MAML does not fit even at n=1: {part.record['runs'][-1].get('error')}")
+    while high is None and low < top and time_left():
+        n = min(2 * low, top)
+        low, high = (n, None) if fits_at(n) else (low, n)
+    while high is not None and high - low > 1 and time_left():
+        n = (low + high) // 2
+        low, high = (n, high) if fits_at(n) else (low, n)
     runs = record["runs"]
-    ok, failed = [r for r in runs if r["status"] == "ok"], [r for r in runs if r["status"] == "oom"]
-    if not ok:
-        raise RuntimeError(f"naive MAML does not fit even at n=1: {failed[0]['error']}")
-    best, first = max(ok, key=lambda r: r["steps"]), min(failed, key=lambda r: r["steps"], default=None)
+    ok = [r for r in runs if r["status"] == "ok"]
+    best = next(r for r in ok if r["steps"] == low)
+    first = next((r for r in runs if r["steps"] == high), None)
     record.update(
-        longest_n=best["steps"],
+        longest_n=low,
         seconds_per_step=best["seconds_per_step"],
-        first_failing_n=first and first["steps"],
+        first_failing_n=high,
         first_failing_error=first and first["error"],
     )
-    if first is None:
-        why = "the search limit" if n >= spec["max_n"] else "time ran out"
-        record["note"] = f"no out-of-memory up to n={n}: {why}"
-    low = min(ok, key=lambda r: r["steps"])
-    if best is not low:
-        record["bytes_per_step"] = (best["peak_allocated_bytes"] - low["peak_allocated_bytes"]) / (
-            best["steps"] - low["steps"]
+    if high is None:
+        why = "the search limit" if low >= top else "time ran out"
+        record["note"] = f"no out-of-memory up to n={low}: {why}"
+    elif high - low > 1:
+        record["note"] = f"time ran out: the longest n is between {low} and {high - 1}"
+    lowest = min(ok, key=lambda r: r["steps"])
+    if best is not lowest:
+        record["bytes_per_step"] = (best["peak_allocated_bytes"] - lowest["peak_allocated_bytes"]) / (
+            best["steps"] - lowest["steps"]
         )
 
 
@@ -170,6 +214,28 @@ def _part_offload(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> 
     record["time_with_over_without"] = {
         str(a["steps"]): a["seconds"] / b["seconds"] for a, b in zip(on, off) if a.get("seconds") and b.get("seconds")
     }
+
+
+def _part_overlap(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
+    """The same schedule with and without offload at one n, untracked, interleaved, ``repeats`` times.
+
+    The median ratio of their times within a repeat says whether the copies
+    to and from host memory hide behind compute (1.0) or add to it.
+    """
+    engine, n = spec["engine"], spec["n"]
+    ratios = []
+    for repeat in range(spec["repeats"]):
+        order = ("+offload", "") if repeat % 2 == 0 else ("", "+offload")
+        runs = {
+            suffix: part.measure(engine + suffix, n, track=False, config=f"{engine}{suffix} n={n} (untracked)")
+            for suffix in order
+        }
+        on, off = runs["+offload"].get("seconds"), runs[""].get("seconds")
+        if on and off:
+            ratios.append(on / off)
+    record.update(engine=engine, n=n, ratios=ratios)
+    if ratios:
+        record["time_with_over_without"] = statistics.median(ratios)
 
 
 def _part_exactness(part: _Part, spec: dict[str, Any], record: dict[str, Any]) -> None:
@@ -198,6 +264,17 @@ def _part_torch_maml(part: _Part, spec: dict[str, Any], record: dict[str, Any]) 
         record["torch_maml_version"] = metadata.version("torch-maml")
 
 
+_PARTS = {
+    "naive": _part_naive,
+    "uniform": _part_uniform,
+    "binomial": _part_binomial,
+    "offload": _part_offload,
+    "overlap": _part_overlap,
+    "exactness": _part_exactness,
+    "torch_maml": _part_torch_maml,
+}
+
+
 def run_gpu_part(
     name: str,
     spec: dict[str, Any],
@@ -207,26 +284,32 @@ def run_gpu_part(
     timeout: float,
     cap_bytes: int | None = None,
     threads: int = 0,
+    costs: StepCosts | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run part ``name`` as planned (``spec``); its record, ``status`` ``"ok"`` or ``"failed"``, never an exception.
 
     Each meta-step runs in a fresh process under ``cap_bytes``; the part stops
-    after ``timeout`` seconds, keeping the figures so far. The record holds the
-    runs, the part's own figures, ``wall_seconds``, ``work_seconds`` (of the
-    meta-steps) and ``processes`` (started).
+    after ``timeout`` seconds, keeping the figures so far. ``costs`` (the
+    probe's) give offloading runs their stored states' bytes; ``progress`` is
+    called with the record after every run. The record holds the runs, the
+    part's own figures, ``wall_seconds``, ``work_seconds`` (of the meta-steps)
+    and ``processes`` (started).
     """
     record: dict[str, Any] = {"runs": [], "processes": 0, "work_seconds": 0.0}
     start = time.monotonic()
-    part = _Part(workload, Path(workdir), record, cap_bytes=cap_bytes, deadline=start + timeout, threads=threads)
+    part = _Part(
+        workload,
+        Path(workdir),
+        record,
+        cap_bytes=cap_bytes,
+        deadline=start + timeout,
+        threads=threads,
+        costs=costs,
+        progress=progress,
+    )
     try:
-        {
-            "naive": _part_naive,
-            "uniform": _part_uniform,
-            "binomial": _part_binomial,
-            "offload": _part_offload,
-            "exactness": _part_exactness,
-            "torch_maml": _part_torch_maml,
-        }[name](part, spec, record)
+        _PARTS[name](part, spec, record)
         record["status"] = "ok"
     except _OutOfTime:
         record.update(
@@ -235,9 +318,7 @@ def run_gpu_part(
     except _ChildFailed as exc:
         record.update(status="failed", error=str(exc), traceback=exc.traceback)
     except Exception as exc:  # recorded; the other parts run
-        record.update(
-            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:]
-        )
+        record.update({**error_record(exc), "status": "failed"})
     record["wall_seconds"] = time.monotonic() - start
     return record
 
@@ -253,44 +334,14 @@ def probe_device(
 ) -> dict[str, Any]:
     """The device, the CUDA context's size, provenance and the workload's step costs, from a fresh process.
 
-    The record's ``status`` is ``"ok"``, ``"failed"`` or ``"timeout"``; with
-    ``environment``, ``provenance``, ``step_costs`` and ``wall_seconds``.
+    The record's ``status`` is ``"ok"``, ``"failed"``, ``"oom"`` or
+    ``"timeout"``; with ``environment``, ``provenance``, ``step_costs`` and
+    ``wall_seconds``.
     """
     start = time.monotonic()
     spec = {"workload": workload.__dict__, "cap_bytes": cap_bytes, "threads": threads, "command": command}
-    record = _in_fresh_process("probe", spec, Path(workdir), timeout=timeout)
+    record = run_child(
+        "memmaml.bench._gpu_child:probe", spec, Path(workdir) / "probe", timeout=timeout, env=GPU_CHILD_ENV
+    )
     record["wall_seconds"] = time.monotonic() - start
-    return record
-
-
-# ====================================================================== the processes of this module
-def _in_fresh_process(
-    function: str, spec: dict[str, Any], workdir: Path, *, timeout: float, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Run ``function`` (``"probe"``, ``"exactness"``) in a fresh process, as :class:`Runner` runs a worker."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_path, result_path, log_path = (workdir / f"{function}{suffix}" for suffix in (".spec.json", ".json", ".log"))
-    spec_path.write_text(json.dumps(spec, indent=1))
-    result_path.unlink(missing_ok=True)
-    code = "import sys; from memmaml.bench._gpu_child import _child_main; sys.exit(_child_main(sys.argv[1:]))"
-    try:
-        with open(log_path, "w") as log:
-            returncode = subprocess.run(
-                [sys.executable, "-c", code, function, str(spec_path), str(result_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                env={**_child_env(), **(env or {})},
-                preexec_fn=_die_with_parent,
-            ).returncode
-    except subprocess.TimeoutExpired:
-        returncode = None
-    record: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):  # missing, or cut short by the kill
-        record = json.loads(result_path.read_text())
-    if returncode is None:
-        record.update(status="timeout", error=f"stopped after {timeout:.0f} s")
-    elif record.get("status") not in ("ok", "failed"):
-        tail = log_path.read_text(errors="replace")[-1500:]
-        record.update(status="failed", error=f"exit status {returncode}: {tail}")
     return record

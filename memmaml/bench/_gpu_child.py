@@ -1,4 +1,7 @@
-"""What the GPU check runs in its own fresh processes: the probe and the exactness part.
+"""What the GPU check runs in its own fresh processes besides the worker: the probe and the exactness part.
+
+Both are targets of :func:`~memmaml.bench._process.run_child` and start with
+:func:`~memmaml.bench._device.start_device`, as the worker does.
 
 NOTE [ The CUDA context ]
     The allocator cap does not cover the CUDA context. The probe measures it
@@ -6,34 +9,34 @@ NOTE [ The CUDA context ]
     the allocator's reserved bytes (``mem_get_info`` when nvidia-smi is
     missing; other processes then count too); the same difference after the
     probe's steps also holds the kernels and library handles loaded by then.
+    The GPU check's processes run with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so
+    that CUDA's device numbers are nvidia-smi's (:func:`smi_token`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import subprocess
-import time
-import traceback
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import memmaml
+
+from ._device import start_device
 from ._methods import Method, meta_step
 from ._provenance import provenance
 from ._workload import Workload
 
-__all__: list[str] = []
+__all__ = ["exactness", "probe", "smi_token"]
 
 
 def _smi(device: Any, field: str) -> str | None:
     """One nvidia-smi query field for ``device`` (e.g. ``memory.used`` in MiB); ``None`` when unavailable."""
-    visible, index = os.environ.get("CUDA_VISIBLE_DEVICES"), device.index or 0
     with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
-        token = visible.split(",")[index].strip() if visible else str(index)
+        token = smi_token(device.index or 0, os.environ.get("CUDA_VISIBLE_DEVICES"))
         return (
             subprocess.run(
                 ["nvidia-smi", f"--id={token}", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
@@ -53,78 +56,88 @@ def _smi_used(device: Any) -> int | None:
     return None
 
 
-def _start_device(spec: dict[str, Any], environment: dict[str, Any] | None = None) -> int | None:
-    """Threads, the device, the allocator cap; with ``environment``, the context's size: nvidia-smi's before-figure."""
+def smi_token(index: int, visible: str | None) -> str:
+    """nvidia-smi's ``--id`` for CUDA device ``index`` under ``CUDA_VISIBLE_DEVICES=visible``.
+
+    With ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (:data:`~memmaml.bench._device.GPU_CHILD_ENV`)
+    CUDA's numbers are nvidia-smi's; visible devices are renumbered from 0 in
+    the order listed.
+
+    Example:
+        >>> smi_token(0, None), smi_token(1, "3, 5"), smi_token(0, "GPU-8f2e")
+        ('0', '5', 'GPU-8f2e')
+    """
+    return visible.split(",")[index].strip() if visible else str(index)
+
+
+def _environment(device: Any, before: int | None, found: dict[str, Any]) -> dict[str, Any]:
+    """The CUDA device, its libraries' settings and the context's size, after :func:`start_device`."""
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["workload"]["device"])
-    if device.type != "cuda":
-        return None
-    before = _smi_used(device) if environment is not None else None
-    torch.cuda.set_device(device)
-    torch.ones(1, device=device)
-    torch.cuda.synchronize(device)
-    free, total = torch.cuda.mem_get_info(device)
-    if environment is not None:
-        after, reserved = _smi_used(device), torch.cuda.memory_reserved(device)
-        props, cudnn = torch.cuda.get_device_properties(device), torch.backends.cudnn
+    after = _smi_used(device)
+    props, cudnn = torch.cuda.get_device_properties(device), torch.backends.cudnn
+    environment = {
+        "name": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "total_bytes": found["total_bytes"],
+        "driver": _smi(device, "driver_version"),
+        "cudnn": cudnn.version(),
+        "cudnn_enabled": cudnn.enabled,
+        "cudnn_benchmark": cudnn.benchmark,
+        "cudnn_deterministic": cudnn.deterministic,
+        "cudnn_allow_tf32": cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"),
+    }
+    if before is not None and after is not None:
         environment.update(
-            name=props.name,
-            capability=f"{props.major}.{props.minor}",
-            total_bytes=total,
-            driver=_smi(device, "driver_version"),
-            cudnn=cudnn.version(),
-            cudnn_enabled=cudnn.enabled,
-            cudnn_benchmark=cudnn.benchmark,
-            cudnn_deterministic=cudnn.deterministic,
-            cudnn_allow_tf32=cudnn.allow_tf32,
-            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            context_bytes=after - before - found["reserved_bytes"],
+            context_method="nvidia-smi memory.used "
+            "after the first tensor minus before, less the allocator's reserved bytes",
         )
-        if before is not None and after is not None:
-            environment.update(
-                context_bytes=after - before - reserved,
-                context_method="nvidia-smi memory.used "
-                "after the first tensor minus before, less the allocator's reserved bytes",
-            )
-        else:
-            environment.update(
-                context_bytes=total - free - reserved,
-                context_method="mem_get_info: device memory "
-                "in use after the first tensor, less the allocator's reserved bytes (other processes "
-                "count too)",
-            )
-    if spec.get("cap_bytes"):
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["cap_bytes"] / total), device)
-        if environment is not None:
-            environment["cap_fraction"] = min(1.0, spec["cap_bytes"] / total)
-    return before
+    else:
+        environment.update(
+            context_bytes=found["total_bytes"] - found["free_bytes"] - found["reserved_bytes"],
+            context_method="mem_get_info: device memory "
+            "in use after the first tensor, less the allocator's reserved bytes (other processes "
+            "count too)",
+        )
+    if "cap_fraction" in found:
+        environment["cap_fraction"] = found["cap_fraction"]
+    return environment
 
 
-def _probe(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], None]) -> None:
+def probe(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], None]) -> None:
+    """The device, the CUDA context's size, provenance and the workload's step costs (a process target)."""
     import torch
-
-    import memmaml
 
     workload = Workload(**spec["workload"])
+    device = torch.device(workload.device)
+    before = _smi_used(device) if device.type == "cuda" else None
+    found = start_device(workload.device, threads=spec.get("threads") or 0, cap_bytes=spec.get("cap_bytes"))
     environment = record["environment"] = {"device": workload.device, "name": workload.device}
-    before = _start_device(spec, environment)
+    if found:
+        environment.update(_environment(device, before, found))
     record["provenance"] = provenance(workload.device, spec.get("command"), workers=True)
     save()
     built = workload.build()
     costs = memmaml.measure_step_costs(built.model, built.loss_function, built.inputs(1)[0], built.optimizer)
     record["step_costs"] = costs._asdict()
-    end = _smi_used(built.device) if before is not None else None
+    end = _smi_used(device) if before is not None else None
     if end is not None:
-        environment["non_allocator_bytes_after_probe"] = end - before - torch.cuda.memory_reserved(built.device)
+        environment["non_allocator_bytes_after_probe"] = end - before - torch.cuda.memory_reserved(device)
 
 
-def _exactness(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], None]) -> None:
-    """Meta-gradients and buffers of every engine against naive's, at the same seed, in two settings."""
+def exactness(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], None]) -> None:
+    """Meta-gradients and buffers of every engine against naive's, at the same seed, in two settings.
+
+    ``"naive (again)"`` is naive run a second time: where it is not bitwise
+    equal to the first, the kernels are not deterministic, and no engine can
+    be bitwise equal either (a process target).
+    """
     import torch
 
-    _start_device(spec)
+    start_device(spec["workload"]["device"], threads=spec.get("threads") or 0, cap_bytes=spec.get("cap_bytes"))
     workload = Workload(**{**spec["workload"], "dropout": spec["dropout"]})
     built = workload.build()
     model, n = built.model, spec["n"]
@@ -170,28 +183,3 @@ def _exactness(spec: dict[str, Any], record: dict[str, Any], save: Callable[[], 
         }
         save()
     torch.use_deterministic_algorithms(False)
-
-
-def _child_main(argv: list[str]) -> int:
-    """``function spec.json result.json``: run it, saving the record as it grows; failures are recorded."""
-    function, spec_path, result_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    record: dict[str, Any] = {"status": "running"}
-    started = time.perf_counter()
-
-    def save() -> None:
-        record["work_seconds"] = time.perf_counter() - started
-        Path(result_path).write_text(json.dumps(record, indent=1, default=str))
-
-    try:
-        {"probe": _probe, "exactness": _exactness}[function](spec, record, save)
-        record["status"] = "ok"
-    except Exception as exc:  # recorded; the parent goes on with the other parts
-        record.update(
-            status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:]
-        )
-    save()
-    return 0
-
-
-# ====================================================================== the report

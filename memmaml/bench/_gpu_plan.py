@@ -17,13 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._auto import Auto
-from .._cost_model import StepCosts, predicted_seconds
-from .._parse import parse_engine
-from .._plans import PlanStats
-from .._units import format_bytes
+from memmaml import Auto, StepCosts, format_bytes
+
+from ._engines import predict
 from ._methods import Method, unavailable
-from ._sweep import concrete_engine, engine_stats
 from ._workload import Workload
 
 __all__ = ["GPU_PARTS", "GPU_SIZES", "GpuPart", "GpuSizes", "fit_steps", "plan_gpu_part", "predict_seconds"]
@@ -40,11 +37,12 @@ class GpuPart(NamedTuple):
 
 #: the parts in the order they run: cheap and vital first
 GPU_PARTS = {
-    "naive": GpuPart(1, "naive: longest n under the cap", 0.08, 3),
+    "naive": GpuPart(1, "naive: longest n under the cap", 0.08, 5),
     "exactness": GpuPart(5, "exactness of the meta-gradients", 0.04, 1),
-    "uniform": GpuPart(2, "uniform checkpoint_steps=5", 0.15, 1),
-    "binomial": GpuPart(3, "Auto schedule (binomial)", 0.33, 1),
-    "offload": GpuPart(4, "host offload", 0.30, 4),
+    "uniform": GpuPart(2, "uniform checkpoint_steps=5", 0.13, 1),
+    "binomial": GpuPart(3, "Auto schedule (binomial)", 0.27, 1),
+    "offload": GpuPart(4, "host offload", 0.26, 4),
+    "overlap": GpuPart(7, "offload's copies against compute (timed)", 0.12, 4),
     "torch_maml": GpuPart(6, "torch_maml side by side", 0.10, 2),
 }
 
@@ -53,7 +51,7 @@ class GpuSizes(NamedTuple):
     """What each part runs: the workload, step counts and engines (:func:`~memmaml.parse_engine` text)."""
 
     workload: Workload
-    naive_start: int  # part 1 searches from here, one step at a time
+    naive_start: int  # part 1 searches from here: doubling or halving, then bisection
     naive_max: int
     uniform: str
     uniform_n: int
@@ -61,6 +59,8 @@ class GpuSizes(NamedTuple):
     binomial_max: int
     offload_n: tuple[int, int]
     offload_slots: int
+    overlap_n: int  # part 7: the offload part's schedule with and without offload, timed
+    overlap_repeats: int
     exact_n: int
     exact_engines: tuple[str, ...]
     exact_dropout: float
@@ -70,7 +70,8 @@ class GpuSizes(NamedTuple):
 
 #: ``False``: the seed's workload; ``True``: the smoke run's (a tiny conv net with BatchNorm, n <= 8, on a CPU).
 #: Each meta-step of the smoke run is a process (~3 s on a CPU, most of it importing torch), so its naive search
-#: is one run and its offload part one n: the tests check both searches and two n with stand-in runs.
+#: is one run, its offload part one n and its overlap part one repeat: the tests check the search, two n and two
+#: repeats with stand-in runs.
 GPU_SIZES = {
     False: GpuSizes(
         Workload(),
@@ -82,6 +83,8 @@ GPU_SIZES = {
         binomial_max=8000,
         offload_n=(200, 2000),
         offload_slots=100,
+        overlap_n=500,
+        overlap_repeats=2,
         exact_n=8,
         exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
         exact_dropout=0.2,
@@ -98,6 +101,8 @@ GPU_SIZES = {
         binomial_max=8,
         offload_n=(8, 8),
         offload_slots=2,
+        overlap_n=8,
+        overlap_repeats=1,
         exact_n=8,
         exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
         exact_dropout=0.2,
@@ -118,11 +123,7 @@ def predict_seconds(engine: str, n: int, costs: StepCosts | None, *, scale: floa
     """
     if costs is None:
         return None
-    schedule = parse_engine(engine).schedule
-    if schedule is not None and schedule.needs_costs:
-        engine = concrete_engine(engine, n, costs, schedule.budget)
-    stats, _ = engine_stats(engine, n)
-    return predicted_seconds(None if stats is None else PlanStats(**stats), n, costs) * scale
+    return predict(engine, n, costs).seconds * scale
 
 
 def fit_steps(
@@ -190,21 +191,26 @@ def plan_gpu_part(
     def offload_engine(n: int) -> str:
         return f"binomial:{min(slots, max(1, n - 1))}"
 
-    target, minimum, grow_to, predict = {
+    def on_and_off(n: int) -> float:  # on CUDA the offloading run warms up at n: twice its time
+        return 2 * p(offload_engine(n) + "+offload", n) + p(offload_engine(n), n)
+
+    repeats = sizes.overlap_repeats
+    target, minimum, grow_to, predict_part = {
         "uniform": (sizes.uniform_n, 50, None, lambda n: p(sizes.uniform, n)),
         "binomial": (sizes.binomial_n, 100, sizes.binomial_max, lambda n: p(auto, n)),
-        "offload": (large, small, None, lambda n: sum(2 * p(offload_engine(m), m) for m in dict.fromkeys((small, n)))),
+        "offload": (large, small, None, lambda n: sum(on_and_off(m) for m in dict.fromkeys((small, n)))),
+        "overlap": (sizes.overlap_n, 10, None, lambda n: repeats * on_and_off(n)),
         "torch_maml": (sizes.peer_n, 10, None, lambda n: 2 * p(sizes.peer, n)),
     }[name]
     if costs is None:
         n, note = target, "no prediction: the probe measured no step costs"
     else:
         try:
-            n, note = fit_steps(target, predict, seconds, min(minimum, target), grow_to)
+            n, note = fit_steps(target, predict_part, seconds, min(minimum, target), grow_to)
         except ValueError as err:  # Auto: not even one step fits the budget
             return None, None, f"skipped: {err}"
         if n is None:
-            return None, predict(min(minimum, target)), note
+            return None, predict_part(min(minimum, target)), note
     spec: dict[str, Any] = {"n": n}
     if name == "uniform":
         spec["engine"] = sizes.uniform
@@ -218,12 +224,11 @@ def plan_gpu_part(
             )
         else:
             choice = Auto(budget).choose(n, costs)
-            spec.update(engine=concrete_engine(auto, n, costs, budget), schedule=choice.describe())
+            spec.update(engine=predict(auto, n, costs).engine, schedule=choice.describe())
     elif name == "offload":
         spec = {"runs": [[offload_engine(m), m] for m in dict.fromkeys((small, n))]}
+    elif name == "overlap":
+        spec.update(engine=offload_engine(n), repeats=repeats)
     else:
         spec["engine"] = sizes.peer
-    return spec, costs and predict(n), note
-
-
-# ====================================================================== the parts, in the parent
+    return spec, costs and predict_part(n), note

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .._units import format_bytes
+from memmaml import format_bytes
+
+from ._process import replaced_atomically, write_json_atomic, write_text_atomic
 
 __all__ = ["write_gpu_report"]
 
@@ -23,17 +24,18 @@ def _s(seconds: float | None) -> str:
 def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_plot: bool = True) -> str:
     """Write ``results.json``, ``results.md`` and (``with_plot``) ``results.png`` in ``out``; the Markdown.
 
-    Each run's time relative to naive's (``ratio_to_naive``) is recomputed
-    here from part 1's time per step, so the files always agree.
+    Each tracked run's time relative to naive's (``ratio_to_naive``) is
+    recomputed here from part 1's time per step, so the files always agree. Each file is
+    written atomically: a check killed while writing keeps the previous one.
     """
     out = Path(out)
     parts = results["parts"]
     naive_step = parts.get("naive", {}).get("seconds_per_step")
     runs = [r for part in parts.values() for r in part.get("runs", [])]
-    for run in runs:
-        ok = naive_step and run.get("status") == "ok" and run.get("seconds_per_step")
+    for run in runs:  # naive's time is a tracked run's: an untracked run's ratio to it would mislead
+        ok = naive_step and run.get("status") == "ok" and run.get("seconds_per_step") and run.get("tracked", True)
         run["ratio_to_naive"] = run["seconds_per_step"] / naive_step if ok else None
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_json_atomic(out / "results.json", results, indent=1)
     label, env, prov = results["label"], results.get("environment") or {}, results.get("provenance") or {}
     dirty = " (uncommitted changes)" if prov.get("memmaml_dirty") else ""
     commit = prov.get("memmaml_commit") or "unknown commit"
@@ -63,20 +65,28 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
         "",
         f"Runs, {label}, each in a fresh process. "
         + (
-            "Peaks are the allocator's, absolute (model and batches included); host: pinned active bytes."
+            "Peaks are the allocator's, absolute (model and batches included); host: the offloaded states' "
+            "bytes (stored at once x one state, from the probe) / the pinned allocator's peak of active bytes, "
+            "which rounds each block up."
             if env.get("total_bytes")
             else "Peaks are live tensor bytes created during the meta-step "
-            "(memmaml.track_memory), whose overhead is in the times; host: offloaded states."
+            "(memmaml.track_memory), whose overhead is in the times; host: the offloaded states' bytes (stored "
+            "at once x one state, from the probe) / the live bytes of the offloaded copies, measured."
         ),
         "",
-        "| configuration | status | peak allocated | peak reserved | host peak | time / step | × naive |",
+        "| configuration | status | peak allocated | peak reserved | host: states / measured | time / step | × naive |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         per_step, ratio = r.get("seconds_per_step"), r.get("ratio_to_naive")
+        host = (
+            _b(r.get("host_peak_bytes"))
+            if r.get("host_state_bytes") is None
+            else f"{_b(r['host_state_bytes'])} / {_b(r.get('host_peak_bytes'))}"
+        )
         lines.append(
             f"| {r['config']} | {r['status']} | {_b(r.get('peak_allocated_bytes'))} | "
-            f"{_b(r.get('peak_reserved_bytes'))} | {_b(r.get('host_peak_bytes'))} | "
+            f"{_b(r.get('peak_reserved_bytes'))} | {host} | "
             f"{'—' if per_step is None else f'{per_step * 1e3:.1f} ms'} | "
             f"{'—' if ratio is None else f'{ratio:.2f}'} |"
         )
@@ -101,8 +111,24 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
             f"| {k} | {v['relative_difference']:.3g} | {v['bitwise']} | {v['buffers_bitwise']} |"
             for k, v in m["methods"].items()
         ]
+        again = m["methods"].get("naive (again)")
+        if again is not None and not again["bitwise"]:
+            lines.append(
+                "\nnaive (again) is naive run a second time: it is not bitwise equal to the first, so these "
+                "kernels are not deterministic and 'bitwise False' above says nothing against an engine by itself; "
+                "compare its relative difference with naive (again)'s."
+            )
         if m["nondeterministic_op_warnings"]:
             lines.append(f"\nOps without a deterministic implementation: {m['nondeterministic_op_warnings']}")
+    overlap = parts.get("overlap", {})
+    if overlap.get("time_with_over_without") is not None:
+        lines += [
+            "",
+            f"Offload's copies against compute, {label}: {overlap['engine']} at n = {overlap['n']} with offload "
+            f"over without, untracked and interleaved, median of {len(overlap['ratios'])} repeats: "
+            f"{overlap['time_with_over_without']:.2f} (1.00: the copies hide behind compute; "
+            f"each repeat: {', '.join(f'{r:.2f}' for r in overlap['ratios'])}).",
+        ]
     peer = parts.get("torch_maml", {})
     if peer.get("relative_difference") is not None:
         lines += [
@@ -112,7 +138,7 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
             f"bitwise equal: {peer['bitwise']}.",
         ]
     text = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(text)
+    write_text_atomic(out / "results.md", text)
     if with_plot:
         _plot(runs, results, out / "results.png")
     return text
@@ -157,5 +183,6 @@ def _plot(runs: list[dict[str, Any]], results: dict[str, Any], path: Path) -> No
         ax.invert_yaxis()  # the first configuration on top, as in results.md
     fig.suptitle(results["label"])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replaced_atomically(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)

@@ -12,8 +12,9 @@ import importlib.util
 import warnings
 from typing import Any, NamedTuple
 
-from .._parse import parse_engine
-from .._schedules import Uniform
+import memmaml
+from memmaml import Uniform, parse_engine
+
 from ._workload import Built
 
 __all__ = ["PEER_INSTALL", "Method", "meta_step", "unavailable"]
@@ -70,8 +71,6 @@ def meta_step(
 
 
 def _memmaml(built: Built, method: Method, inputs: list[Any], clip: float | None) -> tuple[Any, list[Any]]:
-    import memmaml
-
     spec = parse_engine(method.engine)
     maml = memmaml.MAML(built.model, built.loss_function, built.optimizer, schedule=spec.schedule, offload=spec.offload)
     result = maml(inputs, max_grad_grad_norm=clip)

@@ -11,6 +11,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import memmaml
+
+from ._process import MMAP_THRESHOLD
+
 __all__ = ["provenance"]
 
 
@@ -32,10 +36,6 @@ def provenance(device: str = "cpu", command: list[str] | None = None, *, workers
     one :class:`~memmaml.bench.Runner` gives its worker processes.
     """
     import torch
-
-    import memmaml
-
-    from ._runner import MMAP_THRESHOLD
 
     commit = _git("rev-parse", "HEAD")
     # uncommitted changes to the code that ran (the package and the scripts), not to notes or notebooks

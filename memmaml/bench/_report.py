@@ -9,16 +9,18 @@ labelled as such; every figure carries the device it was measured on.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from .._cost_model import StepCosts
-from .._units import format_bytes
+from memmaml import StepCosts, format_bytes
+
+from ._engines import predict
 from ._fit import Fit, answer_budget, fit_costs
-from ._sweep import concrete_engine
+from ._process import replaced_atomically, write_json_atomic, write_text_atomic
 
 __all__ = ["render"]
 
@@ -45,7 +47,11 @@ CSV_FIELDS = [
 
 
 def render(out: Path) -> str:
-    """Write ``results.md``, ``results.csv`` and ``results.png`` in ``out`` from its ``results.json``; the Markdown."""
+    """Write ``results.md``, ``results.csv`` and ``results.png`` in ``out`` from its ``results.json``; the Markdown.
+
+    ``results.json`` gets the fit and the answers. Every file is written
+    atomically, so a render cut short leaves each file whole, old or new.
+    """
     out = Path(out)
     data = json.loads((out / "results.json").read_text())
     records = list(data["records"])
@@ -59,14 +65,15 @@ def render(out: Path) -> str:
     )
     data["fit"] = None if fit is None else {**fit._asdict(), "costs": fit.costs._asdict()}
     data["answers"] = answers
-    (out / "results.json").write_text(json.dumps(data, indent=1))
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: json.dumps(r[k]) if isinstance(r.get(k), list) else r.get(k) for k in CSV_FIELDS})
+    write_json_atomic(out / "results.json", data, indent=1)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: json.dumps(r[k]) if isinstance(r.get(k), list) else r.get(k) for k in CSV_FIELDS})
+    write_text_atomic(out / "results.csv", table.getvalue())
     text = _markdown(data, records, fit, answers)
-    (out / "results.md").write_text(text)
+    write_text_atomic(out / "results.md", text)
     _plot(out / "results.png", data, records, fit, answers)
     return text
 
@@ -202,7 +209,7 @@ def _model_curve(
     xs, ys, ts = [], [], []
     for n in sorted({round(10 ** (i / 20)) for i in range(int(20 * math.log10(max(top, 2))) + 1)}):
         try:
-            text = concrete_engine(engine, n, fit.costs, room, host)
+            text = predict(engine, n, fit.costs, budget=room, host_budget=host).engine
         except ValueError:  # nothing of this family fits at n
             continue
         xs.append(n)
@@ -252,5 +259,6 @@ def _plot(
     if tim.lines:
         tim.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replaced_atomically(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)

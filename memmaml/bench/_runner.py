@@ -2,46 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
-import sys
+import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ._methods import Method, unavailable
+from ._process import run_child
 from ._workload import Workload
 
-__all__ = ["Runner", "host_available_bytes"]
-
-
-def host_available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else ``None``."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+__all__ = ["Runner"]
 
 
 class Runner:
-    """Runs configurations of one workload, each in a fresh ``python -m memmaml.bench._worker`` process.
+    """Runs configurations of one workload, each in a fresh process (:func:`~memmaml.bench._process.run_child`).
 
     Args:
         workload: what every run measures.
         workdir: where specs, results, logs and saved meta-gradients go
-            (default: a temporary folder).
+            (default: a temporary folder). Runs are numbered on from the
+            files already there, so a rerun into the same folder never
+            overwrites an earlier run's files.
         timeout: seconds before a run is stopped and recorded as ``"timeout"``.
         threads: torch intra-op threads per run (0: torch's default). One thread
             on a CPU keeps times steady on a loaded machine.
+        env: variables added to each child's environment.
     """
 
     def __init__(
-        self, workload: Workload, workdir: str | os.PathLike | None = None, *, timeout: float = 7200.0, threads: int = 0
+        self,
+        workload: Workload,
+        workdir: str | os.PathLike | None = None,
+        *,
+        timeout: float = 7200.0,
+        threads: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workload = workload
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="memmaml_bench_")
@@ -49,7 +46,9 @@ class Runner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self.threads = threads
-        self.counter = 0
+        self.env = dict(env or {})
+        numbers = [int(m.group(1)) for p in self.workdir.iterdir() if (m := re.match(r"(\d+)\.", p.name))]
+        self.counter = max(numbers, default=0)
 
     def run(
         self,
@@ -61,7 +60,11 @@ class Runner:
         memory_cap_bytes: int | None = None,
         measure_costs: bool = False,
     ) -> dict[str, Any]:
-        """One configuration's record: ``status`` is ``ok``, ``oom``, ``failed``, ``timeout`` or ``unavailable``."""
+        """One configuration's record: ``status`` is ``ok``, ``oom``, ``failed``, ``timeout`` or ``unavailable``.
+
+        A failure's ``error`` is one line: the worker's exception (``"Type:
+        message"``), or the exit status and the last line of its log.
+        """
         record: dict[str, Any] = {"library": method.library, "engine": method.engine, "steps": steps, "tracked": track}
         reason = unavailable(method, self.workload.optimizer)
         if reason:
@@ -78,57 +81,9 @@ class Runner:
             "measure_costs": measure_costs,
             "grad_path": f"{tag}.grad.pt" if save_grads else None,
         }
-        Path(f"{tag}.spec.json").write_text(json.dumps(spec))
-        result = Path(f"{tag}.result.json")
-        command = [sys.executable, "-m", "memmaml.bench._worker", f"{tag}.spec.json", str(result)]
-        try:
-            with open(f"{tag}.log", "w") as log:
-                returncode = subprocess.run(
-                    command,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=self.timeout,
-                    env=_child_env(),
-                    preexec_fn=_die_with_parent,
-                ).returncode
-        except subprocess.TimeoutExpired:
-            returncode = None
-        if result.exists():
-            record.update(json.loads(result.read_text()))
-            record.pop("traceback", None)
-        elif returncode is None:
-            record.update(status="timeout", error=f"stopped after {self.timeout:g} s")
-        elif returncode in (-9, 137):
-            record.update(status="oom", error="killed by SIGKILL (most likely the kernel's out-of-memory killer)")
-        else:
-            tail = Path(f"{tag}.log").read_text(errors="replace")[-1500:]
-            record.update(status="failed", error=f"exit status {returncode}: {tail}")
+        result = run_child("memmaml.bench._worker:measure", spec, tag, timeout=self.timeout, env=self.env)
+        for key in ("traceback", "work_seconds"):  # in the run's files; not figures of the run
+            result.pop(key, None)
+        record.update(result)
         record["grad_path"] = spec["grad_path"] if record.get("status") == "ok" else None
         return record
-
-
-def _die_with_parent() -> None:
-    """In the worker, before it starts: on Linux, be killed when the sweep's process dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-#: glibc's mmap threshold every worker gets unless the caller set one: without a fixed
-#: threshold, glibc raises it after large frees and peak RSS measures heap fragmentation,
-#: which differs run to run and method to method (it slows large allocations a little,
-#: the same for every method compared)
-MMAP_THRESHOLD = "65536"
-
-
-def _child_env() -> dict[str, str]:
-    """This environment, with the package importable from the worker even when it is not
-    installed, and the same fixed ``MALLOC_MMAP_THRESHOLD_`` for every worker."""
-    env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env

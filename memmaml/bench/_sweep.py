@@ -8,70 +8,30 @@ engines ``"uniform:best"`` and ``"binomial:auto"`` are resolved for each ``n``
 from the step costs measured by a probe run (the costs :class:`~memmaml.Auto`
 plans with), so every record names the concrete schedule that ran. Runs that
 would need more host memory than the machine has, or more time than allowed,
-are recorded as skipped with the reason.
+are recorded as skipped with the reason; so are engines that cannot be
+resolved (the probe failed, or nothing of the family fits the budget).
+
+A sweep never loses a finished run: ``save`` is called with the records after
+the probe and after every run, and a sweep given the records of an earlier,
+interrupted one (``resume``) keeps them instead of running them again.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from .._auto import Auto
-from .._cost_model import StepCosts, predicted_peak_bytes, predicted_seconds
-from .._parse import EngineSpec, parse_engine
-from .._schedules import Binomial
+from memmaml import StepCosts, host_available_bytes
+
+from ._engines import concrete_engine, engine_stats, predict
 from ._methods import Method
-from ._runner import Runner, host_available_bytes
+from ._runner import Runner
 
-__all__ = ["concrete_engine", "engine_stats", "run_sweep"]
+__all__ = ["run_sweep"]
 
-
-def concrete_engine(
-    text: str, n: int, costs: StepCosts | None, budget: int | None, host_budget: int | None = None
-) -> str:
-    """The engine text that runs ``n`` steps: ``"uniform:best"`` -> ``"uniform:K"`` and so on.
-
-    ``budget`` is what the schedule may use besides the run's base (model,
-    batches); with ``+offload``, ``host_budget`` bounds the stored states in
-    host memory (a binomial schedule keeps at most ``host_budget // S`` slots).
-    """
-    spec = parse_engine(text, budget=budget)
-    schedule = spec.schedule
-    if schedule is not None and schedule.needs_costs:
-        if costs is None:
-            raise ValueError(f"{text!r} needs measured step costs")
-        schedule = (
-            Auto(None if schedule.budget is None else budget, among=schedule.among)
-            .choose(n, costs, offload=spec.offload)
-            .schedule
-        )
-        if spec.offload and host_budget is not None and isinstance(schedule, Binomial):
-            schedule = Binomial(max(1, min(schedule.slots, host_budget // max(costs.state_bytes, 1))))
-    if schedule is None:
-        return "naive"
-    name = {
-        "Uniform": f"uniform:{getattr(schedule, 'checkpoint_steps', 0)}",
-        "Binomial": f"binomial:{getattr(schedule, 'slots', 0)}",
-        "SqrtUniform": "sqrt",
-    }[type(schedule).__name__]
-    return name + ("+offload" if spec.offload else "")
-
-
-def engine_stats(text: str, n: int) -> tuple[dict[str, int] | None, bool]:
-    """The plan statistics of a concrete engine text at ``n`` (``None`` for naive) and whether it offloads."""
-    spec: EngineSpec = parse_engine(text)
-    if spec.schedule is None:
-        return None, False
-    return spec.schedule.stats(n)._asdict(), spec.offload
-
-
-def _prediction(text: str, n: int, costs: StepCosts) -> tuple[int, float]:
-    stats, offload = engine_stats(text, n)
-    from .._plans import PlanStats
-
-    plan = None if stats is None else PlanStats(**stats)
-    return predicted_peak_bytes(plan, n, costs, offload=offload), predicted_seconds(plan, n, costs)
+Records = dict[tuple[str, int], dict[str, Any]]
 
 
 def run_sweep(
@@ -87,106 +47,180 @@ def run_sweep(
     max_run_seconds: float | None = None,
     host_check: bool = True,
     progress: Callable[[str, dict[str, Any] | None], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure ``engines`` (memmaml) and ``peers`` at every ``n`` of ``steps``; see the module docstring.
 
-    ``host_check=False`` runs configurations the probe predicts to exceed the
-    host's available memory (on CPU they are skipped otherwise).
+    Args:
+        runner: runs each configuration in a fresh process.
+        engines: memmaml engine texts (:func:`~memmaml.parse_engine`).
+        steps: the inner-step counts ``n`` measured.
+        peers: peer libraries' methods, run beside memmaml's.
+        repeats: untracked timing runs per configuration at each ``n`` of ``time_steps``.
+        time_steps: the ``n`` with timing runs (default: the largest of ``steps``).
+        budget: the device budget ``"binomial:auto"`` chooses its slots for.
+        host_budget: with ``+offload``, the host memory stored states may use.
+        max_run_seconds: skip runs the probe predicts to take longer.
+        host_check: on a CPU, skip runs the probe predicts to need more than
+            the host's available memory.
+        progress: called with a stage text and its record after every run.
+        resume: an earlier sweep's ``{"probe": ..., "records": [...]}`` of the
+            same workload and code. Its probe is reused if it succeeded; each
+            run it recorded (not ``"unavailable"`` or ``"skipped"`` ones, which
+            did not run) is kept: a memory run
+            when it names the engine that would run now, time runs up to the
+            number of repeats recorded.
+        save: called with ``{"probe": ..., "records": [...]}`` after the probe
+            and after every run.
 
-    Returns ``{"probe": ..., "records": [...]}``: the probe's step costs and one
-    record per run (``role`` ``"memory"`` or ``"time"``; time runs are folded
-    into their memory record as ``seconds_runs``).
+    Returns:
+        ``{"probe": ..., "records": [...], "kept_runs": int}``: the probe's
+        step costs, one record per engine and ``n`` (time runs are folded
+        into it as ``seconds_runs``; runs of ``resume`` that this sweep does
+        not cover follow them) and how many runs came from ``resume``.
     """
+    previous = {(r["label"], r["steps"]): r for r in (resume or {}).get("records", [])}
+    previous = {key: r for key, r in previous.items() if r.get("status") not in ("unavailable", "skipped")}
+    kept = 0
 
     def report(stage: str, record: dict[str, Any] | None = None) -> None:
         if progress is not None:
             progress(stage, record)
 
-    probe = runner.run(Method("memmaml", "naive"), 1, track=False, measure_costs=True)
-    report("probe", probe)
+    probe = (resume or {}).get("probe") or {}
+    if probe.get("status") == "ok" and probe.get("costs"):
+        kept += 1
+        report("probe (kept)", probe)
+    else:
+        probe = runner.run(Method("memmaml", "naive"), 1, track=False, measure_costs=True)
+        report("probe", probe)
     costs = StepCosts(**probe["costs"]) if probe.get("status") == "ok" else None
     available = host_available_bytes() if runner.workload.device == "cpu" and host_check else None
     methods = [Method("memmaml", e) for e in engines] + list(peers)
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+    records: Records = {}
+
+    def every() -> list[dict[str, Any]]:  # an earlier sweep's runs of engines or n not swept now are kept too
+        return list(records.values()) + [r for key, r in previous.items() if key not in records]
+
+    def store() -> None:
+        if save is not None:
+            save({"probe": probe, "records": every()})
+
+    store()
     for n in steps:
         for method in methods:
-            record = _run_one(runner, method, n, costs, (budget, host_budget), available, max_run_seconds, track=True)
+            planned = _plan(method, n, costs, probe, (budget, host_budget), available, max_run_seconds)
+            earlier = previous.get((method.label, n))
+            if earlier is not None and earlier.get("engine") == planned["engine"]:
+                records[method.label, n] = earlier
+                kept += 1
+                report(f"memory {method.label} n={n} (kept)", earlier)
+                continue
+            record = planned if "status" in planned else _run(runner, planned, track=True)
             records[method.label, n] = record
+            _compare_gradients(records, n)
+            store()
             report(f"memory {method.label} n={n}", record)
-    _compare_gradients(records)
-    for n in steps[-1:] if time_steps is None else time_steps:
+    for n in sorted(set(steps))[-1:] if time_steps is None else time_steps:
         for repeat in range(repeats):
             shift = repeat % len(methods)
             for method in methods[shift:] + methods[:shift]:
                 target = records.get((method.label, n))
                 if target is None or target["status"] != "ok":
                     continue
-                timed = _run_one(
-                    runner, method, n, costs, (budget, host_budget), available, max_run_seconds, track=False
-                )
-                target.setdefault("seconds_runs", []).append(timed.get("seconds") if timed["status"] == "ok" else None)
+                runs = target.setdefault("seconds_runs", [])
+                if len(runs) > repeat:
+                    kept += 1
+                    continue
+                timed = _run(runner, {**target, "role": "time", "tracked": False}, track=False)
+                runs.append(timed.get("seconds") if timed["status"] == "ok" else None)
+                _median(target)
+                store()
                 report(f"time {method.label} n={n} ({repeat + 1}/{repeats})", timed)
     for record in records.values():
-        runs = [t for t in record.get("seconds_runs", []) if t is not None]
-        if runs:
-            record["seconds_untracked"] = statistics.median(runs)
-    return {"probe": probe, "records": list(records.values())}
+        if record.get("grad_path"):
+            Path(record["grad_path"]).unlink(missing_ok=True)
+        record["grad_path"] = None
+    store()
+    return {"probe": probe, "records": every(), "kept_runs": kept}
 
 
-def _run_one(
-    runner: Runner,
+def _plan(
     method: Method,
     n: int,
     costs: StepCosts | None,
+    probe: dict[str, Any],
     budgets: tuple[int | None, int | None],
     available: int | None,
     max_run_seconds: float | None,
-    *,
-    track: bool,
 ) -> dict[str, Any]:
-    engine = method.engine
-    if method.library == "memmaml":
-        engine = concrete_engine(method.engine, n, costs, *budgets)
-    record = {
+    """A memory run's record before it runs: the concrete engine and the probe's predictions, or a skip."""
+    record: dict[str, Any] = {
         "label": method.label,
         "library": method.library,
-        "engine": engine,
+        "engine": method.engine,
         "steps": n,
-        "tracked": track,
-        "role": "memory" if track else "time",
+        "tracked": True,
+        "role": "memory",
     }
-    stats, offload = engine_stats(engine, n)
-    record.update(stats=stats, offload=offload)
-    if costs is not None:
-        peak, seconds = _prediction(engine, n, costs)
-        record.update(probe_predicted_peak_bytes=peak, probe_predicted_seconds=seconds)
-        # the probe's graph bytes hold one step's backward transient too, so n steps' prediction
-        # runs high (ResNet-18 at 224 px: 1.25 GB per step from the probe, 654 MiB fitted to the
-        # measured runs): skip only what would not fit even then
-        if available is not None and peak > available:
-            return {
-                **record,
-                "status": "skipped",
-                "error": f"predicted peak {peak / 2**30:.1f} GiB > the host's available {available / 2**30:.1f} GiB",
-            }
-        if max_run_seconds is not None and seconds > max_run_seconds:
-            return {
-                **record,
-                "status": "skipped",
-                "error": f"predicted {seconds:.0f} s > --max-run-seconds {max_run_seconds:g}",
-            }
-    result = runner.run(Method(method.library, engine), n, track=track, save_grads=track)
-    return {**result, **record, "engine": engine}
+    if method.library != "memmaml":
+        stats, offload = engine_stats(method.engine, n)
+        return {**record, "stats": stats, "offload": offload}
+    budget, host_budget = budgets
+    try:
+        record["engine"] = concrete_engine(method.engine, n, costs, budget, host_budget)
+    except ValueError as err:  # needs the probe's costs, or nothing of the family fits
+        cause = f"{err}; the probe failed: {probe.get('error')}" if costs is None else str(err)
+        return {**record, "stats": None, "offload": None, "status": "skipped", "error": cause}
+    record["stats"], record["offload"] = engine_stats(record["engine"], n)
+    if costs is None:
+        return record
+    prediction = predict(record["engine"], n, costs)
+    peak, seconds = prediction.peak_bytes, prediction.seconds
+    record.update(probe_predicted_peak_bytes=peak, probe_predicted_seconds=seconds)
+    # the probe's graph bytes hold one step's backward transient too, so n steps' prediction
+    # runs high (ResNet-18 at 224 px: 1.25 GB per step from the probe, 654 MiB fitted to the
+    # measured runs): skip only what would not fit even then
+    if available is not None and peak > available:
+        why = f"predicted peak {peak / 2**30:.1f} GiB > the host's available {available / 2**30:.1f} GiB"
+        return {**record, "status": "skipped", "error": why}
+    if max_run_seconds is not None and seconds > max_run_seconds:
+        return {
+            **record,
+            "status": "skipped",
+            "error": f"predicted {seconds:.0f} s > --max-run-seconds {max_run_seconds:g}",
+        }
+    return record
 
 
-def _compare_gradients(records: dict[tuple[str, int], dict[str, Any]]) -> None:
-    """Relative L2 distance of every meta-gradient to memmaml naive's at the same ``n``."""
+def _run(runner: Runner, planned: dict[str, Any], *, track: bool) -> dict[str, Any]:
+    result = runner.run(Method(planned["library"], planned["engine"]), planned["steps"], track=track, save_grads=track)
+    return {**result, **planned, "engine": planned["engine"]}
+
+
+def _median(record: dict[str, Any]) -> None:
+    runs = [t for t in record.get("seconds_runs", []) if t is not None]
+    if runs:
+        record["seconds_untracked"] = statistics.median(runs)
+
+
+def _compare_gradients(records: Records, n: int) -> None:
+    """Relative L2 distance of every meta-gradient at ``n`` to memmaml naive's, once both are saved.
+
+    A compared meta-gradient's file is removed; naive's stays until the sweep ends.
+    """
     import torch
 
-    for (label, n), record in records.items():
-        reference = records.get(("naive", n))
-        if label == "naive" or reference is None or not (record.get("grad_path") and reference.get("grad_path")):
+    reference = records.get(("naive", n))
+    if reference is None or not reference.get("grad_path") or not Path(reference["grad_path"]).exists():
+        return
+    for (label, m), record in records.items():
+        path = record.get("grad_path")
+        if m != n or label == "naive" or not path or not Path(path).exists():
             continue
-        a, b = torch.load(record["grad_path"]), torch.load(reference["grad_path"])
+        a, b = torch.load(path), torch.load(reference["grad_path"])
         record["grad_rel_diff"] = float((a - b).norm() / b.norm().clamp_min(1e-300))
         record["grad_bitwise_equal"] = bool(torch.equal(a, b))
+        Path(path).unlink()
+        record["grad_path"] = None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._checks import number_in, one_of, positive_int
+import memmaml
+from memmaml import models
 
 __all__ = ["Built", "Workload"]
 
@@ -65,12 +67,19 @@ class Workload:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        one_of("model", self.model, MODELS)
-        one_of("optimizer", self.optimizer, OPTIMIZERS)
-        one_of("dtype", self.dtype, ("float32", "float64"))
+        for name, known in (("model", MODELS), ("optimizer", OPTIMIZERS), ("dtype", ("float32", "float64"))):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, known))}; got {getattr(self, name)!r}")
         for name in ("image_size", "batch_size", "channels", "num_classes", "width"):
-            positive_int(name, getattr(self, name))
-        number_in("dropout", self.dropout, 0.0, 1.0)
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "max_grad_grad_norm"):
+            value = getattr(self, name)
+            if not (value is None and name == "max_grad_grad_norm") and not _finite_positive(value):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        if not _number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must satisfy 0.0 <= dropout < 1.0, got {self.dropout!r}")
 
     def describe(self) -> str:
         """``'resnet18, 16x3x224x224, 10 classes, sgd lr 0.01, float32'`` (and ``', dropout 0.2'`` if any)."""
@@ -85,9 +94,6 @@ class Workload:
         """The model (seeded), the loss, the batches and the optimizer, on ``device``."""
         import torch
         import torch.nn.functional as F
-
-        import memmaml
-        from memmaml import models
 
         device, dtype = torch.device(self.device), getattr(torch, self.dtype)
         torch.manual_seed(self.seed)
@@ -124,3 +130,11 @@ class Workload:
 
         optimizer = {"sgd": memmaml.SGD, "adam": memmaml.Adam, "rmsprop": memmaml.RMSProp}[self.optimizer](self.lr)
         return Built(model, loss_function, inputs, make_batch(-2), optimizer, device)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_positive(value: Any) -> bool:
+    return _number(value) and math.isfinite(value) and value > 0

@@ -1,0 +1,180 @@
+"""The three command lines check every flag at the edge: a bad value gives argparse's usage line and one
+``error: argument --flag: ...`` line, exit status 2, no traceback, and nothing written to --out. Also: --help shows
+each default once and as typed, names are read in any case, the device is chosen and printed, and meta_train's
+--iterations 0 writes the checkpoint it documents. Every case runs ``main(argv)`` in this process."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from memmaml.cli import _types as t
+from memmaml.cli import compare_memory, gpu_check, meta_train
+
+MAINS = {"compare": compare_memory.main, "gpu": gpu_check.main, "train": meta_train.main}
+PROGS = {"compare": "memmaml-compare", "gpu": "memmaml-gpu-check", "train": "memmaml-train"}
+NO_CUDA = not torch.cuda.is_available()
+
+# (command, arguments, the flag the error names, a piece of the message); {out} is the output folder, {dir} an
+# existing empty folder, {file} an existing file
+BAD = [
+    # the main job
+    ("compare", ["--repeats", "-1"], "--repeats", "must be a whole number >= 0, got '-1'"),
+    ("compare", ["--timeout", "-5"], "--timeout", "must be a finite number > 0, got '-5'"),
+    ("compare", ["--threads", "-2"], "--threads", "must be a whole number >= 1, got '-2'"),
+    ("compare", ["--max-run-seconds", "-5"], "--max-run-seconds", "must be a finite number > 0"),
+    ("compare", ["--peer-checkpoint-steps", "0"], "--peer-checkpoint-steps", "must be a whole number >= 1"),
+    ("compare", ["--engines", ",,"], "--engines", "expected engines separated by commas, got ',,'"),
+    ("compare", ["--engines", "uniform:five"], "--engines", "uniform:K needs K (steps per segment) >= 1, got 'five'"),
+    ("compare", ["--engines", "naive,revolve:3"], "--engines", "unknown engine 'revolve:3'; use one of 'naive'"),
+    ("compare", ["--engines", "naive,NAIVE"], "--engines", "'naive' is given twice"),
+    ("compare", ["--engines", "naive+offload"], "--engines", "the naive unroll stores no states to offload"),
+    ("compare", ["--lr", "nan"], "--lr", "must be a finite number > 0, got 'nan'"),
+    ("compare", ["--device", "tpu"], "--device", "unknown device 'tpu'; use cpu, cuda or cuda:N"),
+    ("compare", ["--steps", "1,x"], "--steps", "expected whole numbers >= 1 separated by commas, got '1,x'"),
+    ("compare", ["--steps", "1,,2"], "--steps", "separated by commas, got '1,,2'"),
+    ("compare", ["--budget", "11 parsecs"], "--budget", "cannot read '11 parsecs' as a memory size"),
+    ("compare", ["--budget", "0"], "--budget", "a memory size must be positive, got '0'"),
+    ("compare", ["--model", "vgg16"], "--model", "invalid choice: 'vgg16'"),
+    ("compare", ["--peers", "learn2learn"], "--peers", "unknown name 'learn2learn'; choose from torch_maml"),
+    ("compare", ["--batch-size", "0"], "--batch-size", "must be a whole number >= 1, got '0'"),
+    ("compare", ["--max-grad-grad-norm", "inf"], "--max-grad-grad-norm", "must be a finite number >= 0"),
+    ("compare", ["--steps", "1,2", "--time-steps", "4"], "--time-steps", "4 is not one of --steps 1,2"),
+    ("compare", ["--out", "{file}"], "--out", "is a file, not a folder"),
+    ("compare", ["--render-only"], "--out", "--render-only needs"),
+    # the GPU check
+    ("gpu", ["--smoke", "--time-budget", "0"], "--time-budget", "must be a finite number > 0, got '0'"),
+    ("gpu", ["--smoke", "--cap", "1GiB"], "--cap", "a --smoke run is uncapped at toy sizes; leave it out"),
+    ("gpu", ["--smoke", "--auto-budget", "1GiB"], "--auto-budget", "a --smoke run is uncapped"),
+    ("gpu", ["--cap", "eleven"], "--cap", "cannot read 'eleven' as a memory size"),
+    ("gpu", ["--smoke", "--parts", "naive,revolve"], "--parts", "unknown name 'revolve'; choose from naive"),
+    ("gpu", ["--smoke", "--device", "tpu"], "--device", "unknown device 'tpu'"),
+    ("gpu", ["--smoke", "--out", ""], "--out", "expected a folder, got ''"),
+    # meta-training
+    ("train", ["--inner-steps", "0"], "--inner-steps", "must be a whole number >= 1, got '0'"),
+    ("train", ["--meta-batch-size", "0"], "--meta-batch-size", "must be a whole number >= 1, got '0'"),
+    ("train", ["--eval-steps", "0,one"], "--eval-steps", "expected whole numbers >= 0 separated by commas"),
+    ("train", ["--hidden", "40,x"], "--hidden", "expected whole numbers >= 1 separated by commas, got '40,x'"),
+    ("train", ["--device", "tpu"], "--device", "unknown device 'tpu'; use cpu, cuda or cuda:N"),
+    ("train", ["--outer-lr", "-1"], "--outer-lr", "must be a finite number >= 0, got '-1'"),
+    ("train", ["--threads", "0"], "--threads", "must be a whole number >= 1, got '0'"),
+    ("train", ["--iterations", "-5"], "--iterations", "must be a whole number >= 0, got '-5'"),
+    ("train", ["--outer-optimizer", "adamx"], "--outer-optimizer", "'adamx' is not a torch.optim optimizer"),
+    ("train", ["--engine", "binomial:auto"], "--engine", "chooses its slots for a memory budget: use auto:BUDGET"),
+    ("train", ["--vectorize", "--engine", "uniform:2"], "--vectorize", "vmap runs the naive unroll"),
+    ("train", ["--model", "conv"], "--model", "conv needs image tasks"),
+    ("train", ["--task", "omniglot"], "--data-root", "--task omniglot reads its images from a folder"),
+    ("train", ["--task", "omniglot", "--data-root", "{out}/nowhere"], "--data-root", "does not exist"),
+    ("train", ["--task", "omniglot", "--data-root", "{dir}"], "--data-root", "omniglot-py"),
+    ("train", ["--resume"], "--resume", "no checkpoint at"),
+    ("train", ["--num-ways", "50", "--task", "synthetic"], "--num-ways", "is more than the"),
+]
+if NO_CUDA:
+    BAD += [
+        ("compare", ["--device", "cuda"], "--device", "'cuda': no CUDA device here"),
+        ("gpu", [], "--device", "no CUDA device (cpu): run on a machine with a GPU, or pass --smoke"),
+        ("train", ["--device", "cuda:1"], "--device", "'cuda:1': no CUDA device here"),
+    ]
+
+
+def _argv(command, args, out, folder, file):
+    args = [a.format(out=out, dir=folder, file=file) for a in args]
+    if command == "train":
+        return ["--iterations", "1", "--no-progress", "--out", str(out), *args]
+    if "--out" in args:
+        return args
+    return ["--out", str(out), *args] if command != "compare" else [*args, "--out", str(out)]
+
+
+@pytest.mark.parametrize("command, args, flag, message", BAD, ids=[f"{c} {' '.join(a)}" for c, a, _, _ in BAD])
+def test_a_bad_value_is_one_error_line_with_exit_status_2(command, args, flag, message, tmp_path, capsys):
+    out, folder, file = tmp_path / "out", tmp_path / "empty", tmp_path / "a-file"
+    folder.mkdir()
+    file.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[command](_argv(command, args, out, folder, file))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    usage, error = (line for line in err.splitlines() if not line.startswith("device: "))
+    assert usage == f"usage: {PROGS[command]} [-h] [options]"
+    assert error.startswith(f"{PROGS[command]}: error: argument {flag}: ") and message in error, error
+    assert not out.exists()  # nothing written
+    assert str(exit_info.value) == error.split(": error: ", 1)[1]  # in-process callers can read the message
+
+
+def test_the_matrix_covers_the_three_commands():
+    counts = {command: sum(1 for c, *_ in BAD if c == command) for command in MAINS}
+    assert sum(counts.values()) >= 25 and min(counts.values()) >= 7, counts
+
+
+@pytest.mark.parametrize("command", ["compare", "gpu", "train"])
+def test_help_shows_each_default_once_as_typed(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # no line wrapped inside a default
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[command](["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    for option in (chunk.split("\n\n")[0] for chunk in options):  # a group's title or the epilog may follow
+        assert option.count("default") <= 1, option
+        assert "default: None" not in option and "default: False" not in option and "[" not in option.split("\n")[0][2:]
+    assert "Traceback" not in text
+    parser = {"compare": compare_memory, "gpu": gpu_check, "train": meta_train}[command].build_parser()
+    assert all(action.help for action in parser._actions)  # every flag says what it is (and so its default)
+    text = " ".join(text.split())
+    if command == "compare":
+        assert "(default: 1,2,4)" in text and "(default: naive,uniform:5,uniform:best,binomial:auto," in text
+        assert "(default: 11GiB)" in text and "pip install torch-maml" in text
+        assert "--threads THREADS torch threads per run (default: 1 on a CPU" in text
+    if command == "gpu":
+        assert "--out OUT " in text and "(default: 11GiB; not with --smoke" in text  # required: no default shown
+        assert "[--out" not in text
+    if command == "train":
+        assert "(default: 40,40)" in text and "(default: Adam)" in text
+
+
+def test_names_are_read_in_any_case(tmp_path):
+    args = compare_memory.build_parser().parse_args(
+        ["--model", "MLP", "--optimizer", "SGD", "--engines", "NAIVE,Uniform:2,Binomial:AUTO+Offload,auto:1GiB"]
+    )
+    assert (args.model, args.optimizer) == ("mlp", "sgd")
+    assert args.engines == ["naive", "uniform:2", "binomial:auto+offload", "auto:1GiB"]
+    assert compare_memory.build_parser().parse_args(["--device", "CPU", "--peers", "Higher"]).device == "cpu"
+    train = meta_train.build_parser().parse_args(
+        ["--out", str(tmp_path), "--outer-optimizer", "adam", "--inner-optimizer", "RMSProp", "--task", "Sinusoid"]
+    )
+    assert (train.outer_optimizer, train.inner_optimizer, train.task) == ("Adam", "rmsprop", "sinusoid")
+    assert meta_train.build_parser().parse_args(["--out", "x", "--outer-optimizer", "SGD"]).outer_optimizer == "SGD"
+    assert gpu_check.build_parser().parse_args(["--out", "x", "--parts", "OFFLOAD,Naive"]).parts == ["naive", "offload"]
+
+
+def test_type_functions():
+    assert t.positive_int_list("4, 1,4") == [4, 1] and t.non_negative_int_list("0,1") == [0, 1]
+    assert t.size("1.5 KiB") == 1536 and t.positive_float("1e-3") == 0.001 and t.non_negative_int(" 0 ") == 0
+    assert t.engine("sqrt") == "sqrt" and t.engine(" uniform:05 ") == "uniform:5"
+    assert t.device("auto") == t.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    for function, text in ((t.positive_int, "1.5"), (t.positive_float, "-inf"), (t.engine, "binomial:0")):
+        with pytest.raises(Exception, match=re.escape(repr(text))):
+            function(text)
+
+
+def test_meta_train_iterations_0_writes_the_untrained_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--iterations", "0", "--hidden", "4", "--meta-batch-size", "2", "--num-eval-tasks", "2"]
+    assert meta_train.main([*argv, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "config.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 0 and summary["final_eval"] is None
+    assert capsys.readouterr().err.startswith("device: cpu\n")
+    with pytest.raises(SystemExit, match="exists: pass --resume"):
+        meta_train.main([*argv, "--no-progress", "--out", str(out)])
+    assert meta_train.main([*argv, "--no-progress", "--out", str(out), "--resume"]) == 0  # nothing to do
+    longer = ["--iterations", "2", *argv[2:]]
+    assert meta_train.main([*longer, "--no-progress", "--out", str(out), "--resume"]) == 0
+    with pytest.raises(SystemExit) as exit_info:  # --iterations counts the whole run
+        meta_train.main([*argv, "--no-progress", "--out", str(out), "--resume"])
+    assert "argument --iterations: 0 is fewer than the 2 iterations" in str(exit_info.value)
