@@ -68,44 +68,37 @@ class GpuSizes(NamedTuple):
     peer_n: int
 
 
+#: the seed's sizes: what a GPU check measures
+_SEED_SIZES = GpuSizes(
+    Workload(),
+    naive_start=16,
+    naive_max=64,
+    uniform="uniform:5",
+    uniform_n=500,
+    binomial_n=2000,
+    binomial_max=8000,
+    offload_n=(200, 2000),
+    offload_slots=100,
+    overlap_n=500,
+    overlap_repeats=2,
+    exact_n=8,
+    exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
+    exact_dropout=0.2,
+    peer="uniform:10",
+    peer_n=100,
+)
 #: ``False``: the seed's workload; ``True``: the smoke run's (a tiny conv net with BatchNorm, n <= 8, on a CPU).
 #: Each meta-step of the smoke run is a process (~3 s on a CPU, most of it importing torch), so its naive search
 #: is one run, its offload part one n and its overlap part one repeat: the tests check the search, two n and two
 #: repeats with stand-in runs.
 GPU_SIZES = {
-    False: GpuSizes(
-        Workload(),
-        naive_start=16,
-        naive_max=64,
-        uniform="uniform:5",
-        uniform_n=500,
-        binomial_n=2000,
-        binomial_max=8000,
-        offload_n=(200, 2000),
-        offload_slots=100,
-        overlap_n=500,
-        overlap_repeats=2,
-        exact_n=8,
-        exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
-        exact_dropout=0.2,
-        peer="uniform:10",
-        peer_n=100,
-    ),
-    True: GpuSizes(
-        Workload(model="conv4", image_size=16, batch_size=4, width=8),
-        naive_start=8,
-        naive_max=8,
-        uniform="uniform:5",
-        uniform_n=8,
-        binomial_n=8,
-        binomial_max=8,
+    False: _SEED_SIZES,
+    True: _SEED_SIZES._replace(
+        workload=Workload(model="conv4", image_size=16, batch_size=4, width=8),
+        **dict.fromkeys(("naive_start", "naive_max", "uniform_n", "binomial_n", "binomial_max", "overlap_n"), 8),
         offload_n=(8, 8),
         offload_slots=2,
-        overlap_n=8,
         overlap_repeats=1,
-        exact_n=8,
-        exact_engines=("uniform:3", "binomial:2", "binomial:2+offload"),
-        exact_dropout=0.2,
         peer="uniform:2",
         peer_n=8,
     ),

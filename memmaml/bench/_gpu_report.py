@@ -120,28 +120,32 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
             )
         if m["nondeterministic_op_warnings"]:
             lines.append(f"\nOps without a deterministic implementation: {m['nondeterministic_op_warnings']}")
-    overlap = parts.get("overlap", {})
-    if overlap.get("time_with_over_without") is not None:
-        lines += [
-            "",
-            f"Offload's copies against compute, {label}: {overlap['engine']} at n = {overlap['n']} with offload "
-            f"over without, untracked and interleaved, median of {len(overlap['ratios'])} repeats: "
-            f"{overlap['time_with_over_without']:.2f} (1.00: the copies hide behind compute; "
-            f"each repeat: {', '.join(f'{r:.2f}' for r in overlap['ratios'])}).",
-        ]
-    peer = parts.get("torch_maml", {})
-    if peer.get("relative_difference") is not None:
-        lines += [
-            "",
-            f"torch_maml {peer.get('torch_maml_version', '')} against memmaml, same schedule, {label}: "
-            f"meta-gradients differ by {peer['relative_difference']:.3g} (relative to the largest), "
-            f"bitwise equal: {peer['bitwise']}.",
-        ]
+    for paragraph in _paragraphs(parts, label):
+        lines += ["", paragraph]
     text = "\n".join(lines) + "\n"
     write_text_atomic(out / "results.md", text)
     if with_plot:
         _plot(runs, results, out / "results.png")
     return text
+
+
+def _paragraphs(parts: dict[str, Any], label: str) -> list[str]:
+    """The sentences of part 7 (offload's time over no offload's) and part 6 (torch_maml), where they ran."""
+    overlap, peer, found = parts.get("overlap", {}), parts.get("torch_maml", {}), []
+    if overlap.get("time_with_over_without") is not None:
+        each = ", ".join(f"{r:.2f}" for r in overlap["ratios"])
+        found.append(
+            f"Offload's copies against compute, {label}: {overlap['engine']} at n = {overlap['n']} with offload "
+            f"over without, untracked and interleaved, median of {len(overlap['ratios'])} repeats: "
+            f"{overlap['time_with_over_without']:.2f} (1.00: the copies hide behind compute; each repeat: {each})."
+        )
+    if peer.get("relative_difference") is not None:
+        found.append(
+            f"torch_maml {peer.get('torch_maml_version', '')} against memmaml, same schedule, {label}: "
+            f"meta-gradients differ by {peer['relative_difference']:.3g} (relative to the largest), "
+            f"bitwise equal: {peer['bitwise']}."
+        )
+    return found
 
 
 def _plot(runs: list[dict[str, Any]], results: dict[str, Any], path: Path) -> None:

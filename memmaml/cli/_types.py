@@ -118,22 +118,6 @@ def _integer(text: str) -> int | None:
     return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1."""
-    value = _integer(text)
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """A whole number >= 0."""
-    value = _integer(text)
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
-
-
 def _finite(text: str) -> float | None:
     try:
         value = float(text)
@@ -142,20 +126,25 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _finite(text)
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _bounded(parse: Callable[[str], Any], bound: int, *, strict: bool, kind: str) -> Callable[[str], Any]:
+    """A ``type=`` reading ``kind`` with ``parse`` (``None``: not one) that is above ``bound`` (or equal unless
+    ``strict``)."""
+    sign = ">" if strict else ">="
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        if value is None or value < bound or (strict and value == bound):
+            raise argparse.ArgumentTypeError(f"must be {kind} {sign} {bound}, got {text!r}")
+        return value
+
+    check.__doc__ = f"{kind[0].upper()}{kind[1:]} {sign} {bound}."
+    return check
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _finite(text)
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+positive_int = _bounded(_integer, 1, strict=False, kind="a whole number")
+non_negative_int = _bounded(_integer, 0, strict=False, kind="a whole number")
+positive_float = _bounded(_finite, 0, strict=True, kind="a finite number")
+non_negative_float = _bounded(_finite, 0, strict=False, kind="a finite number")
 
 
 def _items(text: str, what: str) -> list[str]:
