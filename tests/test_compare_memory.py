@@ -169,7 +169,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, monkeypatc
     assert data["complete"] is False and data["probe"]["status"] == "ok"
     assert [(r["label"], r["steps"], r["status"]) for r in data["records"]] == [("naive", 2, "ok")]
     assert "interrupted: 1 finished run(s) kept" in capsys.readouterr().err
-    assert (out / "results.md").exists()  # the reports show what finished
+    assert "**Incomplete:** the sweep was stopped" in (out / "results.md").read_text()  # the reports show what finished
 
     resumed = FakeRuns()
     use(monkeypatch, resumed)
@@ -185,6 +185,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, monkeypatc
     assert "resuming the sweep in" in err and "kept 2 run(s) already recorded" in err
     data = json.loads((out / "results.json").read_text())
     assert data["complete"] is True and len(data["records"]) == 4
+    assert "Incomplete" not in (out / "results.md").read_text()
 
     again = FakeRuns()
     use(monkeypatch, again)

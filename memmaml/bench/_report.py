@@ -116,6 +116,15 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         f"Measured on {_device(data)}, torch {p['torch']}, memmaml {p['memmaml_version']} at "
         f"{(p.get('memmaml_commit') or 'unknown commit')[:10]}{dirty}, {data.get('threads')} thread(s) per run.",
         f"Command: `{p['command']}`",
+        *(
+            [
+                "",
+                "**Incomplete:** the sweep was stopped; the runs below finished. Run the same command again "
+                "to run the rest (the finished runs are kept).",
+            ]
+            if data.get("complete") is False
+            else []
+        ),
         "",
         "Peak memory: "
         + (

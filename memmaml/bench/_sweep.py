@@ -130,14 +130,16 @@ def run_sweep(
                 if target is None or target["status"] != "ok":
                     continue
                 runs = target.setdefault("seconds_runs", [])
+                stage = f"time {method.label} n={n} ({repeat + 1}/{repeats})"
                 if len(runs) > repeat:
                     kept += 1
+                    report(f"{stage} (kept)", target)
                     continue
                 timed = _run(runner, {**target, "role": "time", "tracked": False}, track=False)
                 runs.append(timed.get("seconds") if timed["status"] == "ok" else None)
                 _median(target)
                 store()
-                report(f"time {method.label} n={n} ({repeat + 1}/{repeats})", timed)
+                report(stage, timed)
     for record in records.values():
         if record.get("grad_path"):
             Path(record["grad_path"]).unlink(missing_ok=True)
