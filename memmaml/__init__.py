@@ -26,33 +26,73 @@ library).
 import importlib as _importlib
 
 from . import models, tasks  # noqa: F401  (public namespaces, not re-exported here)
-from ._adapted import AdaptedModule
-from ._auto import Auto, best_uniform, binomial_slots
-from ._batched import BatchedMetaGradient, batched_meta_gradient, check_vmappable
-from ._checkpoint_io import IncompatibleCheckpointError, atomic_save, load_checkpoint_file
-from ._cost_model import (
+from ._host import host_available_bytes
+from ._units import format_bytes, parse_size
+from .engine import (
+    MAML,
+    AdaptedModule,
+    GradientCheckpointMAML,
+    MemoryTracker,
+    NaiveMAML,
+    ReplayMismatchError,
+    Result,
+    choose_schedule,
+    measure_step_costs,
+    peak_rss_bytes,
+    track_memory,
+    unroll,
+)
+from .optim import (
+    SGD,
+    Adam,
+    AdamState,
+    IngraphGradientDescent,
+    IngraphRMSProp,
+    InnerOptimizer,
+    PerStep,
+    RMSProp,
+    RMSPropState,
+    SGDState,
+    at_step,
+)
+from .schedules import (
+    Advance,
+    Auto,
+    Binomial,
     Choice,
+    Drop,
+    EngineSpec,
+    Plan,
+    PlanStats,
+    Reverse,
+    Schedule,
+    SqrtUniform,
     StepCosts,
+    Uniform,
+    best_uniform,
+    binomial_evaluations,
+    binomial_slots,
+    check_plan,
     longest_steps,
+    parse_engine,
+    parse_schedule,
     predicted_host_bytes,
     predicted_peak_bytes,
     predicted_seconds,
+    sqrt_steps,
 )
-from ._evaluation import batched_evaluate
-from ._host import host_available_bytes
-from ._inner_optimizer import InnerOptimizer, PerStep, at_step
-from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
-from ._memory import MemoryTracker, peak_rss_bytes, track_memory
-from ._metrics_log import MetricsLog
-from ._optim import SGD, Adam, AdamState, IngraphGradientDescent, IngraphRMSProp, RMSProp, RMSPropState, SGDState
-from ._parse import EngineSpec, parse_engine, parse_schedule
-from ._plans import Advance, Drop, Plan, PlanStats, Reverse, check_plan
-from ._replay_check import ReplayMismatchError
-from ._schedules import Binomial, Schedule, SqrtUniform, Uniform, binomial_evaluations, sqrt_steps
-from ._trainer import MetaTrainer
-from ._trainer_config import TrainerConfig
-from ._units import format_bytes, parse_size
-from ._unroll import Result, choose_schedule, measure_step_costs, unroll
+from .training import (
+    BatchedMetaGradient,
+    IncompatibleCheckpointError,
+    MetaTrainer,
+    MetricsLog,
+    TrainerConfig,
+    atomic_save,
+    batched_evaluate,
+    batched_meta_gradient,
+    check_vmappable,
+    load_checkpoint_file,
+)
 
 __version__ = "0.1.0"
 

@@ -175,3 +175,50 @@ def test_bad_arguments():
         batched_meta_gradient(model, mse_loss, [tasks()], memmaml.SGD(0.1), num_steps=1)
     with pytest.raises(ValueError, match="not parameters of the model"):
         batched_meta_gradient(model, mse_loss, tasks(), memmaml.SGD(0.1), num_steps=1, params={"x": torch.ones(1)})
+
+
+# ------------------------------------------------------------------- one inner step
+def _engine_task(model, optimizer, task, num_steps, max_norm, schedule):
+    maml = memmaml.MAML(model, mse_loss, optimizer, schedule=schedule)
+    return maml([task.support] * num_steps, max_grad_grad_norm=max_norm)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_vectorised_and_engine_paths_run_the_same_inner_step_with_clipping(name):
+    """Both paths call memmaml.engine.inner_step; only how they differentiate differs (torch.func.grad under
+    vmap, torch.autograd.grad in the engines). Per-task adapted parameters, and meta-gradients with the clip
+    active at every step, agree to rounding."""
+    from memmaml.engine import inner_step
+    from memmaml.training._batched import Adapter
+
+    model, batch, steps, max_norm = mlp(3), tasks(4), 4, 0.05
+    optimizer = OPTIMIZERS[name]()
+    # per-task adapted parameters: the vectorised Adapter against the engine, task by task
+    adapter = Adapter(model, mse_loss, optimizer, optimizer.hyperparams, False, max_grad_grad_norm=max_norm)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def adapt(support):
+        current, state = params, optimizer.init(params)
+        for index in range(steps):
+            current, state, _ = adapter.step(current, state, support, index)
+        return current
+
+    vectorised = torch.func.vmap(adapt)(batch.support)
+    for t in range(batch.num_tasks):
+        engine = _engine_task(model, optimizer, batch.select(t), steps, max_norm, "binomial:2")
+        for k, p in engine.params.items():
+            torch.testing.assert_close(vectorised[k][t], p.detach(), rtol=1e-12, atol=1e-12)
+    # meta-gradients with clipping, against the naive engine task by task
+    looped = []
+    for p in model.parameters():
+        p.grad = None
+    for t in range(batch.num_tasks):
+        task = batch.select(t)
+        result = _engine_task(model, optimizer, task, steps, max_norm, None)
+        (mse_loss(result.model, task.query) / batch.num_tasks).backward()
+    looped = grads_of(list(model.parameters()))
+    unclipped, _ = loop_meta_gradient(model, optimizer, batch, steps, False)
+    assert sum((a - b).norm() for a, b in zip(looped, unclipped)) > 1e-3, "the clip is active"
+    vmapped, _ = vmap_meta_gradient(model, optimizer, batch, steps, False, max_grad_grad_norm=max_norm)
+    assert_all_close(vmapped, looped, rtol=1e-10, atol=1e-12)
+    assert inner_step is Adapter.step.__globals__["inner_step"], "the Adapter's step is the engine's"

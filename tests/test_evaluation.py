@@ -11,8 +11,8 @@ from torch import nn
 
 import memmaml
 from memmaml import MetaTrainer, TrainerConfig, batched_evaluate
-from memmaml._evaluation import summarize
 from memmaml.tasks import Sinusoid, SyntheticClassification, accuracy, cross_entropy_loss, mse_loss
+from memmaml.training._evaluation import summarize
 
 DTYPE = torch.float64
 

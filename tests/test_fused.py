@@ -5,7 +5,7 @@ import torch
 from helpers import DTYPE, flat, mlp, mse, regression_batches
 
 import memmaml
-from memmaml._fused import adam_update, rmsprop_update
+from memmaml.optim._fused import adam_update, rmsprop_update
 
 
 # ------------------------------------------------------------- the unfused formulas, as torch.optim writes them

@@ -60,7 +60,7 @@ def test_grad_scaler_must_be_a_grad_scaler():
 
 # ---------------------------------------------------------------------- float16 norms
 def test_global_norm_of_float16_tensors_does_not_overflow():
-    from memmaml._step import global_norm
+    from memmaml.engine._step import global_norm
 
     tensors = [torch.full((10_000,), 1000.0, dtype=torch.float16), torch.full((3,), 2.0, dtype=torch.float16)]
     norm = global_norm(tensors)  # sqrt(10,000 * 1000**2 + 3 * 4) = 100,000.00006, above float16's 65,504
@@ -115,7 +115,7 @@ def test_auto_with_offload_stays_within_the_host_budget():
 
 
 def test_auto_host_budget_defaults_to_a_share_of_available_memory(monkeypatch):
-    monkeypatch.setattr(memmaml._auto, "host_available_bytes", lambda: 10 * GiB)
+    monkeypatch.setattr(memmaml.schedules._auto, "host_available_bytes", lambda: 10 * GiB)
     choice = Auto("10GiB").choose(100_000, SEED_COSTS, offload=True)
     assert choice.predicted_host_bytes <= 8 * GiB < choice.predicted_host_bytes + 2 * SEED_COSTS.state_bytes
     assert Auto("10GiB").choose(100, SEED_COSTS).predicted_host_bytes == 0, "no offload, no host memory"
@@ -138,7 +138,7 @@ def test_host_budget_junk_reads_like_a_junk_device_budget(junk):
 def test_an_offloaded_plan_larger_than_the_host_is_refused(monkeypatch):
     model = mlp()
     state = sum(p.numel() * p.element_size() for p in model.parameters())
-    monkeypatch.setattr(memmaml._unroll, "host_available_bytes", lambda: 5 * state)
+    monkeypatch.setattr(memmaml.engine._unroll, "host_available_bytes", lambda: 5 * state)
     maml = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule=Uniform(1), offload=True)
     with pytest.raises(ValueError, match=r"would pin .* of host memory \(20 states of .*\), more than the"):
         maml(regression_batches(20))
@@ -188,7 +188,7 @@ def _layouts():
 
 @pytest.mark.parametrize("name", list(_layouts()))
 def test_host_copies_keep_size_strides_and_dtype(name):
-    from memmaml._store import from_host, to_host
+    from memmaml.engine._store import from_host, to_host
 
     tensor = _layouts()[name]
     stored = to_host(tensor)
@@ -199,7 +199,7 @@ def test_host_copies_keep_size_strides_and_dtype(name):
 
 
 def test_host_copies_of_expanded_tensors_are_contiguous_and_equal():
-    from memmaml._store import from_host, to_host
+    from memmaml.engine._store import from_host, to_host
 
     expanded = torch.arange(3.0).expand(4, 3)  # stride 0: four rows share three numbers
     back = from_host(to_host(expanded))
@@ -207,7 +207,7 @@ def test_host_copies_of_expanded_tensors_are_contiguous_and_equal():
 
 
 def test_offloaded_tensors_return_to_their_own_devices():
-    from memmaml._store import OnHost, Store, StoredState
+    from memmaml.engine._store import OnHost, Store, StoredState
 
     store = Store(offload=True)
     leaf, buffer = torch.randn(3), torch.randn(2)
@@ -245,7 +245,7 @@ def test_channels_last_weights_come_back_channels_last_and_replay_exactly():
 
 @pytest.mark.parametrize("schedule", ["uniform:3", "binomial:2", "binomial:4"])
 def test_prefetch_asks_for_the_state_the_next_replay_reads(schedule, monkeypatch):
-    from memmaml._store import Store
+    from memmaml.engine._store import Store
 
     calls = []
     real_prefetch, real_get = Store.prefetch, Store.get
@@ -297,7 +297,7 @@ class _FakeCudaStats:
 
 
 def test_an_inner_cuda_tracker_does_not_erase_the_outer_peak(monkeypatch):
-    from memmaml import _memory
+    from memmaml.engine import _memory
 
     stats = _FakeCudaStats()
     monkeypatch.setattr(_memory, "_cuda_stats", stats)
@@ -319,7 +319,7 @@ def test_an_inner_cuda_tracker_does_not_erase_the_outer_peak(monkeypatch):
 
 # -------------------------------------------------------------------------- cuDNN RNNs
 def test_a_cudnn_rnn_with_dropout_is_refused_on_cuda():
-    from memmaml._replay_context import check_cudnn_rnn_dropout
+    from memmaml.engine._replay_context import check_cudnn_rnn_dropout
 
     model = nn.Sequential()
     model.add_module("encoder", nn.LSTM(4, 8, num_layers=2, dropout=0.3))

@@ -6,11 +6,13 @@ one task is written with ``torch.func`` and ``vmap`` runs it for all tasks at
 once: every operator is issued once per meta-batch, on tensors with a leading
 task dimension.
 
-Per task, step ``i`` is the engine's inner step (:mod:`memmaml._step`)::
+Per task, step ``i`` is the engine's own inner step
+(:func:`memmaml.engine.inner_step`, the one function every engine runs), with
+the gradient taken by ``torch.func.grad`` (:func:`memmaml.engine.func_gradient`)::
 
     grads = torch.func.grad(loss_function)(params, support)      # at model(params)
     updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)
-    params = params + updates
+    params = clip(params + updates)                               # with max_grad_grad_norm
 
 and the meta-loss is ``loss_function(model at adapted params, query)``. The
 optimizers' ``init`` and ``update`` are plain tensor arithmetic over dicts, so
@@ -18,8 +20,8 @@ they run unchanged under ``vmap``. :func:`batched_meta_gradient` returns the
 meta-gradient of the mean query loss (and can accumulate it into ``.grad``
 like ``backward()``), equal to that of :class:`memmaml.NaiveMAML` run task by
 task (checked in float64 in ``tests/test_batched.py``). Held-out evaluation
-under ``vmap`` is :func:`memmaml.batched_evaluate` (:mod:`memmaml._evaluation`),
-built on this module's per-task inner loop.
+under ``vmap`` is :func:`memmaml.batched_evaluate` (:mod:`._evaluation`),
+built on this module's per-task inner loop (:class:`Adapter`).
 
 NOTE [ Why not the engine under vmap ]
     The engine computes inner gradients with ``torch.autograd.grad(...,
@@ -60,6 +62,7 @@ Limits
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -68,11 +71,10 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as pytree
 
-from ._adapted import AdaptedModule
-from ._checks import int_at_least
-from ._inner_optimizer import InnerOptimizer, at_step
-from ._params import learnable_tensors, select_parameters
-from .tasks import Task
+from .._checks import int_at_least, positive_number
+from ..engine import AdaptedModule, func_gradient, inner_step, select_parameters
+from ..optim import InnerOptimizer, at_step, learnable_tensors
+from ..tasks import Task
 
 __all__ = ["BatchedMetaGradient", "batched_meta_gradient", "check_vmappable"]
 
@@ -117,7 +119,8 @@ def check_vmappable(model: nn.Module) -> None:
             )
 
 
-def _check_tasks(tasks: Any) -> Task:
+def check_tasks(tasks: Any) -> Task:
+    """``tasks`` if it is a :class:`~memmaml.tasks.Task` whose tensors share one leading (task) dimension."""
     if not isinstance(tasks, Task):
         raise TypeError(f"tasks must be a memmaml.tasks.Task with a leading task dimension, got {type(tasks).__name__}")
     sizes = {t.shape[0] if t.dim() else None for t in (*tasks.support, *tasks.query)}
@@ -126,8 +129,9 @@ def _check_tasks(tasks: Any) -> Task:
     return tasks
 
 
-class _Adapter:
-    """The per-task inner loop, written for ``torch.func``."""
+class Adapter:
+    """One task's inner loop for ``torch.func``: the engine's :func:`~memmaml.engine.inner_step`, with the
+    gradient taken by ``torch.func.grad`` so that it composes with ``vmap``."""
 
     def __init__(
         self,
@@ -137,13 +141,15 @@ class _Adapter:
         hyperparams: Mapping[str, Any],
         first_order: bool,
         static: Params | None = None,
+        max_grad_grad_norm: float | None = None,
     ) -> None:
         self.model = model
         self.static = dict(static or {})  # parameters read but not adapted
         self.loss_function = loss_function
         self.optimizer = optimizer
         self.hyperparams = hyperparams
-        self.first_order = first_order
+        self.gradient = functools.partial(func_gradient, first_order=first_order)
+        self.max_norm = max_grad_grad_norm
 
     def loss(self, params: Params, batch: Any) -> Tensor:
         loss = self.loss_function(AdaptedModule(self.model, {**self.static, **params}), batch)
@@ -152,14 +158,16 @@ class _Adapter:
         return loss
 
     def step(self, params: Params, opt_state: Any, batch: Any, index: int = 0) -> tuple[Params, Any, Tensor]:
-        if self.first_order:
-            # the inner gradient is a constant: compute it at detached parameters, so no
-            # second-order graph is recorded at all
-            grads, loss = grad_and_value(self.loss)({k: v.detach() for k, v in params.items()}, batch)
-        else:
-            grads, loss = grad_and_value(self.loss)(params, batch)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params, at_step(self.hyperparams, index))
-        return {name: params[name] + updates[name] for name in params}, opt_state, loss.detach()
+        """Inner step ``index`` on ``batch``: ``(new params, new opt_state, loss before the step)``."""
+        return inner_step(
+            lambda adapted: self.loss(adapted, batch),
+            params,
+            opt_state,
+            self.optimizer,
+            at_step(self.hyperparams, index),
+            gradient=self.gradient,
+            max_norm=self.max_norm,
+        )
 
 
 def _substitute(tree: Any, originals: Sequence[Tensor], replacements: Sequence[Tensor]) -> Any:
@@ -181,6 +189,7 @@ def batched_meta_gradient(
     params: Mapping[str, Tensor] | None = None,
     opt_kwargs: Mapping[str, Any] | None = None,
     first_order: bool = False,
+    max_grad_grad_norm: float | None = None,
     accumulate: bool = False,
     chunk_size: int | None = None,
     randomness: str = "error",
@@ -212,6 +221,11 @@ def batched_meta_gradient(
             (default: every parameter that requires grad).
         opt_kwargs: hyperparameter overrides.
         first_order: treat the inner gradients as constants (first-order MAML).
+        max_grad_grad_norm: clip, at every inner step, the cotangent of that
+            step's new parameters to this global L2 norm, each task by its own
+            norm -- the engine's clip (NOTE [ Clipping through the unroll ] in
+            :mod:`memmaml.engine._step`), so the meta-gradient equals the
+            engine's task by task.
         accumulate: also add each gradient to ``.grad`` of its tensor, as
             ``backward()`` would.
         chunk_size: vectorise over at most this many tasks at a time
@@ -234,8 +248,10 @@ def batched_meta_gradient(
         torch.Size([8, 1])
     """
     int_at_least("num_steps", num_steps, 1)
+    if max_grad_grad_norm is not None:
+        max_grad_grad_norm = positive_number("max_grad_grad_norm", max_grad_grad_norm)
     check_vmappable(model)
-    tasks = _check_tasks(tasks)
+    tasks = check_tasks(tasks)
     if not isinstance(optimizer, InnerOptimizer):
         raise TypeError(f"optimizer must be a memmaml in-graph optimizer, got {type(optimizer).__name__}")
     adapted_names = list(select_parameters(model, params))
@@ -244,16 +260,20 @@ def batched_meta_gradient(
     hyperparams = optimizer.resolve(opt_kwargs)
     learnable = learnable_tensors(hyperparams)
 
-    def task_loss(meta: tuple[Params, list[Tensor]], support: Any, query: Any) -> tuple[Tensor, Tensor]:
+    num_tasks = tasks.num_tasks
+
+    def task_loss(meta: tuple[Params, list[Tensor]], support: Any, query: Any) -> tuple[Tensor, Any]:
+        """The task's share of the mean query loss (and, as aux, its query and support losses)."""
         model_params, hyper_leaves = meta
         static = {k: v for k, v in model_params.items() if k not in adapted_names}
-        adapter = _Adapter(
+        adapter = Adapter(
             model,
             loss_function,
             optimizer,
             _substitute(hyperparams, learnable, hyper_leaves),
             bool(first_order),
             static,
+            max_grad_grad_norm,
         )
         current = {k: model_params[k] for k in adapted_names}
         opt_state = optimizer.init({k: v.detach() for k, v in current.items()})
@@ -261,15 +281,18 @@ def batched_meta_gradient(
         for index in range(num_steps):
             current, opt_state, loss = adapter.step(current, opt_state, support, index)
             losses.append(loss)
-        return adapter.loss(current, query), torch.stack(losses)
+        query_loss = adapter.loss(current, query)
+        # differentiate loss / n and sum over tasks, rather than average the gradients of the losses: the same
+        # meta-gradient, but the cotangents (which max_grad_grad_norm clips) are those of the loop over tasks
+        return query_loss / num_tasks, (query_loss.detach(), torch.stack(losses))
 
     meta = ({k: v.detach() for k, v in trainable.items()}, [t.detach() for t in learnable])
     per_task = grad_and_value(task_loss, has_aux=True)
-    (grads, hyper_grads), (query_losses, support_losses) = vmap(
+    (grads, hyper_grads), (_, (query_losses, support_losses)) = vmap(
         per_task, in_dims=(None, 0, 0), chunk_size=chunk_size, randomness=randomness
     )(meta, tasks.support, tasks.query)
     wrt = [p for name, p in trainable.items() if p.requires_grad] + learnable
-    flat = [grads[name].mean(0) for name, p in trainable.items() if p.requires_grad] + [g.mean(0) for g in hyper_grads]
+    flat = [grads[name].sum(0) for name, p in trainable.items() if p.requires_grad] + [g.sum(0) for g in hyper_grads]
     if accumulate:
         for tensor, g in zip(wrt, flat):
             tensor.grad = g.clone() if tensor.grad is None else tensor.grad + g

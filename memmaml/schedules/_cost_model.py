@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from .._units import format_bytes
 from ._plans import PlanStats
-from ._units import format_bytes
 
 __all__ = [
     "Choice",

@@ -16,12 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._cost_model import Choice, StepCosts
-from ._inner_optimizer import InnerOptimizer
-from ._optim import IngraphGradientDescent
+from ..optim import IngraphGradientDescent, InnerOptimizer
+from ..schedules import Choice, Schedule, StepCosts, Uniform, parse_schedule
 from ._params import select_parameters
-from ._parse import parse_schedule
-from ._schedules import Schedule, Uniform
 from ._unroll import Result, choose_schedule, measure_step_costs, unroll
 
 __all__ = ["MAML", "GradientCheckpointMAML", "NaiveMAML"]

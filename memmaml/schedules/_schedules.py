@@ -1,7 +1,7 @@
 """Checkpoint schedules: which inner-loop states to keep, and how to replay them.
 
 A schedule turns the number of inner steps ``n`` into a :class:`~memmaml.Plan`
-(:mod:`memmaml._plans`): the states stored during the forward pass and the
+(:mod:`memmaml.schedules._plans`): the states stored during the forward pass and the
 operations of the backward (meta) pass. The engine executes any plan with one
 mechanism; a schedule decides nothing else.
 
@@ -14,8 +14,8 @@ mechanism; a schedule decides nothing else.
   Revolve"): at most ``slots`` stored states besides the input, one step's graph
   at a time, and the fewest step evaluations any schedule with that many stored
   states can achieve.
-:class:`~memmaml.Auto` (:mod:`memmaml._auto`) chooses among them from measured
-costs; :mod:`memmaml._parse` reads their text forms. Any of them can keep its
+:class:`~memmaml.Auto` (:mod:`memmaml.schedules._auto`) chooses among them from measured
+costs; :mod:`memmaml.schedules._parse` reads their text forms. Any of them can keep its
 stored states in host memory (``offload=True``).
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ._checks import positive_int
+from .._checks import positive_int
 from ._cost_model import Choice, StepCosts
 from ._plans import Advance, Drop, Op, Plan, PlanStats, Reverse, check_plan
 

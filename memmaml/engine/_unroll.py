@@ -1,10 +1,10 @@
 """``unroll``: the functional core every wrapper calls, and ``measure_step_costs``.
 
-Both engines run the same inner step (:mod:`memmaml._step`), so they agree to
+Both engines run the same inner step (:mod:`memmaml.engine._step`), so they agree to
 rounding:
 
 * ``schedule=None`` keeps the whole graph (the naive reference);
-* a schedule runs the steps inside :class:`~memmaml._executor.CheckpointedUnroll`,
+* a schedule runs the steps inside :class:`~memmaml.engine._executor.CheckpointedUnroll`,
   which keeps only the states the schedule's plan asks for and replays the
   steps in the backward pass (Chen et al. 2016; Griewank & Walther 2000).
 """
@@ -19,18 +19,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from .._checks import positive_number
+from .._host import host_available_bytes
+from .._units import format_bytes
+from ..optim import InnerOptimizer
+from ..schedules import Choice, Schedule, StepCosts, parse_schedule
 from ._adapted import AdaptedModule
-from ._checks import positive_number
-from ._cost_model import Choice, StepCosts
 from ._executor import CheckpointedUnroll, Executor
-from ._host import host_available_bytes
-from ._inner_optimizer import InnerOptimizer
 from ._measure import measure_costs
-from ._parse import parse_schedule
 from ._replay_context import ReplayContext, check_cudnn_rnn_dropout
-from ._schedules import Schedule
 from ._step import InnerStep, progress_bar, tensors_in
-from ._units import format_bytes
 
 __all__ = ["Result", "choose_schedule", "measure_step_costs", "unroll"]
 

@@ -13,7 +13,7 @@ NOTE [ Data parallel over processes ]
     0 logs and writes checkpoints; :meth:`memmaml.MetaTrainer.save_checkpoint`
     is still called on every rank (it gathers the RNG states). Held-out tasks
     are split between processes and their statistics summed
-    (:mod:`memmaml._evaluation`). The model is not wrapped in
+    (:mod:`memmaml.training._evaluation`). The model is not wrapped in
     ``DistributedDataParallel``.
 """
 

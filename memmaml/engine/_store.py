@@ -7,7 +7,7 @@ NOTE [ Offloading ]
     would run other kernels in the replay than in the forward pass, and the
     replay would no longer compute what the forward pass computed). On a
     CPU-only run there is no separate device: the copies are made inside
-    :func:`memmaml._memory.host_allocations`, so :func:`memmaml.track_memory`
+    :func:`memmaml.engine._memory.host_allocations`, so :func:`memmaml.track_memory`
     counts what would stay on an accelerator, and nothing else changes.
 
 NOTE [ Copies that overlap compute ]

@@ -6,12 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import int_at_least, integer, number_in, one_of, positive_int, positive_number
+from ..optim import SGD, InnerOptimizer
+from ..schedules import Schedule, parse_schedule
 from ._checkpoint_io import plain
-from ._checks import int_at_least, integer, number_in, one_of, positive_int, positive_number
-from ._inner_optimizer import InnerOptimizer
-from ._optim import SGD
-from ._parse import parse_schedule
-from ._schedules import Schedule
 
 __all__ = ["TrainerConfig"]
 
@@ -42,7 +40,7 @@ class TrainerConfig:
             :func:`memmaml.parse_schedule`) runs the checkpointed engine with it.
         first_order: first-order MAML (inner gradients are constants).
         max_grad_grad_norm: clip the cotangent through every inner step to this
-            global L2 norm (the engine's option; not with ``vectorize``).
+            global L2 norm (the engine's option; with ``vectorize`` too).
         outer_lr: learning rate of the default outer optimizer (``torch.optim.Adam``).
         meta_batch_size: tasks per meta-iteration (over all processes).
         max_grad_norm: clip the meta-gradient to this global L2 norm before each
@@ -55,9 +53,8 @@ class TrainerConfig:
         eval_seed: seed of the held-out task seeds (default ``seed + 1``).
         offload: keep the schedule's stored states in host memory (needs a schedule).
         vectorize: adapt a process's tasks in one ``torch.func.vmap`` call, for
-            training and evaluation; needs ``schedule=None``, no
-            ``max_grad_grad_norm`` and a model without BatchNorm running
-            statistics (checked by the trainer).
+            training and evaluation; needs ``schedule=None`` and a model
+            without BatchNorm running statistics (checked by the trainer).
         chunk_size: ``vmap`` over at most this many tasks at a time.
         randomness: ``vmap``'s treatment of random operators (``"error"``,
             ``"different"``, ``"same"``).
@@ -130,11 +127,6 @@ class TrainerConfig:
             raise ValueError(
                 f"vectorize=True runs the naive unroll under vmap; schedule must be None, "
                 f"got {self.schedule!r} (use vectorize=False to checkpoint)"
-            )
-        if self.vectorize and self.max_grad_grad_norm is not None:
-            raise ValueError(
-                f"vectorize=True does not support max_grad_grad_norm (got {self.max_grad_grad_norm!r}); "
-                "use vectorize=False"
             )
 
     def resolved(self) -> TrainerConfig:

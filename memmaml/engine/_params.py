@@ -1,14 +1,13 @@
-"""Which tensors the inner loop adapts, and which tensors are learnable hyperparameters."""
+"""Which tensors the inner loop adapts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Union
 
 from torch import Tensor, nn
-from torch.utils import _pytree as pytree
 
-__all__ = ["Selection", "all_trainable", "learnable_tensors", "select_parameters"]
+__all__ = ["Selection", "all_trainable", "select_parameters"]
 
 #: what chooses the adapted parameters: ``None`` (every parameter that requires grad), a
 #: ``get_parameters(model) -> iterable of the model's parameters``, or a dict keyed by name.
@@ -69,19 +68,3 @@ def _from_callable(model: nn.Module, get_parameters: Callable[[nn.Module], Itera
             raise ValueError(f"get_parameters returned parameter {name!r} twice")
         chosen[name] = tensor
     return chosen
-
-
-def learnable_tensors(*trees: Any, exclude: Iterable[Tensor] = ()) -> list[Tensor]:
-    """The tensors that require grad among the leaves of ``trees``, each once, in order of appearance.
-
-    ``exclude`` lists tensors to leave out (the model's parameters, say). Dicts,
-    lists, tuples and NamedTuples are walked; identity, not equality, decides
-    what is a duplicate.
-    """
-    seen = {id(t) for t in exclude}
-    found: list[Tensor] = []
-    for leaf in pytree.tree_leaves(list(trees)):
-        if isinstance(leaf, Tensor) and leaf.requires_grad and id(leaf) not in seen:
-            seen.add(id(leaf))
-            found.append(leaf)
-    return found

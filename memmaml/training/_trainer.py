@@ -15,7 +15,7 @@ backward pass run before the next task is adapted; or, with
 (:func:`memmaml.batched_meta_gradient`). Both give the same meta-gradient.
 Held-out evaluation (:meth:`MetaTrainer.evaluate`) is
 :func:`memmaml.batched_evaluate` on a fixed set of tasks, on the same path.
-Processes: NOTE [ Data parallel over processes ] in :mod:`memmaml._distributed`.
+Processes: NOTE [ Data parallel over processes ] in :mod:`memmaml.training._distributed`.
 
 NOTE [ Reproducible and resumable ]
     Tasks are identified by seeds drawn from the trainer's own generator, never
@@ -29,7 +29,7 @@ NOTE [ Reproducible and resumable ]
     only tensors and plain Python values and are read with
     ``torch.load(..., weights_only=True)``; they are written to a temporary
     file, flushed to disk, then renamed over the previous one, so a crash
-    mid-save leaves the previous checkpoint intact (:mod:`memmaml._checkpoint_io`).
+    mid-save leaves the previous checkpoint intact (:mod:`memmaml.training._checkpoint_io`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._adapted import AdaptedModule
+from .._checks import int_at_least
+from ..engine import AdaptedModule, choose_schedule, measure_step_costs, select_parameters, unroll
+from ..schedules import Choice
+from ..tasks import Task, TaskSource, draw_seeds
 from ._batched import batched_meta_gradient, check_vmappable
 from ._checkpoint_io import (
     CHECKPOINT_FORMAT,
@@ -54,15 +57,10 @@ from ._checkpoint_io import (
     load_checkpoint_file,
     plain,
 )
-from ._checks import int_at_least
-from ._cost_model import Choice
 from ._distributed import Processes
 from ._evaluation import batched_evaluate, held_out_share, summarize
 from ._metrics_log import MetricsLog, TrainWindow
-from ._params import select_parameters
 from ._trainer_config import TrainerConfig
-from ._unroll import choose_schedule, measure_step_costs, unroll
-from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["MetaTrainer"]
 
@@ -278,6 +276,7 @@ class MetaTrainer:
                 num_steps=config.num_inner_steps,
                 params=self._adapted_parameters(),
                 first_order=config.first_order,
+                max_grad_grad_norm=config.max_grad_grad_norm,
                 chunk_size=config.chunk_size,
                 randomness=config.randomness,
             )

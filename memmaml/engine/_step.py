@@ -1,4 +1,14 @@
-"""One inner step, the same for every engine: loss, gradient, optimizer update, clipping.
+"""One inner step, the same for every engine and for the vectorised path: loss, gradient, update, clipping.
+
+:func:`inner_step` is the step, written once: the loss at the parameters, its
+gradient, the optimizer's update, the addition and, when the step's graph is
+recorded, the clip of the cotangent. What differs between its callers is only
+how the gradient is taken: :func:`autograd_gradient` for the engines
+(``torch.autograd.grad``, second order with ``create_graph``), and
+:func:`func_gradient` for the vectorised path (``torch.func.grad``, which
+composes with ``vmap``; see NOTE [ Why not the engine under vmap ] in
+:mod:`memmaml.training._batched`). :class:`InnerStep` binds the step to one
+unroll's model, loss, optimizer and batches.
 
 NOTE [ Clipping through the unroll ]
     With ``max_grad_grad_norm`` each step's new parameters pass through
@@ -28,17 +38,30 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from ..optim import InnerOptimizer, at_step, per_step_length
 from ._adapted import AdaptedModule, has_tied_weights
-from ._inner_optimizer import InnerOptimizer, at_step, per_step_length
 
-__all__ = ["Extras", "InnerStep", "check_grad_scaler", "global_norm", "loss_scale", "progress_bar", "tensors_in"]
+__all__ = [
+    "Extras",
+    "Gradient",
+    "InnerStep",
+    "autograd_gradient",
+    "check_grad_scaler",
+    "clip_cotangents",
+    "func_gradient",
+    "global_norm",
+    "inner_step",
+    "loss_scale",
+    "progress_bar",
+    "tensors_in",
+]
 
 Params = dict[str, Tensor]
 #: everything a step reads besides its state: (hyperparameters, static parameters, batches, loss_kwargs)
@@ -73,13 +96,21 @@ def check_grad_scaler(grad_scaler: Any) -> Any:
 
 
 class _ClipCotangent(torch.autograd.Function):
-    """Identity forward; backward clips the joint L2 norm of the (unscaled) cotangents."""
+    """Identity forward; backward clips the joint L2 norm of the (unscaled) cotangents.
+
+    ``generate_vmap_rule``: under ``torch.func.vmap`` over tasks each task's
+    cotangent is clipped by its own norm, as the loop over tasks does.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, max_norm: float, grad_scaler: Any, *tensors: Tensor) -> tuple[Tensor, ...]:
-        ctx.max_norm = max_norm
-        ctx.grad_scaler = grad_scaler
+    def forward(max_norm: float, grad_scaler: Any, *tensors: Tensor) -> tuple[Tensor, ...]:
         return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        ctx.max_norm, ctx.grad_scaler = inputs[0], inputs[1]
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Any, ...]:
@@ -91,11 +122,91 @@ class _ClipCotangent(torch.autograd.Function):
         return (None, None, *(g * factor.to(g.device, g.dtype) for g in grads))
 
 
-def _clip(params: Params, max_norm: float | None, grad_scaler: Any) -> Params:
+def clip_cotangents(params: Params, max_norm: float | None, grad_scaler: Any = None) -> Params:
+    """``params`` unchanged, but their joint cotangent clipped to ``max_norm`` in the backward pass
+    (NOTE [ Clipping through the unroll ]); ``params`` itself when ``max_norm`` is ``None``."""
     if max_norm is None:
         return params
     clipped = _ClipCotangent.apply(max_norm, grad_scaler, *params.values())
     return dict(zip(params, clipped))
+
+
+#: how a step differentiates its loss: ``gradient(loss_at, params) -> (loss, grads)``
+Gradient = Callable[[Callable[[Params], Tensor], Params], tuple[Tensor, Params]]
+
+
+def inner_step(
+    loss_at: Callable[[Params], Tensor],
+    params: Params,
+    opt_state: Any,
+    optimizer: InnerOptimizer,
+    hyperparams: Mapping[str, Any],
+    *,
+    gradient: Gradient,
+    record: bool = True,
+    max_norm: float | None = None,
+    grad_scaler: Any = None,
+) -> tuple[Params, Any, Tensor]:
+    """One inner step: ``(new params, new opt_state, loss before the step)``.
+
+    ``loss_at(params)`` is the inner loss, ``gradient`` how it is
+    differentiated (:func:`autograd_gradient` or :func:`func_gradient`), and
+    ``optimizer.update`` turns the gradient into an update that is added to
+    ``params``. With ``record`` the update is part of the graph (differentiable
+    in ``params``, ``opt_state`` and ``hyperparams``) and the new parameters pass
+    through :func:`clip_cotangents`; without, it runs under ``no_grad``.
+    """
+    loss, grads = gradient(loss_at, params)
+    with torch.enable_grad() if record else torch.no_grad():
+        updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)
+        # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
+        params = {name: params[name] + updates[name] for name in params}
+        if record:
+            params = clip_cotangents(params, max_norm, grad_scaler)
+    return params, opt_state, loss
+
+
+def autograd_gradient(
+    loss_at: Callable[[Params], Tensor],
+    params: Params,
+    *,
+    create_graph: bool,
+    on_unused: Callable[[str], None] | None = None,
+) -> tuple[Tensor, Params]:
+    """The loss at ``params`` and its gradient by ``torch.autograd.grad`` (the engines' way).
+
+    With ``create_graph`` the gradient is differentiable (second order);
+    otherwise it is computed at detached copies and returned detached, as is
+    the loss. A parameter the loss does not use gets a zero gradient after
+    ``on_unused(name)`` is called (it may raise instead).
+    """
+    if not create_graph:
+        params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+    with torch.enable_grad():
+        loss = loss_at(params)
+        raw = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+    grads = {}
+    for (name, param), grad in zip(params.items(), raw):
+        if grad is None:
+            if on_unused is not None:
+                on_unused(name)
+            grad = torch.zeros_like(param)
+        grads[name] = grad
+    return (loss if create_graph else loss.detach()), grads
+
+
+def func_gradient(
+    loss_at: Callable[[Params], Tensor], params: Params, *, first_order: bool = False
+) -> tuple[Tensor, Params]:
+    """The loss at ``params`` (detached) and its gradient by ``torch.func.grad`` (composes with ``vmap``).
+
+    With ``first_order`` the gradient is taken at detached parameters, so no
+    second-order graph is recorded at all.
+    """
+    if first_order:
+        params = {name: p.detach() for name, p in params.items()}
+    grads, loss = torch.func.grad_and_value(loss_at)(params)
+    return loss.detach(), grads
 
 
 def tensors_in(tree: Any) -> list[Tensor]:
@@ -159,37 +270,6 @@ class InnerStep:
         self.allow_unused = allow_unused
         self.check_finite = check_finite
 
-    def loss_and_grads(
-        self, step: int, params: Params, extras: Extras, buffers: Params | None, create_graph: bool
-    ) -> tuple[Tensor, Params]:
-        """Loss at ``params`` on batch ``step`` and its gradient with respect to ``params``.
-
-        With ``create_graph`` the gradient is differentiable (second order);
-        otherwise it is computed at detached copies and returned detached, as is
-        the loss.
-        """
-        _, static, batches, loss_kwargs = extras
-        if not create_graph:
-            params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        with torch.enable_grad():
-            view = AdaptedModule(self.model, {**static, **params, **(buffers or {})}, tie_weights=self.tie_weights)
-            loss = self.loss_function(view, batches[step], **loss_kwargs)
-            self._check_loss(step, loss)
-            raw = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
-        grads = {}
-        for (name, param), grad in zip(params.items(), raw):
-            if grad is None:
-                if not self.allow_unused:
-                    raise ValueError(
-                        f"adapted parameter {name!r} does not affect the loss at inner step {step}; "
-                        "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero"
-                    )
-                grad = torch.zeros_like(param)
-            grads[name] = grad
-        if self.check_finite and not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"the loss at inner step {step} is not finite: {loss.item()}")
-        return (loss if create_graph else loss.detach()), grads
-
     @staticmethod
     def _check_loss(step: int, loss: Any) -> None:
         if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.is_floating_point():
@@ -210,16 +290,38 @@ class InnerStep:
     def __call__(
         self, step: int, leaves: list[Any], spec: Any, extras: Extras, buffers: Params | None, mode: str
     ) -> tuple[list[Any], Tensor]:
-        """One inner step on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
+        """Inner step ``step`` on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
         params, opt_state = pytree.tree_unflatten(leaves, spec)
+        hyperparams, static, batches, loss_kwargs = extras
+
+        def loss_at(adapted: Params) -> Tensor:
+            view = AdaptedModule(self.model, {**static, **adapted, **(buffers or {})}, tie_weights=self.tie_weights)
+            loss = self.loss_function(view, batches[step], **loss_kwargs)
+            self._check_loss(step, loss)
+            return loss
+
+        def on_unused(name: str) -> None:
+            if not self.allow_unused:
+                raise ValueError(
+                    f"adapted parameter {name!r} does not affect the loss at inner step {step}; "
+                    "leave it out of get_parameters, or pass allow_unused=True to treat its gradient as zero"
+                )
+
         create_graph = mode == "graph" and not self.first_order
-        loss, grads = self.loss_and_grads(step, params, extras, buffers, create_graph)
-        with torch.enable_grad() if mode == "graph" else torch.no_grad():
-            updates, opt_state = self.optimizer.update(grads, opt_state, params, at_step(extras[0], step))
-            # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
-            params = {name: params[name] + updates[name] for name in params}
-            if mode == "graph":
-                params = _clip(params, self.max_norm, self.grad_scaler)
+        gradient = functools.partial(autograd_gradient, create_graph=create_graph, on_unused=on_unused)
+        params, opt_state, loss = inner_step(
+            loss_at,
+            params,
+            opt_state,
+            self.optimizer,
+            at_step(hyperparams, step),
+            gradient=gradient,
+            record=mode == "graph",
+            max_norm=self.max_norm,
+            grad_scaler=self.grad_scaler,
+        )
+        if self.check_finite and not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"the loss at inner step {step} is not finite: {loss.item()}")
         new_leaves, new_spec = pytree.tree_flatten((params, opt_state))
         if new_spec != spec:
             raise TypeError(

@@ -5,7 +5,7 @@ set and measures the query loss (and metrics such as accuracy) after each step
 count in ``steps`` (``0`` is the unadapted model). It runs either task by task
 with the engine (:func:`memmaml.unroll`, first order, no meta-graph) or
 all tasks at once under ``torch.func.vmap`` (the per-task inner loop of
-:mod:`memmaml._batched`); both give the same numbers (float64: to rounding,
+:mod:`._batched`); both give the same numbers (float64: to rounding,
 ``tests/test_evaluation.py``). :class:`memmaml.MetaTrainer` uses it for both
 of its paths.
 
@@ -27,14 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from ._adapted import AdaptedModule
-from ._batched import _Adapter, _check_tasks, check_vmappable
-from ._checks import int_at_least, one_of
+from .._checks import int_at_least, one_of
+from ..engine import AdaptedModule, select_parameters, unroll
+from ..optim import InnerOptimizer
+from ..tasks import Task, TaskSource, draw_seeds
+from ._batched import Adapter, check_tasks, check_vmappable
 from ._distributed import Processes
-from ._inner_optimizer import InnerOptimizer
-from ._params import select_parameters
-from ._unroll import unroll
-from .tasks import Task, TaskSource, draw_seeds
 
 __all__ = ["batched_evaluate", "held_out_share", "summarize"]
 
@@ -103,7 +101,7 @@ def batched_evaluate(
     if "loss" in metrics:
         raise ValueError("metrics must not contain the name 'loss'; the loss is always reported")
     one_of("randomness", randomness, ("error", "different", "same"))
-    tasks = _check_tasks(tasks)
+    tasks = check_tasks(tasks)
     adapted = {k: v.detach() for k, v in select_parameters(model, params).items()}
     if vectorize:
         check_vmappable(model)
@@ -127,7 +125,7 @@ def _vectorized(
     chunk_size: int | None,
     randomness: str,
 ) -> tuple[Tensor, ...]:
-    adapter = _Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), first_order=True)
+    adapter = Adapter(model, loss_function, optimizer, optimizer.resolve(opt_kwargs), first_order=True)
 
     def measure(current: Params, query: Any) -> list[Tensor]:
         view = AdaptedModule(model, current)

@@ -9,7 +9,7 @@ it with the resuming run's (:func:`config_diff`) and refuses a checkpoint
 whose training problem differs (:class:`IncompatibleCheckpointError`).
 What a training checkpoint holds, and why a resumed run repeats the
 uninterrupted one, is NOTE [ Reproducible and resumable ] in
-:mod:`memmaml._trainer`.
+:mod:`memmaml.training._trainer`.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ NOTE [ What crosses the Function ]
 The forward pass runs the steps without a graph and stores the states the plan
 asks for, except the last segment, whose graph it keeps (NOTE [ The last
 segment is not replayed ]); the backward pass executes the plan's operations
-(see :mod:`memmaml._plans`): ``Advance`` replays steps without a graph to store
+(see :mod:`memmaml.schedules._plans`): ``Advance`` replays steps without a graph to store
 a state, ``Reverse`` replays a segment with its graph (or takes the kept one)
 and pulls the cotangent through it, ``Drop`` frees a state. Replays restore what
-:class:`~memmaml._replay_context.ReplayContext` captured (NOTE [ Replay must be
+:class:`~memmaml.engine._replay_context.ReplayContext` captured (NOTE [ Replay must be
 exact ]); with ``check_replay`` every replayed step is compared with the
 forward pass (NOTE [ Checking the replay ]).
 """
@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils import _pytree as pytree
 
-from ._plans import Advance, Drop, Plan, Reverse, check_plan, kept_graph_start
+from ..schedules import Advance, Drop, Plan, Reverse, check_plan, kept_graph_start
 from ._replay_check import Digest, check_digest, digest
 from ._replay_context import ReplayContext
 from ._step import Extras, InnerStep, progress_bar
@@ -291,7 +291,7 @@ class Executor:
 def _prefetch_next(store: Store, ops: Sequence[Any], position: int) -> None:
     """Ask ``store`` for the state the next replaying operation after ``ops[position]`` reads, if it is stored
     already: with offload on CUDA its copy back overlaps the current operation (NOTE [ Copies that overlap
-    compute ] in :mod:`memmaml._store`)."""
+    compute ] in :mod:`memmaml.engine._store`)."""
     for op in ops[position + 1 :]:
         if isinstance(op, (Advance, Reverse)):
             if op.start in store.states:

@@ -39,7 +39,7 @@ __all__ = ["adam_update", "rmsprop_update", "safe_sqrt"]
 def safe_sqrt(x: Tensor) -> Tensor:
     """``sqrt(x)`` for ``x > 0`` and 0 elsewhere, whose derivative is 0 where ``x <= 0`` instead of inf.
 
-    See NOTE [ Square roots at zero ] in :mod:`memmaml._optim`.
+    See NOTE [ Square roots at zero ] in :mod:`memmaml.optim._optimizers`.
     """
     positive = x > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))

@@ -13,7 +13,7 @@ hyperparameters.
 
 Hyperparameters
     Numbers, tensors (learnable when they require grad) or per-parameter dicts;
-    see :mod:`memmaml._inner_optimizer`.
+    see :mod:`memmaml.optim._inner_optimizer`.
 
 Optimizers
     :class:`SGD` (momentum, Nesterov, weight decay), :class:`RMSProp`
@@ -27,7 +27,7 @@ NOTE [ Square roots at zero ]
     RMSProp and Adam divide by ``sqrt(v) + eps``. The derivative of ``sqrt`` at
     ``v = 0`` is infinite and, multiplied by a zero gradient, gives NaN in the
     meta-gradient (a parameter whose gradient has been exactly zero so far).
-    :func:`memmaml._fused.safe_sqrt` computes the same forward value but
+    :func:`memmaml.optim._fused.safe_sqrt` computes the same forward value but
     defines the derivative at zero as zero, which is the limit of the full
     expression because the numerator is zero there too. ``eps_root`` (as in optax) adds a constant
     inside the square root for users who prefer that remedy.

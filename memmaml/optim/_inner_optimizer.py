@@ -31,16 +31,16 @@ Hyperparameters
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from numbers import Number
 from typing import Any, NamedTuple
 
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
-from ._checks import number_in
-from ._params import learnable_tensors
+from .._checks import number_in
 
-__all__ = ["InnerOptimizer", "PerStep", "at_step", "for_parameter", "is_zero", "per_step_length"]
+__all__ = ["InnerOptimizer", "PerStep", "at_step", "for_parameter", "is_zero", "learnable_tensors", "per_step_length"]
 
 Params = dict[str, Tensor]
 
@@ -218,3 +218,19 @@ class InnerOptimizer:
 
         inner = ", ".join(f"{k}={show(v)}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({inner})"
+
+
+def learnable_tensors(*trees: Any, exclude: Iterable[Tensor] = ()) -> list[Tensor]:
+    """The tensors that require grad among the leaves of ``trees``, each once, in order of appearance.
+
+    ``exclude`` lists tensors to leave out (the model's parameters, say). Dicts,
+    lists, tuples and NamedTuples are walked; identity, not equality, decides
+    what is a duplicate.
+    """
+    seen = {id(t) for t in exclude}
+    found: list[Tensor] = []
+    for leaf in pytree.tree_leaves(list(trees)):
+        if isinstance(leaf, Tensor) and leaf.requires_grad and id(leaf) not in seen:
+            seen.add(id(leaf))
+            found.append(leaf)
+    return found

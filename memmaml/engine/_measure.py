@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._cost_model import StepCosts
+from ..schedules import StepCosts
 from ._executor import Executor
 from ._memory import track_memory
 
