@@ -53,6 +53,7 @@ BAD = [
     ("gpu", ["--smoke", "--parts", "naive,revolve"], "--parts", "unknown name 'revolve'; choose from naive"),
     ("gpu", ["--smoke", "--device", "tpu"], "--device", "unknown device 'tpu'"),
     ("gpu", ["--smoke", "--out", ""], "--out", "expected a folder, got ''"),
+    ("gpu", ["--smoke", "NO-OUT"], "--out", "required, and not given"),
     # meta-training
     ("train", ["--inner-steps", "0"], "--inner-steps", "must be a whole number >= 1, got '0'"),
     ("train", ["--meta-batch-size", "0"], "--meta-batch-size", "must be a whole number >= 1, got '0'"),
@@ -70,6 +71,7 @@ BAD = [
     ("train", ["--task", "omniglot", "--data-root", "{out}/nowhere"], "--data-root", "does not exist"),
     ("train", ["--task", "omniglot", "--data-root", "{dir}"], "--data-root", "omniglot-py"),
     ("train", ["--resume"], "--resume", "no checkpoint at"),
+    ("train", ["--task", "synthetic", "NO-OUT"], "--out", "required, and not given"),
     ("train", ["--num-ways", "50", "--task", "synthetic"], "--num-ways", "is more than the"),
 ]
 if NO_CUDA:
@@ -81,6 +83,8 @@ if NO_CUDA:
 
 
 def _argv(command, args, out, folder, file):
+    if "NO-OUT" in args:
+        return [a for a in args if a != "NO-OUT"]
     args = [a.format(out=out, dir=folder, file=file) for a in args]
     if command == "train":
         return ["--iterations", "1", "--no-progress", "--out", str(out), *args]
@@ -100,7 +104,7 @@ def test_a_bad_value_is_one_error_line_with_exit_status_2(command, args, flag, m
     err = capsys.readouterr().err
     assert "Traceback" not in err
     usage, error = (line for line in err.splitlines() if not line.startswith("device: "))
-    assert usage == f"usage: {PROGS[command]} [-h] [options]"
+    assert usage == f"usage: {PROGS[command]} [-h] " + ("[options]" if command == "compare" else "--out OUT [options]")
     assert error.startswith(f"{PROGS[command]}: error: argument {flag}: ") and message in error, error
     assert not out.exists()  # nothing written
     assert str(exit_info.value) == error.split(": error: ", 1)[1]  # in-process callers can read the message
@@ -132,7 +136,7 @@ def test_help_shows_each_default_once_as_typed(command, capsys, monkeypatch):
         assert "--threads THREADS torch threads per run (default: 1 on a CPU" in text
     if command == "gpu":
         assert "--out OUT " in text and "(default: 11GiB; not with --smoke" in text  # required: no default shown
-        assert "[--out" not in text
+        assert "[--out" not in text and "usage: memmaml-gpu-check [-h] --out OUT [options]" in text
     if command == "train":
         assert "(default: 40,40)" in text and "(default: Adam)" in text
 

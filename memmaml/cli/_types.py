@@ -22,6 +22,8 @@ from typing import Any, NoReturn
 from memmaml import parse_engine, parse_size
 
 __all__ = [
+    "USAGE",
+    "USAGE_WITH_OUT",
     "ArgumentParser",
     "CommandLineError",
     "HelpFormatter",
@@ -42,6 +44,11 @@ __all__ = [
     "positive_int_list",
     "size",
 ]
+
+
+#: the usage line: short, since --help lists every flag; a required flag is named in it
+USAGE = "%(prog)s [-h] [options]"
+USAGE_WITH_OUT = "%(prog)s [-h] --out OUT [options]"
 
 
 class CommandLineError(SystemExit):
@@ -84,10 +91,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
-        kwargs.setdefault("usage", "%(prog)s [-h] [options]")
+        kwargs.setdefault("usage", USAGE)
         super().__init__(**kwargs)
 
     def error(self, message: str) -> NoReturn:
+        missing = "the following arguments are required: "
+        if message.startswith(missing):  # named like every other error: "argument --out: ..."
+            message = f"argument {message[len(missing) :]}: required, and not given"
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise CommandLineError(message)

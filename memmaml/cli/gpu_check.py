@@ -88,12 +88,12 @@ CAP, AUTO_BUDGET = "11GiB", "10GiB"
 
 def build_parser(prog: str = PROG) -> t.ArgumentParser:
     """The command line; every value is checked here, before any work."""
-    parser = t.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = t.ArgumentParser(prog=prog, usage=t.USAGE_WITH_OUT, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--out",
         type=t.output_folder,
         required=True,
-        help="output folder: results.json, results.md, results.png, parts/",
+        help="output folder (required): results.json, results.md, results.png, parts/",
     )
     parser.add_argument("--smoke", action="store_true", help="toy sizes and no cap, to check the command on a CPU")
     parser.add_argument(

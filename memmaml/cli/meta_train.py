@@ -115,7 +115,7 @@ def _checked(check: Any) -> Any:
 
 def build_parser(prog: str = PROG) -> t.ArgumentParser:
     """The command line; every value is checked here or in :func:`parse_args`, before any work."""
-    p = t.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = t.ArgumentParser(prog=prog, usage=t.USAGE_WITH_OUT, description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("tasks")
     g.add_argument(
         "--task",
@@ -209,7 +209,7 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         help="inner step counts to evaluate at, separated by commas (default: 0,1,--inner-steps)",
     )
     g.add_argument("--eval-seed", type=t.non_negative_int, default=None, help="default: --seed + 1")
-    g.add_argument("--out", type=t.output_folder, required=True, help="output folder")
+    g.add_argument("--out", type=t.output_folder, required=True, help="output folder (required)")
     g.add_argument(
         "--log-format", type=t.lower, choices=["jsonl", "csv"], default="jsonl", help="the metrics file's format"
     )
