@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..optim import IngraphGradientDescent, InnerOptimizer
 from ..schedules import Choice, Schedule, StepCosts, Uniform, parse_schedule
 from ._params import select_parameters
-from ._unroll import Result, choose_schedule, measure_step_costs, unroll
+from ._unroll import Result, check_truncate, choose_schedule, measure_step_costs, unroll
 
 __all__ = ["MAML", "GradientCheckpointMAML", "NaiveMAML"]
 
@@ -140,6 +140,7 @@ class MAML(nn.Module):
         check_finite: bool = False,
         progress: bool = False,
         check_replay: bool = False,
+        truncate: int | None = None,
     ) -> Result:
         """Adapt the model with one inner step per batch in ``inputs``.
 
@@ -163,6 +164,9 @@ class MAML(nn.Module):
                 bitwise, and raise :class:`~memmaml.ReplayMismatchError` naming
                 the first step and tensor that differ. A no-op for the naive
                 engine, which replays nothing.
+            truncate: differentiate through the last ``truncate`` steps only;
+                the earlier steps' updates count as constants (see
+                :func:`~memmaml.unroll`). The schedule applies to those steps.
 
         Returns:
             :class:`~memmaml.Result` ``(model, loss_history, optimizer_state)``.
@@ -189,7 +193,8 @@ class MAML(nn.Module):
             return self.step_costs
 
         if inputs and torch.is_grad_enabled():  # under no_grad nothing is stored: there is nothing to choose
-            self.last_choice = choose_schedule(self.schedule, len(inputs), measure, offload=self.offload)
+            differentiated = check_truncate(truncate, len(inputs))
+            self.last_choice = choose_schedule(self.schedule, differentiated, measure, offload=self.offload)
         return unroll(
             self.model,
             self.loss_function,
@@ -209,6 +214,7 @@ class MAML(nn.Module):
             preserve_rng_state=self.preserve_rng_state,
             progress=progress,
             check_replay=check_replay,
+            truncate=truncate,
         )
 
 

@@ -251,18 +251,20 @@ class InnerStep:
         allow_unused: bool,
         check_finite: bool,
         grad_scaler: Any = None,
+        first_step: int = 0,
     ) -> None:
         self.model = model
+        self.first_step = first_step  # the index, in the whole unroll, of this step's batches[0]
         self.tie_weights = has_tied_weights(model)  # checked once: functional_call would look on every step
         self.loss_function = loss_function
         self.optimizer = optimizer
         self.extras = extras
         self.num_steps = len(extras[2])
         covered = per_step_length(extras[0])
-        if covered is not None and covered < self.num_steps:
+        if covered is not None and covered < first_step + self.num_steps:
             raise ValueError(
                 f"a PerStep hyperparameter covers {covered} inner steps, but there are "
-                f"{self.num_steps} batches (one per step)"
+                f"{first_step + self.num_steps} batches (one per step)"
             )
         self.first_order = first_order
         self.max_norm = max_grad_grad_norm
@@ -293,10 +295,11 @@ class InnerStep:
         """Inner step ``step`` on flattened state ``leaves``; ``mode`` is 'graph' or 'nograph'."""
         params, opt_state = pytree.tree_unflatten(leaves, spec)
         hyperparams, static, batches, loss_kwargs = extras
+        batch, step = batches[step], step + self.first_step  # from here on, the step's index in the unroll
 
         def loss_at(adapted: Params) -> Tensor:
             view = AdaptedModule(self.model, {**static, **adapted, **(buffers or {})}, tie_weights=self.tie_weights)
-            loss = self.loss_function(view, batches[step], **loss_kwargs)
+            loss = self.loss_function(view, batch, **loss_kwargs)
             self._check_loss(step, loss)
             return loss
 

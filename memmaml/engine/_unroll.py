@@ -30,7 +30,7 @@ from ._measure import measure_costs
 from ._replay_context import ReplayContext, check_cudnn_rnn_dropout
 from ._step import InnerStep, progress_bar, tensors_in
 
-__all__ = ["Result", "choose_schedule", "measure_step_costs", "unroll"]
+__all__ = ["Result", "check_truncate", "choose_schedule", "measure_step_costs", "unroll"]
 
 Params = dict[str, Tensor]
 
@@ -100,6 +100,7 @@ def _setup(
     preserve_rng_state: bool = True,
     **options: Any,
 ) -> _Setup:
+    """One unroll's inner step, replay context and flattened state (``options`` go to :class:`InnerStep`)."""
     static = {name: p for name, p in model.named_parameters() if name not in params and p.requires_grad}
     extras = (optimizer.resolve(opt_kwargs), static, list(batches), dict(loss_kwargs or {}))
     if opt_state is None:
@@ -130,6 +131,7 @@ def unroll(
     preserve_rng_state: bool = True,
     progress: bool = False,
     check_replay: bool = False,
+    truncate: int | None = None,
 ) -> Result:
     """Run ``len(batches)`` inner steps of ``optimizer`` on ``params``; differentiable.
 
@@ -186,6 +188,16 @@ def unroll(
             naive engine replays nothing, so there it does nothing. On CUDA it
             needs deterministic kernels (``torch.use_deterministic_algorithms(True)``),
             or legitimate last-bit differences raise.
+        truncate: differentiate through the last ``truncate`` steps only
+            (truncated backpropagation, Shaban et al. 2019): the first
+            ``n - truncate`` steps run once without a graph and store nothing,
+            and their updates count as constants -- the cotangent of the state
+            they reach passes to the initial state unchanged, as in first-order
+            MAML (``truncate`` steps of second order after ``n - truncate`` of
+            first order). Tensor hyperparameters (``opt_kwargs``, a learnable
+            learning rate) receive the hypergradient of the last ``truncate``
+            steps alone. ``schedule`` applies to those steps. An integer from 1
+            to ``n``; ``n`` (or ``None``) is exact.
 
     Autocast: the steps run under the autocast state of the call (captured
     here and restored in every replay), so naive and checkpointed engines run
@@ -206,25 +218,87 @@ def unroll(
         max_grad_grad_norm = positive_number("max_grad_grad_norm", max_grad_grad_norm)
     if not params:
         raise ValueError("there are no parameters to adapt")
-    setup = _setup(
-        model,
-        loss_function,
-        batches,
-        optimizer,
-        params,
-        opt_state,
-        opt_kwargs,
-        loss_kwargs,
-        preserve_rng_state=bool(preserve_rng_state),
-        first_order=bool(first_order),
-        max_grad_grad_norm=max_grad_grad_norm,
-        grad_scaler=grad_scaler,
-        allow_unused=bool(allow_unused),
-        check_finite=bool(check_finite),
-    )
+    head = len(batches) - check_truncate(truncate, len(batches))
+
+    def setup_for(steps: slice, params: Params, opt_state: Any) -> _Setup:
+        return _setup(
+            model,
+            loss_function,
+            batches[steps],
+            optimizer,
+            params,
+            opt_state,
+            opt_kwargs,
+            loss_kwargs,
+            preserve_rng_state=bool(preserve_rng_state),
+            first_order=bool(first_order),
+            max_grad_grad_norm=max_grad_grad_norm,
+            grad_scaler=grad_scaler,
+            allow_unused=bool(allow_unused),
+            check_finite=bool(check_finite),
+            first_step=steps.start or 0,
+        )
+
     if not torch.is_grad_enabled():  # no_grad and inference_mode: no engine keeps anything
         _checked_schedule(schedule, bool(offload))
-        return _without_graph(setup, progress=bool(progress))
+        return _without_graph(setup_for(slice(0, None), params, opt_state), progress=bool(progress))
+    if head:  # truncated: the first steps without a graph, their updates constants
+        _checked_schedule(schedule, bool(offload))
+        with torch.no_grad():
+            first = _without_graph(setup_for(slice(0, head), params, opt_state), progress=bool(progress))
+        params = _constant_updates(first.params, params)
+        opt_state = first.optimizer_state if opt_state is None else _constant_updates(first.optimizer_state, opt_state)
+        rest = _differentiated(
+            setup_for(slice(head, None), params, opt_state), schedule, offload, check_replay, progress
+        )
+        return rest._replace(loss_history=first.loss_history + rest.loss_history)
+    return _differentiated(setup_for(slice(0, None), params, opt_state), schedule, offload, check_replay, progress)
+
+
+def check_truncate(truncate: int | None, num_steps: int) -> int:
+    """The number of differentiated steps: ``truncate`` checked (an integer from 1 to ``num_steps``), or all."""
+    if truncate is None:
+        return num_steps
+    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 1 <= truncate <= num_steps:
+        raise ValueError(
+            f"truncate must be an integer from 1 to the number of inner steps ({num_steps}), got {truncate!r}"
+        )
+    return truncate
+
+
+class _ConstantUpdates(torch.autograd.Function):
+    """``reached`` in the forward pass; the cotangent goes to ``start`` unchanged: the updates that led from
+    ``start`` to ``reached`` count as constants (truncation; exact values, no rounding of a sum)."""
+
+    @staticmethod
+    def forward(ctx, reached: Tensor, start: Tensor) -> Tensor:
+        return reached.view_as(reached)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        return None, grad
+
+
+def _constant_updates(reached: Any, start: Any) -> Any:
+    """``reached`` (a state tree), each floating-point tensor wired to its counterpart in ``start``."""
+
+    def wire(value: Any, origin: Any) -> Any:
+        if isinstance(origin, Tensor) and origin.requires_grad and value.is_floating_point():
+            return _ConstantUpdates.apply(value, origin)
+        return value
+
+    return pytree.tree_map(wire, reached, start)
+
+
+def _differentiated(
+    setup: _Setup,
+    schedule: Schedule | str | None,
+    offload: bool,
+    check_replay: bool,
+    progress: bool,
+) -> Result:
+    """The steps of ``setup`` with a meta-gradient: naive, or by the plan of the schedule chosen."""
+    model, batches = setup.step.model, setup.step.extras[2]
     choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
     if choice.schedule is None:
         return _naive(setup, progress=bool(progress))
