@@ -104,6 +104,7 @@ def _omniglot(ways: int, shots: int, target: str, gpu: str) -> Preset:
             "--num-ways": Setting(str(ways), "paper"),
             "--num-shots": Setting(str(shots), "paper"),
             "--num-query": Setting(str(shots), "code"),
+            "--eval-num-query": Setting(str(shots), "code"),
             "--model": Setting("conv", "paper"),
             "--filters": Setting("64", "paper, code"),
             "--inner-lr": Setting("0.4" if five else "0.1", "paper, code"),

@@ -486,11 +486,14 @@ def build_inner_optimizer(args: argparse.Namespace) -> memmaml.InnerOptimizer:
 
 
 def _flag(parser: t.ArgumentParser, message: str, default: str) -> str:
-    """The flag an error message from the library names by its Python name (``meta_batch_size must ...``)."""
-    match = re.match(r"\w+", message)
-    name = match.group(0) if match else ""
-    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-    return flag if flag in parser._option_string_actions else default
+    """The flag an error message from the library names by its Python name: its first word (``meta_batch_size
+    must ...``), else its first name with an underscore (``class '0' has 178 examples, fewer than num_shots + ...``)."""
+    words = re.findall(r"\w+", message)
+    for name in [*words[:1], *(w for w in words[1:] if "_" in w)]:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        if flag in parser._option_string_actions:
+            return flag
+    return default
 
 
 def _one_line(err: IncompatibleCheckpointError) -> str:
