@@ -72,7 +72,7 @@ from memmaml.tasks import (
 from . import _types as t
 from ._presets import PRESETS, preset_name
 
-__all__ = ["MAY_CHANGE", "build_parser", "check", "main", "parse_args"]
+__all__ = ["MAY_CHANGE", "PRESETS", "apply_preset", "build_parser", "check", "main", "parse_args"]
 
 PROG = "memmaml-train"
 SCRIPT = "scripts/meta_train.py"
