@@ -1,0 +1,480 @@
+#!/usr/bin/env python
+"""How wrong are truncated, first-order and implicit hypergradients? Measured against the exact one (issue 22).
+
+Three parts, each writing a JSON file next to this script (or to ``--out``) after every finished unit of work,
+so a stopped run keeps what it has and a rerun resumes; ``render`` turns them into ``results.md``:
+
+    python benchmarks/hypergradients/measure.py errors       # error, time and memory of every method, T = 10 .. 10,000
+    python benchmarks/hypergradients/measure.py downstream   # 30 outer steps driven by each method, 5 seeds
+    python benchmarks/hypergradients/measure.py long         # the exact hypergradient through 100,000 SGD steps
+    python benchmarks/hypergradients/measure.py render       # results.md from the three JSON files
+
+The problems and methods are in ``problems.py`` (its docstring says what each method means on each problem).
+Times are the CPU time of this process with one thread (``time.process_time``): on a shared machine the wall
+clock also counts other people's jobs; both are stored. Peak memory is ``memmaml.track_memory("cpu")`` (bytes
+of live tensors created inside the measured block), measured in a separate pass from the time, because the
+tracker slows every operator. Run with ``OMP_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import memmaml
+from memmaml.bench import provenance, write_json_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from problems import (
+    DT,
+    METHODS,
+    SCHEDULE,
+    Clock,
+    applies,
+    compare,
+    digits_split,
+    end_point,
+    hypergradient,
+    implicit,
+    is_implicit,
+    max_relative_difference,
+    problems,
+    state_bytes,
+    unrolled,
+)
+
+HERE = Path(__file__).resolve().parent
+SEED = 0  # the training run / task and initialisation of the error table
+
+
+def _load(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The results so far, if they were made with the same configuration; a fresh record otherwise."""
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("config") == config:
+            return data
+        print(f"{path.name}: configuration changed, starting afresh", flush=True)
+    return {"config": config, "records": {}}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    data["provenance"] = provenance()
+    write_json_atomic(path, data, indent=1)
+
+
+def _warm_up() -> None:
+    """The first unroll of a process imports torch's symbolic-shape machinery (about a second): not a method's."""
+    problem = problems()["sinusoid-maml"]
+    unrolled(problem.instance(2, 0), "exact")
+    unrolled(problem.instance(2, 0), "naive")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(choices):
+    def parse(text: str) -> list[str]:
+        values = text.split(",")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+# --------------------------------------------------------------------------- part 1: errors
+def measure_cell(problem, steps: int, *, repeats: int, naive_max: int) -> dict[str, Any]:
+    """Every method on one (problem, T): gradient and peak memory in a tracked pass, CPU time in ``repeats``
+    interleaved untracked passes (the minimum is kept). The implicit methods share one inner loop: their
+    time is the loop's plus the solve's, their peak the larger of the loop's and (end point + solve)."""
+    methods = [m for m in METHODS if applies(m, steps) and (m != "naive" or steps <= naive_max)]
+    fresh = lambda: problem.instance(steps, SEED)  # identical every call: same seed, same data
+    grads, peaks, info, times = {}, {}, {}, {m: [] for m in methods}
+    # tracked passes: the hypergradients and the peaks
+    for method in (m for m in methods if not is_implicit(m)):
+        inst = fresh()
+        with memmaml.track_memory("cpu") as memory:
+            grads[method] = unrolled(inst, method)
+        peaks[method] = memory.peak_bytes
+    inst = fresh()
+    with memmaml.track_memory("cpu") as memory:
+        params = end_point(inst)
+    loop_peak, end_bytes = memory.peak_bytes, state_bytes(params)
+    for method in (m for m in methods if is_implicit(m)):
+        with memmaml.track_memory("cpu") as memory:
+            grads[method], info[method] = implicit(inst, method, params)
+        peaks[method] = max(loop_peak, end_bytes + memory.peak_bytes)
+    # untracked passes: CPU time, interleaved
+    loop_times, solve_times = [], {m: [] for m in methods if is_implicit(m)}
+    for _ in range(repeats):
+        for method in methods:
+            if is_implicit(method):
+                continue
+            inst = fresh()
+            with Clock() as clock:
+                unrolled(inst, method)
+            times[method].append((clock.seconds, clock.wall_seconds))
+        inst = fresh()
+        with Clock() as clock:
+            params = end_point(inst)
+        loop_times.append((clock.seconds, clock.wall_seconds))
+        for method in solve_times:
+            with Clock() as clock:
+                implicit(inst, method, params)
+            solve_times[method].append((clock.seconds, clock.wall_seconds))
+    for method, solves in solve_times.items():
+        times[method] = [(min(loop_times)[0] + min(solves)[0], min(loop_times)[1] + min(solves)[1])]
+    exact = grads["exact"]
+    records = {}
+    for method in methods:
+        cpu, wall = min(times[method])
+        record = {
+            "time_s": cpu,
+            "wall_s": wall,
+            "peak_bytes": peaks[method],
+            "errors": compare(grads[method], exact, inst.groups),
+            **info.get(method, {}),
+        }
+        if problem.kind == "hyper":  # 11 numbers: keep them
+            record["grads"] = {name: grads[method][name].tolist() for name in ("lr", "wd")}
+        records[method] = record
+    if "naive" in grads:
+        difference = max_relative_difference(exact, grads["naive"])
+        records["exact"]["naive_max_relative_difference"] = difference
+        records["exact"]["naive_bitwise"] = all(torch.equal(exact[n], grads["naive"][n]) for n in exact)
+    records["_inner_loop"] = {"time_s": min(loop_times)[0], "peak_bytes": loop_peak, "end_point_bytes": end_bytes}
+    return records
+
+
+def run_errors(args: argparse.Namespace) -> None:
+    config = {
+        "problems": args.problems,
+        "horizons": args.horizons,
+        "repeats": args.repeats,
+        "naive_max": args.naive_max,
+        "schedule": SCHEDULE,
+        "dtype": str(DT),
+        "seed": SEED,
+    }
+    path = Path(args.out) / "errors.json"
+    data = _load(path, config)
+    catalogue = problems()
+    _warm_up()
+    for steps in args.horizons:
+        for name in args.problems:
+            key = f"{name}/T={steps}"
+            if key in data["records"]:
+                continue
+            start = time.perf_counter()
+            repeats = args.repeats if steps <= 1000 else 1
+            data["records"][key] = {
+                "problem": name,
+                "steps": steps,
+                "repeats": repeats,
+                "methods": measure_cell(catalogue[name], steps, repeats=repeats, naive_max=args.naive_max),
+            }
+            data["records"][key]["cell_wall_s"] = time.perf_counter() - start
+            _save(path, data)
+            exact = data["records"][key]["methods"]["exact"]
+            print(
+                f"{key}: {time.perf_counter() - start:.0f} s; exact {exact['time_s']:.2f} s CPU, "
+                f"{memmaml.format_bytes(exact['peak_bytes'])}",
+                flush=True,
+            )
+    render(Path(args.out))
+
+
+# --------------------------------------------------------------------------- part 2: downstream
+DOWNSTREAM = {
+    # outer optimiser and evaluation of each problem's downstream loop
+    "digits-lr-wd": {"outer_lr": 0.1, "lr0": 0.1, "wd0": 1e-3, "lr_cap": 2.0, "eval_runs": 3},
+    "digits-maml": {"outer_lr": 0.01, "meta_batch": 2, "eval_tasks": 20},
+    "sinusoid-maml": {"outer_lr": 0.01, "meta_batch": 2, "eval_tasks": 20},
+}
+TRAIN_BASE, HELD_OUT_BASE = 1_000, 50_000
+# the unrolled methods keep every step's graph here: at T = 100 it fits, runs about 2.5x faster than binomial:20,
+# and gives the same hypergradient (errors.json: bitwise for MAML, to 1e-15 relative for problem (a))
+DOWNSTREAM_ENGINE = None  # seeds of the outer loops' runs and of the held-out evaluation
+
+
+def _finite(grads: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(g).all()) for g in grads.values())
+
+
+def downstream_hyper(problem, method: str, seed: int, steps: int, outer_steps: int) -> dict[str, Any]:
+    """Learn the 10 log learning rates and the log weight decay with Adam, each outer step's hypergradient by
+    ``method`` on a fresh training run; then the test loss of fresh runs with the learned values."""
+    setting = DOWNSTREAM[problem.name]
+    log_lr = torch.full((problem.blocks,), math.log(setting["lr0"]), dtype=DT, requires_grad=True)
+    log_wd = torch.tensor(math.log(setting["wd0"]), dtype=DT, requires_grad=True)
+    optimizer = torch.optim.Adam([log_lr, log_wd], lr=setting["outer_lr"])
+    losses, skipped = [], 0
+    for step in range(outer_steps):
+        inst = problem.instance(steps, TRAIN_BASE + 1000 * seed + step, lr=log_lr.exp(), wd=log_wd.exp())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grads = hypergradient(inst, method, schedule=DOWNSTREAM_ENGINE)
+        if _finite(grads):
+            optimizer.zero_grad()
+            torch.autograd.backward([inst.wrt["lr"], inst.wrt["wd"]], [grads["lr"], grads["wd"]])
+            optimizer.step()
+        else:
+            skipped += 1
+        with torch.no_grad():
+            log_lr.clamp_(max=math.log(setting["lr_cap"]))
+            log_wd.clamp_(min=math.log(1e-6), max=0.0)
+            losses.append(hyper_loss(problem, steps, log_lr.exp(), log_wd.exp(), TRAIN_BASE + 1000 * seed + step))
+    final = [
+        hyper_loss(problem, steps, log_lr.exp(), log_wd.exp(), HELD_OUT_BASE + 100 * seed + r, split="test")
+        for r in range(setting["eval_runs"])
+    ]
+    return {
+        "held_out_loss": sum(final) / len(final),
+        "outer_losses": losses,
+        "skipped_steps": skipped,
+        "lr": log_lr.exp().tolist(),
+        "wd": log_wd.exp().item(),
+    }
+
+
+def hyper_loss(problem, steps: int, lr, wd, seed: int, split: str = "val") -> float:
+    """The ``split`` loss of a network trained by SGD with these hyperparameters (training run ``seed``)."""
+    with torch.no_grad():
+        inst = problem.instance(steps, seed, lr=lr.detach(), wd=wd.detach())
+        result = memmaml.MAML(inst.model, inst.loss_fn, inst.optimizer)(inst.batches, loss_kwargs=inst.loss_kwargs)
+        inputs, labels = digits_split()[split]
+        return torch.nn.functional.cross_entropy(result.model(inputs), labels).item()
+
+
+def downstream_maml(problem, method: str, seed: int, steps: int, outer_steps: int) -> dict[str, Any]:
+    """Meta-train the initialisation with Adam, each task's meta-gradient by ``method``; then the mean query loss
+    after ``steps`` inner steps on held-out tasks (test classes for digits)."""
+    setting = DOWNSTREAM[problem.name]
+    model = problem.fresh_model(TRAIN_BASE + seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=setting["outer_lr"])
+    losses, skipped = [], 0
+    for step in range(outer_steps):
+        optimizer.zero_grad()
+        total, ok = {n: torch.zeros_like(p) for n, p in model.named_parameters()}, True
+        for t in range(setting["meta_batch"]):
+            inst = problem.instance(steps, TRAIN_BASE + 1000 * seed + setting["meta_batch"] * step + t, model=model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grads = hypergradient(inst, method, schedule=DOWNSTREAM_ENGINE)
+            ok = ok and _finite(grads)
+            total = {n: total[n] + grads[n] / setting["meta_batch"] for n in total}
+        if ok:
+            for name, p in model.named_parameters():
+                p.grad = total[name]
+            optimizer.step()
+        else:
+            skipped += 1
+        losses.append(maml_loss(problem, model, steps, [TRAIN_BASE + 1000 * seed + setting["meta_batch"] * step]))
+    held_out = maml_loss(problem, model, steps, [HELD_OUT_BASE + i for i in range(setting["eval_tasks"])], test=True)
+    return {"held_out_loss": held_out, "outer_losses": losses, "skipped_steps": skipped}
+
+
+def maml_loss(problem, model, steps: int, seeds: list[int], test: bool = False) -> float:
+    """Mean query loss after ``steps`` inner steps from ``model``'s parameters, over tasks ``seeds``."""
+    source = problem.source
+    if test and hasattr(source, "split"):
+        from memmaml.tasks import Digits
+
+        source = Digits(5, 5, 15, split="test", flatten=True, dtype=DT)
+    values = []
+    for seed in seeds:
+        task = source.sample(seed=seed)
+        with torch.no_grad():
+            adapted = memmaml.MAML(model, problem.loss_fn, memmaml.SGD(problem.inner_lr))([task.support] * steps)
+            values.append(problem.loss_fn(adapted.model, task.query).item())
+    return sum(values) / len(values)
+
+
+def run_downstream(args: argparse.Namespace) -> None:
+    methods = [m for m in METHODS if m != "naive" and applies(m, args.steps)]
+    config = {
+        "problems": args.problems,
+        "steps": args.steps,
+        "outer_steps": args.outer_steps,
+        "seeds": args.seeds,
+        "methods": methods,
+        "settings": {name: DOWNSTREAM[name] for name in args.problems},
+        "schedule": DOWNSTREAM_ENGINE,
+        "dtype": str(DT),
+    }
+    path = Path(args.out) / "downstream.json"
+    data = _load(path, config)
+    catalogue = problems()
+    _warm_up()
+    for name in args.problems:
+        problem = catalogue[name]
+        key = f"{name}/baseline"
+        if key not in data["records"]:  # the starting point, evaluated like the learned ones
+            data["records"][key] = {"problem": name, "method": "none (initial values)", "seeds": {}}
+            for seed in range(args.seeds):
+                data["records"][key]["seeds"][str(seed)] = _baseline(problem, seed, args.steps)
+            _save(path, data)
+        for seed in range(args.seeds):
+            for method in methods:
+                key = f"{name}/{method}"
+                record = data["records"].setdefault(key, {"problem": name, "method": method, "seeds": {}})
+                if str(seed) in record["seeds"]:
+                    continue
+                run = downstream_hyper if problem.kind == "hyper" else downstream_maml
+                with Clock() as clock:
+                    record["seeds"][str(seed)] = run(problem, method, seed, args.steps, args.outer_steps)
+                record["seeds"][str(seed)]["time_s"] = clock.seconds
+                _save(path, data)
+                print(
+                    f"{key} seed {seed}: held-out loss {record['seeds'][str(seed)]['held_out_loss']:.4f} "
+                    f"({clock.seconds:.0f} s CPU)",
+                    flush=True,
+                )
+    render(Path(args.out))
+
+
+def _baseline(problem, seed: int, steps: int) -> dict[str, Any]:
+    if problem.kind == "hyper":
+        setting = DOWNSTREAM[problem.name]
+        lr = torch.full((problem.blocks,), setting["lr0"], dtype=DT)
+        wd = torch.tensor(setting["wd0"], dtype=DT)
+        final = [
+            hyper_loss(problem, steps, lr, wd, HELD_OUT_BASE + 100 * seed + r, split="test")
+            for r in range(setting["eval_runs"])
+        ]
+        return {"held_out_loss": sum(final) / len(final)}
+    model = problem.fresh_model(TRAIN_BASE + seed)
+    held_out = [HELD_OUT_BASE + i for i in range(DOWNSTREAM[problem.name]["eval_tasks"])]
+    return {"held_out_loss": maml_loss(problem, model, steps, held_out, test=True)}
+
+
+# --------------------------------------------------------------------------- part 3: 100,000 steps
+def run_long(args: argparse.Namespace) -> None:
+    """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots``; naive's per-step time at
+    ``--reference-steps`` (interleaved with the same plan there), and the peaks of the plan at both lengths."""
+    problem = problems()["digits-lr-wd"]
+    schedule = f"binomial:{args.slots}"
+    config = {"steps": args.steps, "slots": args.slots, "reference_steps": args.reference_steps, "dtype": str(DT)}
+    path = Path(args.out) / "long_run.json"
+    data = _load(path, config)
+    records = data["records"]
+    _warm_up()
+
+    def hypergradient_with(steps, engine, track):
+        inst = problem.instance(steps, SEED)
+        maml = memmaml.MAML(inst.model, inst.loss_fn, inst.optimizer, schedule=engine, preserve_rng_state=False)
+        tracker = memmaml.track_memory("cpu") if track else contextlib.nullcontext()
+        with tracker as memory, Clock() as clock:
+            loss = inst.outer(maml(inst.batches, loss_kwargs=inst.loss_kwargs).model)
+            grads = torch.autograd.grad(loss, [inst.wrt["lr"], inst.wrt["wd"]])
+        return {
+            "time_s": clock.seconds,
+            "wall_s": clock.wall_seconds,
+            "peak_bytes": memory.peak_bytes if track else None,
+            "lr": grads[0].tolist(),
+            "wd": grads[1].item(),
+        }
+
+    if "reference" not in records:
+        engines = {"naive": None, schedule: schedule}
+        runs = {name: [] for name in engines}
+        for _ in range(args.repeats):  # interleaved: load from other jobs hits both alike
+            for name, engine in engines.items():
+                runs[name].append(hypergradient_with(args.reference_steps, engine, False))
+        reference = {}
+        for name, engine in engines.items():
+            best = min(runs[name], key=lambda r: r["time_s"])
+            tracked = hypergradient_with(args.reference_steps, engine, True)
+            reference[name] = {
+                **best,
+                "peak_bytes": tracked["peak_bytes"],
+                "all_times_s": [r["time_s"] for r in runs[name]],
+            }
+        naive, binomial = (reference[name]["lr"] + [reference[name]["wd"]] for name in engines)
+        reference["max_relative_difference"] = max(abs(a - b) for a, b in zip(binomial, naive)) / max(map(abs, naive))
+        records["reference"] = reference
+        _save(path, data)
+        print(
+            f"reference T = {args.reference_steps}: "
+            + ", ".join(
+                f"{name} {reference[name]['time_s'] / args.reference_steps * 1e3:.2f} ms/step" for name in engines
+            ),
+            flush=True,
+        )
+    if "long_time" not in records:
+        records["long_time"] = hypergradient_with(args.steps, schedule, False)
+        _save(path, data)
+        print(f"{args.steps} steps: {records['long_time']['time_s']:.0f} s CPU", flush=True)
+    if "long_memory" not in records and not args.skip_long_memory:
+        records["long_memory"] = hypergradient_with(args.steps, schedule, True)
+        _save(path, data)
+        print(f"{args.steps} steps, tracked: {memmaml.format_bytes(records['long_memory']['peak_bytes'])}", flush=True)
+    stats = memmaml.Binomial(args.slots).stats(args.steps)
+    records["plan"] = {
+        "schedule": schedule,
+        "stats": stats._asdict(),
+        "revolve_optimum_evaluations": memmaml.binomial_evaluations(args.steps, args.slots),
+        "reference_stats": memmaml.Binomial(args.slots).stats(args.reference_steps)._asdict(),
+    }
+    _save(path, data)
+    render(Path(args.out))
+
+
+# --------------------------------------------------------------------------- results.md
+def render(out: Path) -> None:
+    from report import write_report
+
+    write_report(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", default=str(HERE), help="folder of the JSON files and results.md (default: %(default)s)"
+    )
+    sub = parser.add_subparsers(dest="part", required=True)
+    names = list(problems())
+    errors = sub.add_parser("errors", help="error, time and memory of every method against the exact hypergradient")
+    errors.add_argument("--problems", type=_names(names), default=names)
+    errors.add_argument("--horizons", type=_ints, default=[10, 100, 1000, 10000])
+    errors.add_argument("--repeats", type=int, default=3, help="interleaved timing passes for T <= 1,000 (1 above)")
+    errors.add_argument("--naive-max", type=int, default=1000, help="largest T checked against naive")
+    downstream = sub.add_parser("downstream", help="outer loops driven by each method")
+    downstream.add_argument("--problems", type=_names(names), default=names)
+    downstream.add_argument("--steps", type=int, default=100)
+    downstream.add_argument("--outer-steps", type=int, default=30)
+    downstream.add_argument("--seeds", type=int, default=5)
+    long = sub.add_parser("long", help="the exact hypergradient of problem (a) through 100,000 steps")
+    long.add_argument("--steps", type=int, default=100_000)
+    long.add_argument("--slots", type=int, default=447, help="binomial slots (447: each step replayed at most once)")
+    long.add_argument("--reference-steps", type=int, default=1000)
+    long.add_argument("--repeats", type=int, default=3)
+    long.add_argument("--skip-long-memory", action="store_true")
+    sub.add_parser("render", help="results.md from the JSON files")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    {"errors": run_errors, "downstream": run_downstream, "long": run_long, "render": lambda a: render(Path(a.out))}[
+        args.part
+    ](args)
+
+
+if __name__ == "__main__":
+    main()

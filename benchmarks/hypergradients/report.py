@@ -1,0 +1,5 @@
+"""results.md (stub while developing)."""
+
+
+def write_report(out):
+    pass
