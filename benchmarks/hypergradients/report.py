@@ -1,5 +1,276 @@
-"""results.md (stub while developing)."""
+"""``results.md`` and ``errors.png`` from the JSON files that ``measure.py`` writes (any of them may be missing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from problems import APPROXIMATIONS, METHODS
+
+from memmaml import format_bytes
+
+LABELS = {
+    "exact": "exact (binomial:20)",
+    "naive": "naive (schedule=None)",
+    "first-order": "first-order",
+}
+GROUP_TITLES = {"lr": "10 learning rates", "wd": "weight decay", "init": "initialisation"}
 
 
-def write_report(out):
-    pass
+def label(method: str) -> str:
+    if method in LABELS:
+        return LABELS[method]
+    kind, number = method.split(":")
+    return {"truncated": f"truncated K={number}", "cg": f"CG, {number} HVPs", "neumann": f"Neumann, {number} HVPs"}[
+        kind
+    ]
+
+
+def _read(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _provenance_line(data: dict[str, Any]) -> str:
+    p = data.get("provenance", {})
+    dirty = " (with uncommitted changes)" if p.get("memmaml_dirty") else ""
+    return (
+        f"memmaml `{p.get('memmaml_commit')}`{dirty}, torch {p.get('torch')}, Python {p.get('python')}, "
+        f"{p.get('cpu_count')} CPUs ({p.get('device_name')}); command `{p.get('command')}`"
+    )
+
+
+def _fmt_error(errors: dict[str, Any], group: str) -> str:
+    e = errors[group]
+    if group == "wd":  # a scalar: the cosine is its sign
+        return f"{e['relative_error']:.2g} ({'same sign' if e['cosine'] > 0 else 'wrong sign'})"
+    return f"{e['cosine']:+.3f} / {e['relative_error']:.2g}"
+
+
+def error_tables(data: dict[str, Any]) -> list[str]:
+    lines = []
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for record in data["records"].values():
+        by_problem.setdefault(record["problem"], []).append(record)
+    for problem, records in by_problem.items():
+        records.sort(key=lambda r: r["steps"])
+        groups = list(next(iter(records))["methods"]["exact"]["errors"])
+        for group in groups:
+            what = "relative error (sign)" if group == "wd" else "cosine similarity / relative error"
+            lines += [f"### {problem}: {GROUP_TITLES[group]} — {what}", ""]
+            horizons = [r["steps"] for r in records]
+            lines.append("| method | " + " | ".join(f"T = {t:,}" for t in horizons) + " |")
+            lines.append("|---|" + "---:|" * len(horizons))
+            for method in [m for m in APPROXIMATIONS if any(m in r["methods"] for r in records)]:
+                cells = [
+                    _fmt_error(r["methods"][method]["errors"], group) if method in r["methods"] else "—"
+                    for r in records
+                ]
+                lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += [f"### {problem}: CPU time and peak memory of one hypergradient", ""]
+        horizons = [r["steps"] for r in records]
+        lines.append("| method | " + " | ".join(f"T = {t:,}" for t in horizons) + " |")
+        lines.append("|---|" + "---:|" * len(horizons))
+        for method in [m for m in METHODS if any(m in r["methods"] for r in records)]:
+            cells = []
+            for r in records:
+                m = r["methods"].get(method)
+                cells.append("—" if m is None else f"{m['time_s']:.3g} s, {format_bytes(m['peak_bytes'])}")
+            lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        implicit = [m for m in records[-1]["methods"] if m.startswith(("cg:", "neumann:"))]
+        if implicit:
+            lines += [
+                f"### {problem}: the implicit methods' assumptions (gradient norm of the inner objective at the "
+                "end point; relative residual of the linear solve; Hessian-vector products spent)",
+                "",
+                "| method | " + " | ".join(f"T = {t:,}" for t in horizons) + " |",
+                "|---|" + "---:|" * len(horizons),
+            ]
+            for method in implicit:
+                cells = []
+                for r in records:
+                    m = r["methods"].get(method)
+                    cells.append("—" if m is None else f"{m['inner_grad_norm']:.2g}; {m['residual']:.2g}; {m['hvps']}")
+                lines.append(f"| {label(method)} | " + " | ".join(cells) + " |")
+            lines.append("")
+        exacts = [(r["steps"], r["methods"]["exact"]) for r in records]
+        checks = [
+            (t, e["naive_max_relative_difference"], e["naive_bitwise"])
+            for t, e in exacts
+            if "naive_max_relative_difference" in e
+        ]
+        if checks:
+            lines.append(
+                f"Exact (binomial:20) against naive, {problem}: "
+                + "; ".join(
+                    f"T = {t:,}: {'bitwise equal' if bitwise else f'max relative difference {d:.1e}'}"
+                    for t, d, bitwise in checks
+                )
+                + ".\n"
+            )
+    return lines
+
+
+def downstream_table(data: dict[str, Any]) -> list[str]:
+    config = data["config"]
+    lines = [
+        f"Each method drives {config['outer_steps']} outer steps of Adam at T = {config['steps']}, from the same "
+        f"start, for {config['seeds']} seeds (each seed: its own training runs or tasks); the held-out loss is "
+        "measured after the last outer step on data and runs the outer loop never saw (problem a: test-set loss of "
+        "fresh training runs with the learned hyperparameters; MAML: query loss after T inner steps on held-out tasks, "
+        "test digits 5-9 for digits). Mean ± standard deviation over seeds.",
+        "",
+    ]
+    by_problem: dict[str, dict[str, Any]] = {}
+    for record in data["records"].values():
+        by_problem.setdefault(record["problem"], {})[record["method"]] = record
+    for problem, methods in by_problem.items():
+        lines += [
+            f"### {problem}",
+            "",
+            "| driven by | held-out loss | seeds | CPU time per seed |",
+            "|---|---:|---:|---:|",
+        ]
+        for method, record in methods.items():
+            values = [s["held_out_loss"] for s in record["seeds"].values()]
+            times = [s.get("time_s") for s in record["seeds"].values() if s.get("time_s") is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else math.nan
+            name = method if method.startswith("none") else "exact" if method == "exact" else label(method)
+            time_text = f"{statistics.mean(times):.0f} s" if times else "—"
+            lines.append(f"| {name} | {statistics.mean(values):.4f} ± {spread:.4f} | {len(values)} | {time_text} |")
+        lines.append("")
+    return lines
+
+
+def long_lines(data: dict[str, Any]) -> list[str]:
+    config, records = data["config"], data["records"]
+    steps, ref_steps = config["steps"], config["reference_steps"]
+    schedule = f"binomial:{config['slots']}"
+    lines = [f"Problem (a) through {steps:,} SGD steps, `{schedule}`, float64, CPU time of one thread.", ""]
+    reference = records.get("reference")
+    if reference:
+        naive_step = reference["naive"]["time_s"] / ref_steps
+        plan_step = reference[schedule]["time_s"] / ref_steps
+        lines += [
+            f"* Reference, T = {ref_steps:,} (best of {len(reference['naive']['all_times_s'])} interleaved runs): "
+            f"naive {naive_step * 1e3:.2f} ms/step, peak {format_bytes(reference['naive']['peak_bytes'])}; "
+            f"`{schedule}` {plan_step * 1e3:.2f} ms/step, peak {format_bytes(reference[schedule]['peak_bytes'])}; "
+            f"hypergradients agree to {reference['max_relative_difference']:.1e} (max relative difference).",
+        ]
+        long_time = records.get("long_time")
+        if long_time:
+            step = long_time["time_s"] / steps
+            lines.append(
+                f"* T = {steps:,}: {long_time['time_s']:.0f} s CPU ({long_time['wall_s']:.0f} s wall), "
+                f"{step * 1e3:.2f} ms/step = **{step / naive_step:.2f}× naive's per-step time** at T = {ref_steps:,}."
+            )
+        long_memory = records.get("long_memory")
+        if long_memory:
+            ratio = long_memory["peak_bytes"] / reference[schedule]["peak_bytes"]
+            naive_peak = format_bytes(reference["naive"]["peak_bytes"])
+            lines.append(
+                f"* Peak memory at T = {steps:,}: {format_bytes(long_memory['peak_bytes'])} = **{ratio:.3f}× the same "
+                f"plan at T = {ref_steps:,}** (naive at T = {ref_steps:,}: {naive_peak})."
+            )
+            if long_time:
+                same = long_time["lr"] == long_memory["lr"] and long_time["wd"] == long_memory["wd"]
+                lines.append(
+                    f"* The tracked and untracked runs' hypergradients are {'bitwise equal' if same else 'NOT equal'}."
+                )
+    plan = records.get("plan")
+    if plan:
+        stats = plan["stats"]
+        lines.append(
+            f"* Plan: at most {stats['max_stored']} stored states; {stats['forward_steps']:,} steps evaluated without "
+            f"a graph ({stats['forward_steps'] / steps:.3f} per step: the forward pass and one replay of almost every "
+            f"step) against Revolve's optimum for {config['slots']} slots, {plan['revolve_optimum_evaluations']:,}; "
+            f"{stats['reversed_steps']:,} steps run with their graph."
+        )
+    lines.append("")
+    return lines
+
+
+def torchopt_lines(data: dict[str, Any]) -> list[str]:
+    lines = [
+        f"`torchopt_check.py`, torchopt {data['torchopt']} in a scratch environment: memmaml's and torchopt's "
+        "(`custom_root` with `solve_cg`, 10 iterations, no tolerance) implicit hypergradients of the MAML problems "
+        "(iMAML's proximal objective at the end point of T steps):",
+        "",
+    ]
+    for key, r in data["records"].items():
+        if r["memmaml_hvps"] == 10:
+            verdict = f"agree to {r['max_relative_difference']:.1e} (max relative difference)"
+        else:
+            verdict = (
+                f"differ ({r['max_relative_difference']:.2g}): memmaml's CG met non-positive curvature after "
+                f"{r['memmaml_hvps']} products and stopped (with a warning); torchopt's goes on with an indefinite "
+                "matrix, where CG's iterates mean nothing"
+            )
+        lines.append(f"* {key}: {verdict}.")
+    return [*lines, ""]
+
+
+def plot_errors(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for record in data["records"].values():
+        for group in record["methods"]["exact"]["errors"]:
+            if (record["problem"], group) not in panels:
+                panels.append((record["problem"], group))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (problem, group) in zip(axes[0], panels):
+        records = sorted((r for r in data["records"].values() if r["problem"] == problem), key=lambda r: r["steps"])
+        methods = [m for m in APPROXIMATIONS if any(m in r["methods"] for r in records)]
+        for i, method in enumerate(methods):
+            points = [(r["steps"], r["methods"][method]["errors"][group]["relative_error"]) for r in records
+                      if method in r["methods"]]  # fmt: skip
+            style = "--" if method.startswith(("cg", "neumann")) else "-"
+            ax.plot(*zip(*points), style, marker="o", color=f"C{i}", label=label(method))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("inner steps T")
+        ax.set_title(f"{problem}: {GROUP_TITLES[group]}", fontsize=10)
+    axes[0][0].set_ylabel("relative error against the exact hypergradient")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path) -> None:
+    errors, downstream, long_run = (_read(out, n) for n in ("errors.json", "downstream.json", "long_run.json"))
+    lines = [
+        "# Exact against approximate hypergradients (issue 22)",
+        "",
+        "Made by `benchmarks/hypergradients/measure.py` (see its docstring and `problems.py`); measured on this CPU "
+        "(2 cores shared with other jobs, torch 2.14.1, one thread, float64). Times are CPU time of the measuring "
+        'process, peaks are `memmaml.track_memory("cpu")` (live tensor bytes), each from its own pass.',
+        "",
+    ]
+    if errors:
+        lines += ["## Errors against the exact hypergradient, time and memory", "", _provenance_line(errors), ""]
+        lines += ["![relative error against horizon](errors.png)", ""]
+        lines += error_tables(errors)
+        plot_errors(errors, out / "errors.png")
+    if downstream:
+        lines += ["## Downstream: outer loops driven by each method", "", _provenance_line(downstream), ""]
+        lines += downstream_table(downstream)
+    if long_run:
+        lines += ["## The exact hypergradient through 100,000 steps", "", _provenance_line(long_run), ""]
+        lines += long_lines(long_run)
+    cross_check = _read(out, "torchopt_check.json")
+    if cross_check:
+        lines += ["## Cross-check of the implicit hypergradient against torchopt", ""]
+        lines += [_provenance_line(cross_check), ""]
+        lines += torchopt_lines(cross_check)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
