@@ -146,7 +146,7 @@ def test_digits_preset_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert meta_train.main(["--preset", "digits-5w1s", *TINY, "--device", "cpu", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "preset digits-5w1s: scikit-learn's 8x8 digits, 5-way 1-shot" in err
-    assert "preset digits-5w1s: overridden by --iterations 2 (the preset's 3000)" in err
+    assert "preset digits-5w1s: overridden by --iterations 2 (the preset's 5000)" in err
     config = json.loads((out / "config.json").read_text())
     assert (config["task.source"], config["task.split"], config["eval_task.split"]) == ("digits", "train", "test")
     assert (config["run.preset"], config["inner_optimizer.lr"], config["num_inner_steps"]) == ("digits-5w1s", 0.4, 1)

@@ -169,10 +169,9 @@ def _digits(shots: int) -> Preset:
             "--meta-batch-size": Setting("32", "memmaml (Omniglot 5-way's)"),
             "--outer-optimizer": Setting("adam", "memmaml"),
             "--outer-lr": Setting("1e-3", "memmaml"),
-            "--iterations": Setting("3000", "memmaml"),
+            "--iterations": Setting("5000", "memmaml"),
             "--num-eval-tasks": Setting("600", "memmaml"),
             "--eval-split": Setting("test", "memmaml"),
-            "--vectorize": Setting(True, "memmaml"),
         },
         predicted_gpu="not meant for a GPU: minutes on one CPU core (benchmarks/few_shot)",
     )

@@ -16,7 +16,7 @@ Examples::
     python scripts/meta_train.py --preset omniglot-5w1s --data-root ~/data --first-order --out runs/fo
 
     # the offline benchmark: scikit-learn's digits, minutes on one CPU core
-    python scripts/meta_train.py --preset digits-5w1s --threads 1 --out runs/digits
+    python scripts/meta_train.py --preset digits-5w1s --vectorize --threads 1 --out runs/digits
 
     # resume after an interruption (same arguments plus --resume)
     python scripts/meta_train.py ... --out runs/sinusoid --resume
