@@ -66,8 +66,10 @@ class Preset:
         title: one line: the benchmark and its protocol.
         target: the published accuracy it aims at, or how it is measured here.
         settings: ``{flag: Setting}``, the flags as a user types them.
-        predicted_gpu: the predicted wall time of the whole run on one GPU, with
-            its basis (``docs/datasets.md``; nobody has run it yet).
+        predicted_gpu: the predicted wall time of the whole run on one GPU, as the
+            command line runs it and with ``--vectorize``: a range from the flops and
+            operators of one meta-iteration counted on a CPU
+            (``benchmarks/few_shot/preset_costs.md``); nobody has run it yet.
     """
 
     name: str
@@ -173,19 +175,19 @@ def _digits(shots: int) -> Preset:
             "--num-eval-tasks": Setting("600", "memmaml"),
             "--eval-split": Setting("test", "memmaml"),
         },
-        predicted_gpu="not meant for a GPU: minutes on one CPU core (benchmarks/few_shot)",
+        predicted_gpu="not meant for a GPU: minutes on one CPU core with --vectorize (benchmarks/few_shot)",
     )
 
 
 PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
-        _omniglot(5, 1, "98.7 ± 0.4%", "2-8 h"),
-        _omniglot(5, 5, "99.9 ± 0.1%", "2-8 h"),
-        _omniglot(20, 1, "95.8 ± 0.3%", "3-12 h"),
-        _omniglot(20, 5, "98.9 ± 0.2%", "4-16 h"),
-        _mini_imagenet(1, "48.70 ± 1.84%", "4-12 h"),
-        _mini_imagenet(5, "63.11 ± 0.92%", "6-18 h"),
+        _omniglot(5, 1, "98.7 ± 0.4%", "2.7-9.7 h (0.8-2.0 h with --vectorize)"),
+        _omniglot(5, 5, "99.9 ± 0.1%", "4.5-11.9 h (2.5-4.5 h with --vectorize)"),
+        _omniglot(20, 1, "95.8 ± 0.3%", "5.9-22.0 h (1.7-5.8 h with --vectorize)"),
+        _omniglot(20, 5, "98.9 ± 0.2%", "9.4-29.6 h (6.2-15.1 h with --vectorize)"),
+        _mini_imagenet(1, "48.70 ± 1.84%", "1.7-5.8 h (1.1-3.5 h with --vectorize)"),
+        _mini_imagenet(5, "63.11 ± 0.92%", "1.8-6.5 h (1.2-4.5 h with --vectorize)"),
         _digits(1),
         _digits(5),
     )

@@ -168,7 +168,8 @@ def presets_epilog(width: int = 100) -> str:
     lines = ["presets (--preset NAME; explicit flags override what a preset sets):"]
     for preset in PRESETS.values():
         lines.append(f"  {preset.name}")
-        for text in (preset.title, f"target: {preset.target}", "sets " + " ".join(preset.argv())):
+        predicted = f"predicted on one GPU: {preset.predicted_gpu}"
+        for text in (preset.title, f"target: {preset.target}", predicted, "sets " + " ".join(preset.argv())):
             lines += _wrap(text, width, indent)
     lines.append(
         "Finn et al.'s values come from their paper and code (github.com/cbfinn/maml); where memmaml differs "
