@@ -342,11 +342,15 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
     """The checked arguments, the preset's values filled in (:func:`apply_preset`, :func:`check`)."""
-    parser = build_parser(prog)
+    return _parse(build_parser(prog), argv)[0]
+
+
+def _parse(parser: t.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The checked arguments and the preset values that flags of ``argv`` override."""
     args = parser.parse_args(argv)
-    apply_preset(parser, args, argv)
+    overrides = apply_preset(parser, args, argv)
     check(parser, args)
-    return args
+    return args, overrides
 
 
 def given_dests(argv: list[str] | None, prog: str = PROG) -> set[str]:
@@ -434,28 +438,36 @@ def build_sources(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, An
         dict(num_ways=args.num_ways, num_shots=args.num_shots, num_query=q, dtype=dtype)
         for q in (num_query, eval_num_query)
     ]
+    train_shape, eval_shape = shapes
     if args.task == "synthetic":
-        return tuple(  # type: ignore[return-value]
-            SyntheticClassification(num_features=args.num_features, split=split, **shape)
-            for split, shape in zip(("train", "test"), shapes)
+        features = args.num_features
+        return (
+            SyntheticClassification(num_features=features, split="train", **train_shape),
+            SyntheticClassification(num_features=features, split="test", **eval_shape),
         )
     size = args.image_size or IMAGE_SIZES.get(args.task)
-    splits = ("train", args.eval_split or "test")
+    eval_split = args.eval_split or "test"
     if args.task == "digits":
-        return tuple(Digits(split=s, image_size=size, **shape) for s, shape in zip(splits, shapes))  # type: ignore
-    if args.task in DATASETS:
-        extra: dict[str, Any] = {"rotations": args.rotations} if args.task == "omniglot" else {}
-        return tuple(  # type: ignore[return-value]
-            DATASETS[args.task](args.data_root, split=s, download=args.download, image_size=size, **extra, **shape)
-            for s, shape in zip(splits, shapes)
+        return (
+            Digits(split="train", image_size=size, **train_shape),
+            Digits(split=eval_split, image_size=size, **eval_shape),
         )
-    common = dict(image_size=size, grayscale=args.grayscale, rotations=args.rotations)
-    train = ImageFolderTasks(args.data_root, **common, **shapes[0])
+    if args.task in DATASETS:
+        source = DATASETS[args.task]
+        common: dict[str, Any] = dict(download=args.download, image_size=size)
+        if args.task == "omniglot":
+            common["rotations"] = args.rotations
+        return (
+            source(args.data_root, split="train", **common, **train_shape),
+            source(args.data_root, split=eval_split, **common, **eval_shape),
+        )
+    folders = dict(image_size=size, grayscale=args.grayscale, rotations=args.rotations)
+    train = ImageFolderTasks(args.data_root, **folders, **train_shape)
     if args.eval_data_root is None:
         print("warning: no --eval-data-root; evaluating on tasks from the training classes", file=sys.stderr)
         if args.eval_num_query is None:
             return train, train
-    return train, ImageFolderTasks(args.eval_data_root or args.data_root, **common, **shapes[1])
+    return train, ImageFolderTasks(args.eval_data_root or args.data_root, **folders, **eval_shape)
 
 
 def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
@@ -511,9 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); the exit status (2: a bad command line)."""
     prog, argv = t.command_line(SCRIPT, PROG, argv)
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    overrides = apply_preset(parser, args, argv)
-    check(parser, args)
+    args, overrides = _parse(parser, argv)
     given_device = args.device is not None
     device = args.device or t.default_device()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
