@@ -191,6 +191,8 @@ def test_parse_engine_reads_every_form(text, schedule, offload):
         ("revolve:3", r"unknown engine 'revolve:3'; use one of 'naive', 'uniform:K', 'sqrt', 'binomial:SLOTS'"),
         ("naive+offload", "the naive unroll stores no states to offload"),
         ("binomial:0", "slots must be a positive integer"),
+        ("uniform:five", r"'uniform:K' takes a whole number of steps per segment after the colon, got 'five'"),
+        ("binomial:2.5", r"'binomial:SLOTS' takes a whole number of stored states after the colon, got '2.5'"),
     ],
 )
 def test_parse_engine_says_what_is_accepted(text, message):
