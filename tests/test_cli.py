@@ -73,6 +73,19 @@ BAD = [
     ("train", ["--resume"], "--resume", "no checkpoint at"),
     ("train", ["--task", "synthetic", "NO-OUT"], "--out", "required, and not given"),
     ("train", ["--num-ways", "50", "--task", "synthetic"], "--num-ways", "is more than the"),
+    ("train", ["--preset", "omniglot-5w2s"], "--preset", "unknown preset 'omniglot-5w2s'; choose from omniglot-5w1s"),
+    ("train", ["--preset", "omniglot-5w1s"], "--data-root", "--task omniglot reads its images from a folder"),
+    ("train", ["--task", "miniimagenet", "--data-root", "{dir}"], "--data-root", "miniImageNet not found under"),
+    ("train", ["--task", "fc100", "--data-root", "{dir}"], "--data-root", "pass --download (needs a network)"),
+    ("train", ["--task", "cifar-fs", "--data-root", "{file}"], "--data-root", "is a file, not a folder"),
+    ("train", ["--task", "miniimagenet", "--data-root", "{dir}", "--download"], "--download", "has no download"),
+    ("train", ["--task", "digits", "--download"], "--download", "digits ship inside scikit-learn"),
+    ("train", ["--task", "digits", "--eval-split", "val"], "--eval-split", "digits have no val classes"),
+    ("train", ["--eval-split", "test"], "--eval-split", "--task sinusoid has no named splits"),
+    ("train", ["--eval-split", "train", "--task", "digits"], "--eval-split", "invalid choice: 'train'"),
+    ("train", ["--task", "synthetic", "--rotations"], "--rotations", "only omniglot and imagefolder images"),
+    ("train", ["--task", "digits", "--eval-num-query", "0"], "--eval-num-query", "must be a whole number >= 1"),
+    ("train", ["--task", "digits", "--num-shots", "170", "--num-query", "15"], "--num-shots", "fewer than"),
 ]
 if NO_CUDA:
     BAD += [

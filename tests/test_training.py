@@ -389,5 +389,11 @@ def test_cli_runs_resumes_and_refuses_to_overwrite(tmp_path, monkeypatch):
     longer = [a if a != "6" else "9" for a in args]
     assert meta_train.main([*longer, "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["iterations"] == 9
-    with pytest.raises(IncompatibleCheckpointError, match="inner_lr"):
+    before = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:  # one line naming the differing keys, no traceback, nothing written
         meta_train.main([*longer, "--resume", "--inner-lr", "0.5"])
+    assert exit_info.value.code == 2
+    message = str(exit_info.value)
+    assert message.startswith("argument --resume: checkpoint ") and "\n" not in message
+    assert "run.inner_lr: checkpoint=0.01, this run=0.5" in message and "(the flags: --inner-lr)" in message
+    assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before

@@ -100,3 +100,24 @@ def test_truncate_must_be_a_step_count(bad):
         ValueError, match=rf"truncate must be an integer from 1 to the number of inner steps \({STEPS}\)"
     ):
         memmaml.MAML(model, lambda m, batch: m(*batch))([(A, a)] * STEPS, truncate=bad)
+
+
+@pytest.mark.parametrize("schedule", [None, "binomial:2"])
+def test_first_order_is_the_limit_of_no_differentiated_steps(schedule):
+    """``first_order=True``: every step's Jacobian is the identity, so ``dM/dtheta_0 = g`` (``(J^T)^0 g``) and
+    ``dM/deta = -sum_t g^T A (theta_t - a)`` over all steps: the closed form of K = 0 (which ``truncate`` refuses)."""
+    A, a, b, theta0 = _problem()
+    eta = 0.2
+    thetas = [theta0]
+    for _ in range(STEPS):
+        thetas.append(thetas[-1] - eta * A @ (thetas[-1] - a))
+    g = thetas[-1] - b
+    d_eta = -sum(g @ A @ (thetas[t] - a) for t in range(STEPS))
+    model = Quadratic(theta0)
+    lr = torch.tensor(eta, dtype=torch.float64, requires_grad=True)
+    result = memmaml.MAML(model, lambda m, batch: m(*batch), memmaml.SGD(lr), schedule=schedule)(
+        [(A, a)] * STEPS, first_order=True
+    )
+    got_theta0, got_eta = torch.autograd.grad(0.5 * ((result.params["theta"] - b) ** 2).sum(), [model.theta, lr])
+    torch.testing.assert_close(got_theta0, g, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got_eta, d_eta, rtol=1e-12, atol=1e-14)

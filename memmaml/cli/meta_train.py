@@ -9,9 +9,14 @@ Examples::
     python scripts/meta_train.py --task synthetic --num-ways 5 --num-shots 1 --inner-lr 0.4 \\
         --iterations 5000 --eval-every 500 --out runs/synthetic
 
-    # Omniglot from a local copy (root/omniglot-py/images_background and images_evaluation)
-    python scripts/meta_train.py --task omniglot --data-root ~/data --num-ways 5 --num-shots 1 \\
-        --model conv --inner-lr 0.4 --meta-batch-size 32 --vectorize --out runs/omniglot
+    # Finn et al.'s Omniglot 5-way 1-shot (--preset sets every hyperparameter; see the list below)
+    python scripts/meta_train.py --preset omniglot-5w1s --data-root ~/data --download --out runs/omniglot
+
+    # the same with a flag changed: explicit flags override the preset (the override is printed)
+    python scripts/meta_train.py --preset omniglot-5w1s --data-root ~/data --first-order --out runs/fo
+
+    # the offline benchmark: scikit-learn's digits, minutes on one CPU core
+    python scripts/meta_train.py --preset digits-5w1s --threads 1 --out runs/digits
 
     # resume after an interruption (same arguments plus --resume)
     python scripts/meta_train.py ... --out runs/sinusoid --resume
@@ -19,8 +24,17 @@ Examples::
     # spread each meta-batch over 2 processes (gloo on CPU, NCCL on GPU)
     torchrun --nproc-per-node 2 scripts/meta_train.py --task sinusoid --meta-batch-size 24 --out runs/dp
 
+``--preset NAME`` sets Finn et al.'s (2017) hyperparameters for a benchmark
+(:mod:`memmaml.cli._presets`; ``--help`` lists each preset, what it sets and
+the accuracy it targets); flags given beside it override its values. The
+named datasets train on their ``train`` split and evaluate on ``--eval-split``
+(``test`` unless told); a missing dataset stops with one line saying what to
+put where (or pass ``--download`` where torchvision can fetch it).
+
 Every flag is checked before anything is written: a bad value stops with
-one ``error: argument --flag: ...`` line and exit status 2. Writes to
+one ``error: argument --flag: ...`` line and exit status 2, and so do a
+missing dataset and a ``--resume`` whose settings differ from the
+checkpoint's. Writes to
 ``--out``: ``metrics.jsonl`` (or ``.csv``), ``checkpoint.pt`` (atomically,
 every ``--checkpoint-every`` iterations and at the end; ``--iterations 0``
 writes the untrained model's), ``config.json`` and, at the end,
@@ -34,6 +48,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +57,22 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml import MetaTrainer, TrainerConfig, models
-from memmaml.tasks import ImageFolderTasks, Omniglot, Sinusoid, SyntheticClassification
+from memmaml import IncompatibleCheckpointError, MetaTrainer, TrainerConfig, models
+from memmaml.tasks import (
+    CIFARFS,
+    FC100,
+    Digits,
+    ImageFolderTasks,
+    MiniImageNet,
+    Omniglot,
+    Sinusoid,
+    SyntheticClassification,
+)
 
 from . import _types as t
+from ._presets import PRESETS, preset_name
 
-__all__ = ["MAY_CHANGE", "build_parser", "check", "main", "parse_args"]
+__all__ = ["MAY_CHANGE", "PRESETS", "apply_preset", "build_parser", "check", "main", "parse_args"]
 
 PROG = "memmaml-train"
 SCRIPT = "scripts/meta_train.py"
@@ -71,8 +96,20 @@ MAY_CHANGE = [
     "eval_steps",
     "num_eval_tasks",
     "eval_seed",
+    "eval_split",
+    "eval_num_query",
+    "download",
+    "preset",
 ]
-IMAGE_TASKS = ("imagefolder", "omniglot")
+#: the named datasets read from --data-root, each with train / val / test classes (memmaml.tasks)
+DATASETS = {"omniglot": Omniglot, "miniimagenet": MiniImageNet, "cifar-fs": CIFARFS, "fc100": FC100}
+#: the ones torchvision can fetch (--download)
+DOWNLOADABLE = ("omniglot", "cifar-fs", "fc100")
+#: default image sides (None: the files' own size)
+IMAGE_SIZES = {"omniglot": 28, "miniimagenet": 84, "imagefolder": 84}
+FOLDER_TASKS = ("imagefolder", *DATASETS)
+IMAGE_TASKS = (*FOLDER_TASKS, "digits")
+SPLIT_TASKS = (*DATASETS, "digits")
 #: TrainerConfig's and the task sources' argument names whose flag is not ``--`` + the name with dashes
 FLAGS = {
     "num_inner_steps": "--inner-steps",
@@ -113,16 +150,59 @@ def _checked(check: Any) -> Any:
     return as_typed
 
 
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    """``text`` wrapped at spaces only (a flag is never split at its dashes), later lines two spaces further in."""
+    return textwrap.wrap(
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def presets_epilog(width: int = 100) -> str:
+    """``--help``'s closing list of the presets: each one's benchmark, target and flags."""
+    indent = " " * 4
+    lines = ["presets (--preset NAME; explicit flags override what a preset sets):"]
+    for preset in PRESETS.values():
+        lines.append(f"  {preset.name}")
+        for text in (preset.title, f"target: {preset.target}", "sets " + " ".join(preset.argv())):
+            lines += _wrap(text, width, indent)
+    lines.append(
+        "Finn et al.'s values come from their paper and code (github.com/cbfinn/maml); where memmaml differs "
+        "(max-pooling on Omniglot, rotations as classes, no element-wise clipping) and what each run is "
+        "predicted to take on a GPU: docs/datasets.md."
+    )
+    return "\n".join(lines[:-1] + _wrap(lines[-1], width, ""))
+
+
 def build_parser(prog: str = PROG) -> t.ArgumentParser:
     """The command line; every value is checked here or in :func:`parse_args`, before any work."""
-    p = t.ArgumentParser(prog=prog, usage=t.USAGE_WITH_OUT, description=__doc__.split("\n\n")[0])
+    p = t.ArgumentParser(
+        prog=prog, usage=t.USAGE_WITH_OUT, description=__doc__.split("\n\n")[0], epilog=presets_epilog()
+    )
+    g = p.add_argument_group("preset")
+    g.add_argument(
+        "--preset",
+        type=preset_name,
+        default=None,
+        metavar="NAME",
+        help=f"Finn et al.'s (2017) settings for a benchmark: {', '.join(PRESETS)} (listed at the end with the "
+        "flags each sets and the accuracy it targets); flags given beside --preset override its values, and "
+        "each override is printed",
+    )
     g = p.add_argument_group("tasks")
     g.add_argument(
         "--task",
         type=t.lower,
         choices=["sinusoid", "synthetic", *IMAGE_TASKS],
         default="sinusoid",
-        help="what each task is: a sine wave to fit, or N-way K-shot classification",
+        help="what each task is: a sine wave to fit, or N-way K-shot classification of synthetic clusters, "
+        "image folders, a named dataset (omniglot, miniimagenet, cifar-fs, fc100: Finn et al.'s / Ravi & "
+        "Larochelle's / Bertinetto et al.'s / Oreshkin et al.'s class splits) or scikit-learn's digits "
+        "(no download)",
     )
     g.add_argument(
         "--num-shots", type=t.positive_int, default="10", help="support examples (per class for classification)"
@@ -136,15 +216,45 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
     g.add_argument("--num-ways", type=t.positive_int, default="5", help="classes per task")
     g.add_argument("--num-features", type=t.positive_int, default="16", help="synthetic: input dimension")
     g.add_argument(
-        "--data-root",
-        type=t.existing_folder,
+        "--eval-num-query",
+        type=t.positive_int,
         default=None,
-        help="imagefolder: training class folders; omniglot: the folder holding omniglot-py",
+        help="query examples (per class) of the held-out tasks; default: --num-query",
+    )
+    g.add_argument(
+        "--data-root",
+        type=t.output_folder,
+        default=None,
+        help="imagefolder: training class folders; omniglot, cifar-fs, fc100: the folder holding omniglot-py or "
+        "cifar-100-python (torchvision's layout); miniimagenet: the folder holding train.csv, val.csv, test.csv "
+        "and images/",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a missing omniglot or CIFAR-100 (cifar-fs, fc100) into --data-root with torchvision "
+        "(needs a network; miniimagenet has no download)",
+    )
+    g.add_argument(
+        "--eval-split",
+        type=t.lower,
+        choices=["val", "test"],
+        default=None,
+        help="the named datasets' classes of the held-out evaluation (training uses the train split); "
+        "default: test (digits have no val classes)",
     )
     g.add_argument("--eval-data-root", type=t.existing_folder, default=None, help="imagefolder: held-out class folders")
-    g.add_argument("--image-size", type=t.positive_int, default=None, help="default 28 (omniglot) / 84 (imagefolder)")
+    g.add_argument(
+        "--image-size",
+        type=t.positive_int,
+        default=None,
+        help="default 28 (omniglot) / 84 (miniimagenet, imagefolder) / the files' size (cifar-fs, fc100: 32; "
+        "digits: 8)",
+    )
     g.add_argument("--grayscale", action="store_true", help="imagefolder: one channel")
-    g.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as classes")
+    g.add_argument(
+        "--rotations", action="store_true", help="omniglot, imagefolder: add 90/180/270-degree rotations as classes"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--model", type=t.lower, choices=["mlp", "conv"], default=None, help="default: mlp, conv for images")
     g.add_argument("--hidden", type=_checked(t.positive_int_list), default="40,40", help="mlp hidden sizes")
@@ -230,17 +340,72 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
-    """The checked arguments (:func:`check`)."""
+    """The checked arguments, the preset's values filled in (:func:`apply_preset`, :func:`check`)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    apply_preset(parser, args, argv)
     check(parser, args)
     return args
 
 
+def given_dests(argv: list[str] | None, prog: str = PROG) -> set[str]:
+    """The destinations (``inner_lr``) of the flags ``argv`` gives, defaults left out (call after a parse that
+    succeeded: this one parses ``argv`` again with every default suppressed)."""
+    probe = build_parser(prog)
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_args(argv)))
+
+
+def _converted(parser: t.ArgumentParser, flag: str, value: str | bool) -> Any:
+    """A preset's ``value`` for ``flag`` as argparse would store it (its ``type=`` and ``choices``)."""
+    action = parser._option_string_actions[flag]
+    if isinstance(value, bool):
+        return value
+    converted = action.type(value) if action.type is not None else value
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"preset value {value!r} of {flag} is not one of {list(action.choices)}")
+    return converted
+
+
+def apply_preset(parser: t.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> list[str]:
+    """Fill in ``args.preset``'s values for every flag ``argv`` does not give; the overrides, as text.
+
+    Each override is ``"--inner-lr 0.5 (the preset's 0.4)"``: a flag the preset
+    sets that ``argv`` gives with another value. A flag given with the preset's
+    own value is no override.
+    """
+    if args.preset is None:
+        return []
+    given = given_dests(argv, parser.prog)
+    overrides = []
+    for flag, setting in PRESETS[args.preset].settings.items():
+        dest = parser._option_string_actions[flag].dest
+        value = _converted(parser, flag, setting.value)
+        if dest not in given:
+            setattr(args, dest, value)
+        elif getattr(args, dest) != value:
+            shown = f"{flag} {getattr(args, dest)}" if not isinstance(value, bool) else flag
+            overrides.append(f"{shown} (the preset's {setting.value})")
+    return overrides
+
+
 def check(parser: t.ArgumentParser, args: argparse.Namespace) -> None:
     """Every check of the flags together that needs no data and no model; a failure exits with status 2."""
-    if args.task in IMAGE_TASKS and args.data_root is None:
-        parser.fail("--data-root", f"--task {args.task} reads its images from a folder: give one")
+    if args.task in FOLDER_TASKS and args.data_root is None:
+        fetch = " (--download fills it)" if args.task in DOWNLOADABLE else ""
+        parser.fail("--data-root", f"--task {args.task} reads its images from a folder: give one{fetch}")
+    if args.data_root is not None and not args.download and not Path(args.data_root).expanduser().is_dir():
+        parser.fail("--data-root", f"the folder {args.data_root!r} does not exist")
+    if args.download and args.task not in DOWNLOADABLE:
+        what = "digits ship inside scikit-learn" if args.task == "digits" else f"--task {args.task} has no download"
+        parser.fail("--download", f"{what}; torchvision fetches {', '.join(DOWNLOADABLE)}")
+    if args.eval_split is not None and args.task not in SPLIT_TASKS:
+        parser.fail("--eval-split", f"--task {args.task} has no named splits; {', '.join(SPLIT_TASKS)} have")
+    if args.eval_split == "val" and args.task == "digits":
+        parser.fail("--eval-split", "digits have no val classes (0-4 train, 5-9 test): use test")
+    if args.rotations and args.task not in ("omniglot", "imagefolder"):
+        parser.fail("--rotations", f"only omniglot and imagefolder images are rotated, not --task {args.task}'s")
     if args.model == "conv" and args.task not in IMAGE_TASKS:
         parser.fail("--model", f"conv needs image tasks (--task {' or '.join(IMAGE_TASKS)}), not {args.task}")
     spec = memmaml.parse_engine(args.engine, budget=1)
@@ -256,30 +421,40 @@ def check(parser: t.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def build_sources(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, Any]:
-    """The training and evaluation task sources."""
+    """The training and evaluation task sources (the named datasets: the train split and ``--eval-split``)."""
     if args.task == "sinusoid":
         train = Sinusoid(args.num_shots, args.num_query, dtype=dtype)
-        return train, train
+        if args.eval_num_query is None:
+            return train, train
+        return train, Sinusoid(args.num_shots, args.eval_num_query, dtype=dtype)
     num_query = 15 if args.num_query is None else args.num_query
-    shape = dict(num_ways=args.num_ways, num_shots=args.num_shots, num_query=num_query, dtype=dtype)
+    eval_num_query = num_query if args.eval_num_query is None else args.eval_num_query
+    shapes = [
+        dict(num_ways=args.num_ways, num_shots=args.num_shots, num_query=q, dtype=dtype)
+        for q in (num_query, eval_num_query)
+    ]
     if args.task == "synthetic":
-        return (
-            SyntheticClassification(num_features=args.num_features, split="train", **shape),
-            SyntheticClassification(num_features=args.num_features, split="test", **shape),
+        return tuple(  # type: ignore[return-value]
+            SyntheticClassification(num_features=args.num_features, split=split, **shape)
+            for split, shape in zip(("train", "test"), shapes)
         )
-    if args.task == "omniglot":
-        size = args.image_size or 28
-        return (
-            Omniglot(args.data_root, background=True, image_size=size, rotations=args.rotations, **shape),
-            Omniglot(args.data_root, background=False, image_size=size, rotations=args.rotations, **shape),
+    size = args.image_size or IMAGE_SIZES.get(args.task)
+    splits = ("train", args.eval_split or "test")
+    if args.task == "digits":
+        return tuple(Digits(split=s, image_size=size, **shape) for s, shape in zip(splits, shapes))  # type: ignore
+    if args.task in DATASETS:
+        extra: dict[str, Any] = {"rotations": args.rotations} if args.task == "omniglot" else {}
+        return tuple(  # type: ignore[return-value]
+            DATASETS[args.task](args.data_root, split=s, download=args.download, image_size=size, **extra, **shape)
+            for s, shape in zip(splits, shapes)
         )
-    size = args.image_size or 84
-    common = dict(image_size=size, grayscale=args.grayscale, rotations=args.rotations, **shape)
-    train = ImageFolderTasks(args.data_root, **common)
+    common = dict(image_size=size, grayscale=args.grayscale, rotations=args.rotations)
+    train = ImageFolderTasks(args.data_root, **common, **shapes[0])
     if args.eval_data_root is None:
         print("warning: no --eval-data-root; evaluating on tasks from the training classes", file=sys.stderr)
-        return train, train
-    return train, ImageFolderTasks(args.eval_data_root, **common)
+        if args.eval_num_query is None:
+            return train, train
+    return train, ImageFolderTasks(args.eval_data_root or args.data_root, **common, **shapes[1])
 
 
 def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
@@ -311,11 +486,24 @@ def build_inner_optimizer(args: argparse.Namespace) -> memmaml.InnerOptimizer:
 
 
 def _flag(parser: t.ArgumentParser, message: str, default: str) -> str:
-    """The flag an error message from the library names by its Python name (``meta_batch_size must ...``)."""
-    match = re.match(r"\w+", message)
-    name = match.group(0) if match else ""
-    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-    return flag if flag in parser._option_string_actions else default
+    """The flag an error message from the library names by its Python name: its first word (``meta_batch_size
+    must ...``), else its first name with an underscore (``class '0' has 178 examples, fewer than num_shots + ...``)."""
+    words = re.findall(r"\w+", message)
+    for name in [*words[:1], *(w for w in words[1:] if "_" in w)]:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        if flag in parser._option_string_actions:
+            return flag
+    return default
+
+
+def _one_line(err: IncompatibleCheckpointError) -> str:
+    """The checkpoint error's lines (a sentence, then one line per differing key) joined by ``"; "``, with the
+    flags that set the keys named from ``run.<dest>``."""
+    first, *keys = [line.strip() for line in str(err).splitlines() if line.strip()]
+    dests = [line.split(":", 1)[0].removeprefix("run.") for line in keys if line.startswith("run.")]
+    flags = [f"--{dest.replace('_', '-')}" for dest in dests]
+    hint = f" (the flags: {', '.join(flags)})" if flags else ""
+    return f"{first} {'; '.join(keys)}{hint}" if keys else first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     prog, argv = t.command_line(SCRIPT, PROG, argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    overrides = apply_preset(parser, args, argv)
     check(parser, args)
     given_device = args.device is not None
     device = args.device or t.default_device()
@@ -343,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     try:
-        return _train(parser, args, device, distributed, rank)
+        return _train(parser, args, device, distributed, rank, overrides)
     finally:
         if distributed:
             import torch.distributed as dist
@@ -351,20 +540,25 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def _train(parser: t.ArgumentParser, args: argparse.Namespace, device: str, distributed: bool, rank: int) -> int:
+def _dataset_missing(err: FileNotFoundError) -> str:
+    """A task source's missing-dataset message (:class:`~memmaml.tasks.DatasetNotFoundError`) on one line, in
+    the command line's words (``--download``, not ``download=True``)."""
+    return " ".join(str(err).split()).replace("download=True", "--download")
+
+
+def _train(
+    parser: t.ArgumentParser,
+    args: argparse.Namespace,
+    device: str,
+    distributed: bool,
+    rank: int,
+    overrides: list[str],
+) -> int:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
-    try:
-        train_source, eval_source = build_sources(args, dtype)
-    except FileNotFoundError as err:  # the dataset is missing: the message names the folder to fill
-        parser.fail("--data-root", " ".join(str(err).split()))
-    except ValueError as err:
-        parser.fail(_flag(parser, str(err), "--task"), str(err))
-    model = build_model(args, train_source).to(device=device, dtype=dtype)
-    outer = getattr(torch.optim, args.outer_optimizer)(model.parameters(), lr=args.outer_lr)
     engine = build_engine(args)
     eval_steps = None if args.eval_steps is None else t.non_negative_int_list(args.eval_steps)
-    try:
+    try:  # before any data is read (or downloaded)
         config = TrainerConfig(
             inner_optimizer=build_inner_optimizer(args),
             num_inner_steps=args.inner_steps,
@@ -381,6 +575,19 @@ def _train(parser: t.ArgumentParser, args: argparse.Namespace, device: str, dist
             vectorize=args.vectorize,
             chunk_size=args.chunk_size,
         )
+    except (ValueError, TypeError) as err:
+        parser.fail(_flag(parser, str(err), "--engine"), str(err))
+    try:
+        train_source, eval_source = build_sources(args, dtype)
+    except FileNotFoundError as err:  # DatasetNotFoundError: one line, the folder to fill and what to put there
+        parser.fail("--data-root", _dataset_missing(err))
+    except ModuleNotFoundError as err:  # digits without scikit-learn
+        parser.fail("--task", str(err))
+    except ValueError as err:
+        parser.fail(_flag(parser, str(err), "--task"), str(err))
+    model = build_model(args, train_source).to(device=device, dtype=dtype)
+    outer = getattr(torch.optim, args.outer_optimizer)(model.parameters(), lr=args.outer_lr)
+    try:
         trainer = MetaTrainer(
             model,
             train_source,
@@ -396,7 +603,10 @@ def _train(parser: t.ArgumentParser, args: argparse.Namespace, device: str, dist
     out = Path(args.out)
     checkpoint = out / "checkpoint.pt"
     if args.resume:
-        trainer.load_checkpoint(checkpoint)
+        try:
+            trainer.load_checkpoint(checkpoint)
+        except IncompatibleCheckpointError as err:  # the message lists each differing key, one per line
+            parser.fail("--resume", _one_line(err))
         if args.iterations < trainer.iteration:
             parser.fail(
                 "--iterations",
@@ -404,6 +614,11 @@ def _train(parser: t.ArgumentParser, args: argparse.Namespace, device: str, dist
                 "(--iterations counts the whole run)",
             )
     if rank == 0:
+        if args.preset is not None:  # after every check: a failure reads as the usage line and one error
+            preset = PRESETS[args.preset]
+            print(f"preset {preset.name}: {preset.title}; target: {preset.target}", file=sys.stderr)
+            for override in overrides:
+                print(f"preset {preset.name}: overridden by {override}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(trainer.plain_config, indent=1, default=str) + "\n")
         print(

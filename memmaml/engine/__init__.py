@@ -9,13 +9,16 @@
   :func:`measure_step_costs` (:mod:`._measure`); :mod:`._maml` -- the
   :class:`MAML` wrapper and the torch_maml names;
 * :mod:`._adapted` (the module at adapted parameters), :mod:`._params`
-  (which parameters adapt), :mod:`._memory` (:func:`track_memory`).
+  (which parameters adapt), :mod:`._memory` (:func:`track_memory`);
+* :mod:`._implicit` -- :func:`implicit_hypergradient`, the approximation that
+  differentiates only the end point of an inner loop (CG or a Neumann series).
 
 Imports: torch, the root helpers, :mod:`memmaml.schedules` and
 :mod:`memmaml.optim` (through their packages); nothing above.
 """
 
 from ._adapted import AdaptedModule, has_tied_weights
+from ._implicit import ImplicitResult, implicit_hypergradient
 from ._maml import MAML, GradientCheckpointMAML, NaiveMAML
 from ._memory import MemoryTracker, peak_rss_bytes, track_memory
 from ._params import select_parameters
@@ -27,6 +30,7 @@ __all__ = [
     "MAML",
     "AdaptedModule",
     "GradientCheckpointMAML",
+    "ImplicitResult",
     "MemoryTracker",
     "NaiveMAML",
     "ReplayMismatchError",
@@ -36,6 +40,7 @@ __all__ = [
     "clip_cotangents",
     "func_gradient",
     "has_tied_weights",
+    "implicit_hypergradient",
     "inner_step",
     "measure_step_costs",
     "peak_rss_bytes",

@@ -1,0 +1,232 @@
+"""Implicit hypergradients (``implicit_hypergradient``) against closed forms on a quadratic inner problem, float64.
+
+Inner objective ``L(theta; wd, a) = 1/2 (theta - a)^T A (theta - a) + wd/2 |theta|^2`` with ``A`` positive
+definite: its stationary point is ``theta* = M^{-1} A a`` with ``M = A + wd I`` (the Hessian). For the outer
+loss ``O = 1/2 |theta - b|^2 + c wd^2`` and ``g = theta* - b``:
+
+* implicit (exact at ``theta*``): ``dO/dwd = 2 c wd - theta*^T M^{-1} g`` and ``dO/da = A M^{-1} g``;
+* the Neumann series with ``J`` terms replaces ``M^{-1} g`` by ``alpha sum_{j<J} (I - alpha M)^j g``, and its
+  residual is ``|(I - alpha M)^J g| / |g|``;
+* ``k`` conjugate-gradient steps from 0 give the minimiser over the Krylov space ``K = [g, Mg, ..., M^(k-1) g]``,
+  ``x_k = K (K^T M K)^{-1} K^T g``;
+* iMAML's proximal inner problem ``1/2 (theta - a)^T A (theta - a) + lam/2 |theta - phi|^2`` gives
+  ``dO/dphi = (I + A/lam)^{-1} g``.
+
+The closed forms use ``torch.linalg``, not the solver. ``memmaml.implicit_hypergradient`` is imported through
+the engine wing, which exports it.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pytest
+import torch
+from torch import nn
+
+import memmaml
+from memmaml.engine import ImplicitResult, implicit_hypergradient
+
+DIM = 4
+DT = torch.float64
+C = 0.1  # weight of the outer loss's direct term c wd^2
+
+
+def _problem(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(DIM, DIM, generator=gen, dtype=DT)
+    A = q @ q.T / DIM + 0.3 * torch.eye(DIM, dtype=DT)
+    a, b = (torch.randn(DIM, generator=gen, dtype=DT) for _ in range(2))
+    return A, a, b
+
+
+def _losses(A, b):
+    def inner(p, h):
+        d = p["theta"] - h["a"]
+        return 0.5 * d @ A @ d + 0.5 * h["wd"] * (p["theta"] ** 2).sum()
+
+    def outer(p, h):
+        return 0.5 * ((p["theta"] - b) ** 2).sum() + C * h["wd"] ** 2
+
+    return inner, outer
+
+
+class Setup(NamedTuple):
+    A: torch.Tensor
+    b: torch.Tensor
+    M: torch.Tensor  # the Hessian of the inner objective
+    theta: torch.Tensor  # its stationary point
+    hyper: dict
+    inner: Callable
+    outer: Callable
+
+
+def _setup(wd=0.7):
+    A, a, b = _problem()
+    M = A + wd * torch.eye(DIM, dtype=DT)
+    theta = torch.linalg.solve(M, A @ a)
+    hyper = {"wd": torch.tensor(wd, dtype=DT, requires_grad=True), "a": a.clone().requires_grad_()}
+    return Setup(A, b, M, theta, hyper, *_losses(A, b))
+
+
+def _hypergradient_from(x, theta, wd, A):
+    """The closed form's hypergradient for a given solution ``x`` of ``M x = g``."""
+    return {"wd": 2 * C * wd - theta @ x, "a": A @ x}
+
+
+def _assert_grads(got, expected, rtol=1e-12, atol=1e-14):
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=atol)
+
+
+def test_conjugate_gradients_reach_the_implicit_function_theorem_in_dim_steps():
+    A, b, M, theta, hyper, inner, outer = _setup()
+    result = implicit_hypergradient(inner, outer, {"theta": theta}, hyper, method="cg", iterations=DIM)
+    assert isinstance(result, ImplicitResult)
+    expected = _hypergradient_from(torch.linalg.solve(M, theta - b), theta, 0.7, A)
+    _assert_grads(result.grads, expected, rtol=1e-10, atol=1e-12)
+    assert result.residual < 1e-10 and result.iterations <= DIM and result.inner_grad_norm < 1e-12
+    torch.testing.assert_close(result.outer_loss, outer({"theta": theta}, hyper).detach())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_truncated_conjugate_gradients_are_the_krylov_minimiser(k):
+    A, b, M, theta, hyper, inner, outer = _setup()
+    g = theta - b
+    K = torch.stack([torch.linalg.matrix_power(M, j) @ g for j in range(k)], dim=1)
+    x = K @ torch.linalg.solve(K.T @ M @ K, K.T @ g)
+    result = implicit_hypergradient(inner, outer, {"theta": theta}, hyper, method="cg", iterations=k)
+    _assert_grads(result.grads, _hypergradient_from(x, theta, 0.7, A), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(torch.tensor(result.residual, dtype=DT), (g - M @ x).norm() / g.norm())
+    assert result.iterations == k
+
+
+@pytest.mark.parametrize("terms", [1, 3, 25])
+def test_neumann_series_equals_its_closed_form_and_reports_its_residual(terms):
+    A, b, M, theta, hyper, inner, outer = _setup()
+    alpha = 0.4
+    g = theta - b
+    step = torch.eye(DIM, dtype=DT) - alpha * M
+    x = alpha * sum(torch.linalg.matrix_power(step, j) @ g for j in range(terms))
+    result = implicit_hypergradient(
+        inner, outer, {"theta": theta}, hyper, method="neumann", iterations=terms, alpha=alpha
+    )
+    _assert_grads(result.grads, _hypergradient_from(x, theta, 0.7, A))
+    expected_residual = (torch.linalg.matrix_power(step, terms) @ g).norm() / g.norm()
+    assert math.isclose(result.residual, expected_residual.item(), rel_tol=1e-10)
+    assert math.isclose(result.residual, ((g - M @ x).norm() / g.norm()).item(), rel_tol=1e-10)
+
+
+def test_rtol_stops_early():
+    s = _setup()
+    result = implicit_hypergradient(
+        s.inner, s.outer, {"theta": s.theta}, s.hyper, method="neumann", iterations=500, alpha=0.4, rtol=1e-6
+    )
+    assert result.residual <= 1e-6 and result.iterations < 500
+
+
+class Quadratic(nn.Module):
+    def __init__(self, theta0):
+        super().__init__()
+        self.theta = nn.Parameter(theta0.clone())
+
+    def forward(self, A, a):
+        d = self.theta - a
+        return 0.5 * d @ A @ d
+
+
+def test_at_a_converged_inner_loop_implicit_equals_the_unrolled_hypergradient():
+    """SGD with weight decay descends exactly ``L`` above: after enough steps its end point is ``theta*`` and the
+    exact hypergradient through every step (memmaml.MAML) equals the implicit one. The learning rates, which
+    do not appear in ``L``, get an exact hypergradient that vanishes with convergence and an implicit one that is
+    zero by construction (with a warning)."""
+    A, a, b = _problem()
+    steps, wd0 = 400, 0.7
+    model = Quadratic(torch.zeros(DIM, dtype=DT))
+    lrs = torch.full((4,), 0.2, dtype=DT, requires_grad=True)
+    wd = torch.tensor(wd0, dtype=DT, requires_grad=True)
+    optimizer = memmaml.SGD(memmaml.PerStep(lrs, every=steps // 4), weight_decay=wd)
+    result = memmaml.MAML(model, lambda m, batch: m(*batch), optimizer, schedule="binomial:4")([(A, a)] * steps)
+    inner, outer = _losses(A, b)
+    hyper = {"wd": wd, "a": a.clone().requires_grad_()}
+    exact_wd, exact_lr = torch.autograd.grad(outer(result.params, hyper), [wd, lrs])
+    with pytest.warns(UserWarning, match=r"hyperparams \['lr'\] do not affect the gradient of inner_loss"):
+        implicit = implicit_hypergradient(inner, outer, result.params, {**hyper, "lr": lrs}, iterations=DIM)
+    torch.testing.assert_close(implicit.grads["wd"], exact_wd, rtol=1e-9, atol=1e-12)
+    assert torch.equal(implicit.grads["lr"], torch.zeros_like(lrs))
+    assert 0 < exact_lr.abs().max() < 1e-12  # vanishing with convergence, not structurally zero
+    assert model.theta.grad is None  # the unroll's graph was not used
+
+
+def test_imaml_proximal_form():
+    """``hyperparams={"phi": phi}`` with iMAML's proximal term gives ``(I + A/lam)^{-1} grad O``."""
+    A, a, b = _problem()
+    lam = 0.5
+    phi = torch.randn(DIM, dtype=DT, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    theta = torch.linalg.solve(A + lam * torch.eye(DIM, dtype=DT), A @ a + lam * phi.detach())
+
+    def inner(p, h):
+        d = p["theta"] - a
+        return 0.5 * d @ A @ d + 0.5 * lam * ((p["theta"] - h["phi"]) ** 2).sum()
+
+    def outer(p, h):
+        return 0.5 * ((p["theta"] - b) ** 2).sum()
+
+    result = implicit_hypergradient(inner, outer, {"theta": theta}, {"phi": phi}, iterations=DIM)
+    expected = torch.linalg.solve(torch.eye(DIM, dtype=DT) + A / lam, theta - b)
+    torch.testing.assert_close(result.grads["phi"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_an_inner_loop_that_has_not_converged_warns_with_its_gradient_norm():
+    _, _, M, theta, hyper, inner, outer = _setup()
+    away = theta + 0.1
+    norm = (M @ (away - theta)).norm().item()  # the gradient is M theta - A a = M (theta - theta*)
+    with pytest.warns(UserWarning, match=rf"not a stationary point of inner_loss: its gradient norm is {norm:.3g}"):
+        result = implicit_hypergradient(inner, outer, {"theta": away}, hyper, iterations=DIM)
+    assert math.isclose(result.inner_grad_norm, norm, rel_tol=1e-12)
+    implicit_hypergradient(inner, outer, {"theta": away}, hyper, iterations=DIM, grad_tol=None)  # no warning
+
+
+def test_failures_of_the_linear_solve_warn():
+    A, _, _, theta, hyper, inner, outer = _setup()
+    with pytest.warns(UserWarning, match="Neumann series does not converge"):
+        result = implicit_hypergradient(
+            inner, outer, {"theta": theta}, hyper, method="neumann", iterations=30, alpha=10.0
+        )
+    assert result.residual > 1
+    indefinite = A - 2.0 * torch.eye(DIM, dtype=DT)  # eigenvalues of both signs
+
+    def saddle(p, h):
+        return 0.5 * p["theta"] @ indefinite @ p["theta"] + h["wd"] * p["theta"].sum()
+
+    with pytest.warns(UserWarning, match="non-positive curvature"):
+        implicit_hypergradient(
+            saddle, outer, {"theta": torch.zeros(DIM, dtype=DT)}, {"wd": hyper["wd"]}, iterations=DIM, grad_tol=None
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "lbfgs"}, "method must be one of 'cg', 'neumann'"),
+        ({"iterations": 0}, "iterations must be a positive integer, got 0"),
+        ({"method": "neumann"}, "method='neumann' needs alpha"),
+        ({"method": "neumann", "alpha": -1.0}, "alpha must be a positive number, got -1.0"),
+        ({"rtol": -1.0}, "rtol must satisfy"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    s = _setup()
+    with pytest.raises(ValueError, match=message):
+        implicit_hypergradient(s.inner, s.outer, {"theta": s.theta}, s.hyper, **kwargs)
+
+
+def test_bad_params_and_hyperparams_are_refused():
+    *_, theta, hyper, inner, outer = _setup()
+    with pytest.raises(ValueError, match=r"hyperparams\['wd'\] must be a tensor that requires grad"):
+        implicit_hypergradient(inner, outer, {"theta": theta}, {"wd": torch.tensor(0.7, dtype=DT)})
+    with pytest.raises(ValueError, match="params is empty"):
+        implicit_hypergradient(inner, outer, {}, hyper)
+    with pytest.raises(ValueError, match=r"inner_loss does not use params \['extra'\]"):
+        implicit_hypergradient(inner, outer, {"theta": theta, "extra": torch.zeros(2, dtype=DT)}, hyper)
