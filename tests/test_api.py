@@ -135,6 +135,7 @@ def test_peak_model_matches_its_documented_formulas():
     assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS) == (6 + 2) * 100 + 2_000
     # offloaded: the working state, the state a replay started from and the next one, copied back meanwhile
     assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS, offload=True) == 3 * 100 + 2_000
+    assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS, offload=True, prefetch=False) == 2 * 100 + 2_000
     assert predicted_host_bytes(Binomial(6).stats(n), n, COSTS, offload=True) == (6 + 1) * 100
     assert predicted_host_bytes(Binomial(6).stats(n), n, COSTS) == 0
     assert predicted_peak_bytes(None, n, COSTS, base=7) == n * 2_000 + 7

@@ -56,7 +56,7 @@ def render(out: Path) -> str:
     data = json.loads((out / "results.json").read_text())
     records = list(data["records"])
     probe = StepCosts(**data["probe"]["costs"]) if data.get("probe", {}).get("costs") else None
-    fit = fit_costs(records, probe)
+    fit = fit_costs(records, probe, prefetch=str(data["workload"].get("device", "cpu")).startswith("cuda"))
     host = data.get("host_budget_bytes")
     answers = (
         [answer_budget(fit, engine, data["budget_bytes"], host_budget=host) for engine in data["engines"]]
