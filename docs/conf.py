@@ -45,9 +45,10 @@ nb_execution_mode = "off"
 # API reference
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+napoleon_use_ivar = True  # NamedTuple fields: autodoc documents them already
 
 # -n: references that must resolve are memmaml's own; the rest of the world is not linked
 nitpicky = True
@@ -56,7 +57,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Tensor|Module|Any|Callable|Iterable|Iterator|Mapping|Sequence|NamedTuple|Path|PathLike)"),
     (r"py:.*", r"(int|float|str|bool|bytes|dict|list|tuple|set|None|object|type|slice|Ellipsis)"),
     (r"py:.*", r"(optional|callable|iterable|mapping|sequence)"),
-    (r"py:class", r".*\.(T|S|Op|Params|Extras|Rng|Selection|GetParameters|Gradient)$"),
+    (r"py:class", r"(.*\.)?(T|S|Op|Params|Extras|Rng|Selection|GetParameters|Gradient)$"),
+    (r"py:class", r"(BatchNorm.*|Dropout|LSTM|GRU|RNN|Conv2d|Linear|GradScaler|Generator|tuple\[.*)"),
 ]
 
 

@@ -154,7 +154,9 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
             if r["label"] == "naive"
             else ("–" if diff is None else ("0 (bitwise)" if r.get("grad_bitwise_equal") else f"{diff:.1e}"))
         )
-        status = r.get("status") + (f": {r['error'][:80]}" if r.get("error") else "")
+        # the whole one-line cause (a cut one hid the size the message was about), safe inside a table cell
+        cause = " ".join(str(r["error"]).split()).replace("|", "/") if r.get("error") else ""
+        status = r.get("status") + (f": {cause}" if cause else "")
         name = r["label"] if r["label"] == r["engine"] else f"{r['label']} ({r['engine']})"
         if r.get("library", "memmaml") != "memmaml" and stats:  # a peer's own checkpointing: not memmaml's plan
             counts = "– | – | –"
