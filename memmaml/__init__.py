@@ -94,7 +94,7 @@ from .training import (
     load_checkpoint_file,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: public namespaces loaded on first use (PEP 562): the benchmark library sits on top of the
 #: package and imports it, so importing it here would be a cycle

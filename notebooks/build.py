@@ -17,9 +17,11 @@ files, for those who want to pair them with a notebook front end):
 test suite runs them in quick mode instead (tests/test_notebooks.py), and
 checks that the stored notebooks hold exactly the cells built here.
 
-The Colab notebooks (``COLAB``) get two cells that are not in their source:
-an "Open in Colab" badge under the title and, before the first code cell, a
-cell that installs memmaml from ``GITHUB_REPOSITORY`` when it is missing.
+The Colab notebooks (``COLAB``) get one cell that is not in their source:
+before the first code cell, a cell that installs memmaml from a copy of its
+source uploaded to (or cloned into) the session, when memmaml is missing.
+memmaml is not on a package index and has no public repository yet, so the
+cell names no URL.
 """
 
 from __future__ import annotations
@@ -40,25 +42,26 @@ HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
 NAMES = sorted(path.stem for path in SOURCES.glob("*.py"))
 
-# owner/name of the repository on GitHub: the Colab badge and the install cell both use it
-GITHUB_REPOSITORY = "memmaml/memmaml"
-BRANCH = "main"
-COLAB = {"memory_efficient_maml"}  # notebooks with the badge, the install cell and a GPU runtime
+COLAB = {"memory_efficient_maml"}  # notebooks with the install cell and a GPU runtime
 
 _MARKER = re.compile(r"# %%(.*)")
 
 INSTALL_CELL = """\
-# Where memmaml is installed from when it is missing (Colab): a git URL, a PyPI name or a local path.
-MEMMAML_SOURCE = "git+https://github.com/{repository}.git"
+# On Colab: upload an archive of the memmaml source (a zip of the repository) to the session's files,
+# or clone the repository, and name it here; nothing happens when memmaml is already importable.
+MEMMAML_SOURCE = "memmaml.zip"  # an archive or a folder holding setup.py
 
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
-if importlib.util.find_spec("memmaml") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", MEMMAML_SOURCE], check=True)
+if importlib.util.find_spec("memmaml") is not None:
+    print("memmaml is already installed; nothing to do")
+elif not Path(MEMMAML_SOURCE).exists():
+    raise FileNotFoundError(f"upload the memmaml source as {MEMMAML_SOURCE!r} (or set MEMMAML_SOURCE to its path)")
 else:
-    print("memmaml is already installed; nothing to do")"""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", MEMMAML_SOURCE], check=True)"""
 
 
 def parse_cells(text: str, source: str = "<source>") -> list[tuple[str, str]]:
@@ -125,17 +128,9 @@ def build(name: str) -> nbformat.NotebookNode:
 
 
 def _with_colab_cells(name: str, cells: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The badge under the title of the first cell, and the install cell before the first code cell."""
-    kind, first = cells[0]
-    if kind != "markdown" or not first.startswith("# "):
-        raise ValueError(f"{name}: a Colab notebook starts with a Markdown cell whose first line is its title")
-    url = f"https://colab.research.google.com/github/{GITHUB_REPOSITORY}/blob/{BRANCH}/notebooks/{name}.ipynb"
-    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
-    title, _, rest = first.partition("\n")
-    cells = [("markdown", "\n\n".join(part for part in (title, badge, rest.strip("\n")) if part)), *cells[1:]]
+    """The install cell before the first code cell."""
     first_code = next(i for i, (kind, _) in enumerate(cells) if kind == "code")
-    cells.insert(first_code, ("code", INSTALL_CELL.format(repository=GITHUB_REPOSITORY)))
-    return cells
+    return [*cells[:first_code], ("code", INSTALL_CELL), *cells[first_code:]]
 
 
 def execute(nb: nbformat.NotebookNode, path: Path, timeout: int) -> float:

@@ -135,6 +135,7 @@ def test_peak_model_matches_its_documented_formulas():
     assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS) == (6 + 2) * 100 + 2_000
     # offloaded: the working state, the state a replay started from and the next one, copied back meanwhile
     assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS, offload=True) == 3 * 100 + 2_000
+    assert predicted_peak_bytes(Binomial(6).stats(n), n, COSTS, offload=True, prefetch=False) == 2 * 100 + 2_000
     assert predicted_host_bytes(Binomial(6).stats(n), n, COSTS, offload=True) == (6 + 1) * 100
     assert predicted_host_bytes(Binomial(6).stats(n), n, COSTS) == 0
     assert predicted_peak_bytes(None, n, COSTS, base=7) == n * 2_000 + 7
@@ -191,6 +192,8 @@ def test_parse_engine_reads_every_form(text, schedule, offload):
         ("revolve:3", r"unknown engine 'revolve:3'; use one of 'naive', 'uniform:K', 'sqrt', 'binomial:SLOTS'"),
         ("naive+offload", "the naive unroll stores no states to offload"),
         ("binomial:0", "slots must be a positive integer"),
+        ("uniform:five", r"'uniform:K' takes a whole number of steps per segment after the colon, got 'five'"),
+        ("binomial:2.5", r"'binomial:SLOTS' takes a whole number of stored states after the colon, got '2.5'"),
     ],
 )
 def test_parse_engine_says_what_is_accepted(text, message):

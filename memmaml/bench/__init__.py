@@ -1,4 +1,4 @@
-"""The benchmark library: what the command lines (:mod:`memmaml.cli`) and the notebooks share.
+"""The benchmark library: what the command lines (``memmaml.cli``) and the notebooks share.
 
 * :class:`Workload` -- a meta-step's problem as plain values (model, data,
   inner optimizer), built with :mod:`memmaml.models`;
@@ -18,7 +18,7 @@
 * :func:`render` -- ``results.json`` to Markdown, CSV and a plot;
   :func:`write_json_atomic` -- a results file that is always whole;
   :func:`provenance` -- commit, versions, device and command of every result;
-* the GPU check's parts (:data:`GPU_PARTS`, :data:`GPU_SIZES`): :func:`probe_device`
+* the GPU check's parts (``GPU_PARTS``, ``GPU_SIZES``): :func:`probe_device`
   (the CUDA context, the step costs), :func:`plan_gpu_part` (time planning from
   them, with :func:`predict_seconds` and :func:`fit_steps`), :func:`run_gpu_part`
   and :func:`write_gpu_report`;

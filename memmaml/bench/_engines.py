@@ -95,8 +95,12 @@ def predict(
     budget: int | None = None,
     host_budget: int | None = None,
     base: int = 0,
+    prefetch: bool = True,
 ) -> Prediction:
     """The concrete engine ``text`` runs at ``n`` (:func:`concrete_engine`) and its predicted costs from ``costs``.
+
+    ``prefetch``: offloaded states are copied back one ahead (what the engine does on CUDA; ``False`` for
+    a CPU run).
 
     Raises:
         ValueError: as :func:`concrete_engine`.
@@ -116,7 +120,7 @@ def predict(
         engine,
         stats,
         offload,
-        predicted_peak_bytes(plan, n, costs, offload=offload, base=base),
+        predicted_peak_bytes(plan, n, costs, offload=offload, base=base, prefetch=prefetch),
         predicted_host_bytes(plan, n, costs, offload=offload),
         predicted_seconds(plan, n, costs),
     )

@@ -41,11 +41,13 @@ class Fit(NamedTuple):
     memory_points: int
     max_relative_residual: float
     time_from: str  # "fit" or "probe ratio" (when the timed runs cannot separate t_nograph from t_graph)
+    prefetch: bool = True  # the measured device copies offloaded states back one ahead (CUDA, not a CPU)
 
     def peak(self, engine: str, n: int) -> float:
-        """Predicted peak bytes of a concrete ``engine`` at ``n``, the family's base included."""
+        """Predicted peak bytes of a concrete ``engine`` at ``n`` on the measured device, the family's base
+        included."""
         base = self.base_naive if engine == "naive" else self.base_checkpoint
-        return predict(engine, n, self.costs, base=int(base)).peak_bytes
+        return predict(engine, n, self.costs, base=int(base), prefetch=self.prefetch).peak_bytes
 
     def seconds(self, engine: str, n: int) -> float:
         """Predicted seconds of a concrete ``engine`` at ``n``, the base included."""
@@ -61,9 +63,9 @@ _UNIT = {
 }
 
 
-def _coefficient(record: dict[str, Any], unit: str) -> float:
+def _coefficient(record: dict[str, Any], unit: str, prefetch: bool = True) -> float:
     """The coefficient of one cost in a measured record's prediction (its concrete engine at its ``n``)."""
-    p = predict(record["engine"], record["steps"], _UNIT[unit])
+    p = predict(record["engine"], record["steps"], _UNIT[unit], prefetch=prefetch)
     return float(p.seconds if unit in ("nograph", "graph_time") else p.peak_bytes)
 
 
@@ -79,8 +81,13 @@ def _lstsq(rows: list[list[float]], target: list[float]) -> tuple[list[float], l
     return coef.tolist(), (design @ coef).tolist()
 
 
-def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None) -> Fit | None:
+def fit_costs(
+    records: Sequence[dict[str, Any]], probe: StepCosts | None = None, *, prefetch: bool = True
+) -> Fit | None:
     """Fit the model to memmaml's measured records; ``None`` when they cannot determine it.
+
+    ``prefetch``: whether the measured device copied offloaded states back one ahead (CUDA does, a CPU run
+    does not); the fit and its answers then model that device.
 
     Memory needs naive and checkpointed runs with different numbers of stored
     states and graph steps. Time uses the untracked runs; when they cannot
@@ -95,7 +102,9 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
     rows, target = [], []
     for r in points:
         naive = r.get("stats") is None
-        rows.append([float(naive), float(not naive), _coefficient(r, "state"), _coefficient(r, "graph")])
+        rows.append(
+            [float(naive), float(not naive), _coefficient(r, "state", prefetch), _coefficient(r, "graph", prefetch)]
+        )
         target.append(float(r["peak_bytes"]))
     memory = _lstsq(rows, target)
     if memory is None:
@@ -119,7 +128,7 @@ def fit_costs(records: Sequence[dict[str, Any]], probe: StepCosts | None = None)
         time, how = ([base_seconds, ratio * t_graph, t_graph], None), "probe ratio"
     base_seconds, t_nograph, t_graph = time[0]
     costs = StepCosts(round(state), round(graph), float(t_nograph), float(t_graph))
-    return Fit(costs, base_naive, base_checkpoint, float(base_seconds), len(points), residual, how)
+    return Fit(costs, base_naive, base_checkpoint, float(base_seconds), len(points), residual, how, prefetch)
 
 
 def answer_budget(

@@ -100,7 +100,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int | None = None) -> None:
-    """``data`` as JSON, written with :func:`write_text_atomic` (values JSON cannot hold as their ``str``)."""
+    """``data`` as JSON, written with ``write_text_atomic`` (values JSON cannot hold as their ``str``)."""
     write_text_atomic(path, json.dumps(data, indent=indent, default=str))
 
 

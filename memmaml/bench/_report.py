@@ -56,7 +56,7 @@ def render(out: Path) -> str:
     data = json.loads((out / "results.json").read_text())
     records = list(data["records"])
     probe = StepCosts(**data["probe"]["costs"]) if data.get("probe", {}).get("costs") else None
-    fit = fit_costs(records, probe)
+    fit = fit_costs(records, probe, prefetch=str(data["workload"].get("device", "cpu")).startswith("cuda"))
     host = data.get("host_budget_bytes")
     answers = (
         [answer_budget(fit, engine, data["budget_bytes"], host_budget=host) for engine in data["engines"]]
@@ -154,7 +154,9 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
             if r["label"] == "naive"
             else ("–" if diff is None else ("0 (bitwise)" if r.get("grad_bitwise_equal") else f"{diff:.1e}"))
         )
-        status = r.get("status") + (f": {r['error'][:80]}" if r.get("error") else "")
+        # the whole one-line cause (a cut one hid the size the message was about), safe inside a table cell
+        cause = " ".join(str(r["error"]).split()).replace("|", "/") if r.get("error") else ""
+        status = r.get("status") + (f": {cause}" if cause else "")
         name = r["label"] if r["label"] == r["engine"] else f"{r['label']} ({r['engine']})"
         if r.get("library", "memmaml") != "memmaml" and stats:  # a peer's own checkpointing: not memmaml's plan
             counts = "– | – | –"

@@ -17,7 +17,7 @@ __all__ = ["Runner"]
 
 
 class Runner:
-    """Runs configurations of one workload, each in a fresh process (:func:`~memmaml.bench._process.run_child`).
+    """Runs configurations of one workload, each in a fresh process (``run_child``).
 
     Args:
         workload: what every run measures.

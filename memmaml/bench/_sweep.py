@@ -110,7 +110,9 @@ def run_sweep(
     store()
     for n in steps:
         for method in methods:
-            planned = _plan(method, n, costs, probe, (budget, host_budget), available, max_run_seconds)
+            planned = _plan(
+                method, n, costs, probe, (budget, host_budget), available, max_run_seconds, runner.workload.device
+            )
             earlier = previous.get((method.label, n))
             if earlier is not None and earlier.get("engine") == planned["engine"]:
                 records[method.label, n] = earlier
@@ -156,6 +158,7 @@ def _plan(
     budgets: tuple[int | None, int | None],
     available: int | None,
     max_run_seconds: float | None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """A memory run's record before it runs: the concrete engine and the probe's predictions, or a skip."""
     record: dict[str, Any] = {
@@ -178,7 +181,7 @@ def _plan(
     record["stats"], record["offload"] = engine_stats(record["engine"], n)
     if costs is None:
         return record
-    prediction = predict(record["engine"], n, costs)
+    prediction = predict(record["engine"], n, costs, prefetch=device.startswith("cuda"))
     peak, seconds = prediction.peak_bytes, prediction.seconds
     record.update(probe_predicted_peak_bytes=peak, probe_predicted_seconds=seconds)
     # the probe's graph bytes hold one step's backward transient too, so n steps' prediction

@@ -48,7 +48,7 @@ class AdaptedModule(nn.Module):
         tie_weights: a tensor given for one of several tied names is used for
             all of them (as ``torch.func.functional_call``). Finding the ties
             costs a walk over the module's parameters on every call; pass
-            ``False`` for a module without tied weights (:func:`has_tied_weights`).
+            ``False`` for a module without tied weights (``has_tied_weights``).
     """
 
     def __init__(self, module: nn.Module, params: dict[str, Tensor], *, tie_weights: bool = True) -> None:

@@ -22,7 +22,7 @@
 Host memory. Stored states that the engine offloads (``offload=True``) are
 copied to host memory. On CUDA the allocator's count excludes them by nature;
 on CPU, where host and "device" are the same memory, the engine makes those
-copies inside :func:`host_allocations` and the tracker tallies them apart, in
+copies inside ``host_allocations`` and the tracker tallies them apart, in
 ``host_peak_bytes``, so ``peak_bytes`` is what would stay on an accelerator.
 
 The process's peak resident set size is reported beside it
@@ -123,7 +123,7 @@ class MemoryTracker:
         peak_bytes: the most bytes alive at once inside the block (after exit).
         current_bytes: bytes allocated inside the block and alive now.
         host_peak_bytes: (CPU) the most bytes alive at once among tensors made
-            inside :func:`host_allocations` (offloaded states); not in ``peak_bytes``.
+            inside ``host_allocations`` (offloaded states); not in ``peak_bytes``.
     """
 
     def __init__(self, device: Any = "cpu") -> None:

@@ -1,7 +1,7 @@
 """``Auto``: the schedule with the least predicted time that fits a memory budget, chosen from measured costs.
 
 A pure function of ``n``, measured :class:`~memmaml.StepCosts` and the budget
-(:mod:`memmaml.schedules._cost_model` predicts every candidate), returning a
+(the cost model predicts every candidate), returning a
 :class:`~memmaml.Choice` whose schedule is concrete.
 """
 
@@ -67,7 +67,7 @@ class Auto(Schedule):
     with the least peak (``(ceil(n / k) + 1) * S + k * A``) and
     :class:`Binomial` with the most slots that fit (``(slots + 2) * S + A``);
     with ``offload=True`` stored states live in host memory and count as
-    ``3 * S`` on the device whatever their number (:mod:`memmaml.schedules._cost_model`),
+    ``3 * S`` on the device whatever their number (the cost model),
     and the ``max_stored * S`` bytes they pin must fit ``host_budget``. Among
     those that fit, the least predicted time wins.
 

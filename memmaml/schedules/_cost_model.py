@@ -9,7 +9,9 @@ answers of ``scripts/compare_memory.py`` -- comes from here, from measured
   the longest replayed segment); with ``offload=True`` the stored states live
   in host memory and ``3 * S + max_segment * A`` stays on the device (the
   working state, the state a replay started from, and the next one, copied
-  back while the current segment is reversed);
+  back while the current segment is reversed: ``prefetch``, what the engine
+  does on CUDA); ``2 * S`` where there is nothing to overlap and the engine
+  does not copy ahead (``prefetch=False``: a CPU run);
 * host bytes: with ``offload=True``, ``max_stored * S`` pinned in host memory
   (0 otherwise);
 * seconds: ``forward_steps * t_nograph + n * t_graph`` (every step is evaluated
@@ -56,9 +58,18 @@ class StepCosts(NamedTuple):
 
 
 def predicted_peak_bytes(
-    stats: PlanStats | None, num_steps: int, costs: StepCosts, *, offload: bool = False, base: int = 0
+    stats: PlanStats | None,
+    num_steps: int,
+    costs: StepCosts,
+    *,
+    offload: bool = False,
+    base: int = 0,
+    prefetch: bool = True,
 ) -> int:
     """Peak bytes of an unroll: ``stats`` of its plan, or ``None`` for the naive engine.
+
+    With ``offload``, ``prefetch`` counts the state the engine copies back ahead of the replay that needs it
+    (CUDA; pass ``False`` to predict a CPU run, where it does not).
 
     Example:
         >>> costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
@@ -72,7 +83,7 @@ def predicted_peak_bytes(
     S, A = costs.state_bytes, costs.graph_bytes
     if stats is None:
         return base + num_steps * A
-    stored = 3 * S if offload else (stats.max_stored + 1) * S
+    stored = (3 if prefetch else 2) * S if offload else (stats.max_stored + 1) * S
     return base + stored + stats.max_segment * A
 
 

@@ -31,7 +31,11 @@ def parse_schedule(spec: str | Schedule) -> Schedule:
     if not isinstance(spec, str):
         raise TypeError(f"a schedule must be a Schedule or a string ({_FORMS}), got {type(spec).__name__}")
     name, _, arg = spec.strip().partition(":")
-    makers = {"uniform": lambda a: Uniform(int(a)), "binomial": lambda a: Binomial(int(a)), "auto": Auto}
+    makers = {
+        "uniform": lambda a: Uniform(_whole("uniform:K", "steps per segment", a)),
+        "binomial": lambda a: Binomial(_whole("binomial:SLOTS", "stored states", a)),
+        "auto": Auto,
+    }
     name = name.lower()
     try:
         if name == "sqrt" and not arg:
@@ -41,6 +45,14 @@ def parse_schedule(spec: str | Schedule) -> Schedule:
     except ValueError as err:
         raise ValueError(f"bad schedule {spec!r}: {err}") from None
     raise ValueError(f"unknown schedule {spec!r}; use one of {_FORMS}")
+
+
+def _whole(form: str, what: str, text: str) -> int:
+    """The whole number after the colon of ``form``; a message naming the form otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{form!r} takes a whole number of {what} after the colon, got {text!r}") from None
 
 
 class EngineSpec(NamedTuple):

@@ -79,7 +79,7 @@ def generator_for(seed: int) -> torch.Generator:
 class TaskSource:
     """Base class: ``sample(seed)`` builds one :class:`Task`, deterministically.
 
-    Subclasses implement :meth:`_sample` (given a ``torch.Generator`` seeded with
+    Subclasses implement ``_sample`` (given a ``torch.Generator`` seeded with
     the task seed) and :meth:`config` (a dict of plain values that identifies
     the distribution, stored in checkpoints). ``loss_function`` and
     ``metrics`` name what fits the source (see :class:`memmaml.MetaTrainer`).

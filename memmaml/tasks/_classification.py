@@ -261,7 +261,7 @@ class ImageFolderTasks(_ImageClassTasks):
     """N-way K-shot image classification from ``root/<class name>/<image files>``.
 
     Every subfolder of ``root`` is a class; its image files (by extension,
-    :data:`IMAGE_EXTENSIONS`) are its examples. Keep training and held-out
+    ``IMAGE_EXTENSIONS``) are its examples. Keep training and held-out
     classes in separate roots (``data/train``, ``data/test``) or choose them
     with ``classes``. Images are decoded with PIL, converted to float ``[0, 1]``
     tensors ``(C, H, W)`` and resized to ``image_size`` squares; every image

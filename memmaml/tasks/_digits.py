@@ -66,7 +66,7 @@ class Digits(_TensorClassTasks):
         num_ways, num_shots, num_query: task shape (N, K, query images per
             class; ``num_shots + num_query`` at most 174, the smallest class).
         split: ``"train"``, ``"val"`` or ``"test"``.
-        class_split: the digits of each split (default :data:`DIGITS_SPLIT`);
+        class_split: the digits of each split (default ``DIGITS_SPLIT``);
             must be disjoint.
         image_size: resize to this square side (``None`` keeps 8x8).
         flatten: return 64-vectors (for an MLP) instead of images.

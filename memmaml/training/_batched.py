@@ -224,7 +224,7 @@ def batched_meta_gradient(
         max_grad_grad_norm: clip, at every inner step, the cotangent of that
             step's new parameters to this global L2 norm, each task by its own
             norm -- the engine's clip (NOTE [ Clipping through the unroll ] in
-            :mod:`memmaml.engine._step`), so the meta-gradient equals the
+            ``memmaml.engine._step``), so the meta-gradient equals the
             engine's task by task.
         accumulate: also add each gradient to ``.grad`` of its tensor, as
             ``backward()`` would.

@@ -102,7 +102,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partly written file at ``path`` (see :func:`atomic_write`)."""
+    """``torch.save(obj, path)`` that never leaves a partly written file at ``path`` (see ``atomic_write``)."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
 

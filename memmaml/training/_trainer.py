@@ -261,8 +261,9 @@ class MetaTrainer:
         ``first_order``. No clipping and no outer step.
 
         Returns:
-            ``{"loss": mean query loss after adaptation, "loss_before": mean
-            support loss before it}``, 0-d tensors averaged over processes.
+            ``{"loss": ..., "loss_before": ...}``: the mean query loss after
+            adaptation and the mean support loss before it, 0-d tensors averaged
+            over processes.
         """
         config = self.config
         for p in self.meta_params:

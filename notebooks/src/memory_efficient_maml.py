@@ -28,7 +28,8 @@
 # `python notebooks/build.py --execute`; the configuration cell prints the device it ran
 # on. On a CPU it uses the CPU sizes of that cell (batch 4 at 64×64), and memory figures
 # are the live-tensor bytes counted by `memmaml.track_memory("cpu")`. Run it on Colab
-# with a GPU runtime for the full 224×224 setting.
+# with a GPU runtime for the full 224×224 setting (upload the memmaml source first: the
+# first code cell installs it).
 
 
 # %%
