@@ -291,8 +291,12 @@ class Executor:
 def _prefetch_next(store: Store, ops: Sequence[Any], position: int) -> None:
     """Ask ``store`` for the state the next replaying operation after ``ops[position]`` reads, if it is stored
     already: with offload on CUDA its copy back overlaps the current operation (NOTE [ Copies that overlap
-    compute ] in :mod:`memmaml.engine._store`)."""
-    for op in ops[position + 1 :]:
+    compute ] in :mod:`memmaml.engine._store`). Looks only as far as that operation (a ``Drop`` or two away):
+    constant work per operation, where copying the rest of the plan would be quadratic in its length."""
+    if not store.offload:
+        return
+    for next_position in range(position + 1, len(ops)):
+        op = ops[next_position]
         if isinstance(op, (Advance, Reverse)):
             if op.start in store.states:
                 store.prefetch(op.start)
