@@ -24,7 +24,8 @@ setup(
     long_description=index_description(),
     long_description_content_type="text/markdown",
     author="the memmaml authors",
-    license="MIT",
+    license="MIT",  # an SPDX expression (the license classifiers are deprecated)
+    license_files=["LICENSE"],
     packages=find_packages(include=["memmaml", "memmaml.*"]),
     package_data={"memmaml": ["py.typed"], "memmaml.tasks": ["splits/*.json"]},
     python_requires=">=3.11",
@@ -54,7 +55,6 @@ setup(
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Science/Research",
-        "License :: OSI Approved :: MIT License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",
