@@ -26,7 +26,7 @@ library).
 import importlib as _importlib
 
 from . import models, tasks  # noqa: F401  (public namespaces, not re-exported here)
-from ._host import host_available_bytes
+from ._host import default_host_budget, host_available_bytes
 from ._units import format_bytes, parse_size
 from .engine import (
     MAML,
@@ -157,6 +157,7 @@ __all__ = [
     "check_plan",
     "check_vmappable",
     "choose_schedule",
+    "default_host_budget",
     "format_bytes",
     "host_available_bytes",
     "load_checkpoint_file",

@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["host_available_bytes"]
+__all__ = ["default_host_budget", "host_available_bytes"]
+
+#: the share of the available host memory that offloaded states may pin when no host budget is given
+HOST_SHARE = 0.8
 
 
 def host_available_bytes() -> int | None:
@@ -33,3 +36,10 @@ def host_available_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def default_host_budget() -> int | None:
+    """The host memory offloaded states may pin by default: 80% of :func:`host_available_bytes`, leaving the
+    rest to the process itself (its batches, the pinned staging of the copies); ``None`` if unknown."""
+    available = host_available_bytes()
+    return None if available is None else int(HOST_SHARE * available)

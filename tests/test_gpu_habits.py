@@ -115,7 +115,7 @@ def test_auto_with_offload_stays_within_the_host_budget():
 
 
 def test_auto_host_budget_defaults_to_a_share_of_available_memory(monkeypatch):
-    monkeypatch.setattr(memmaml.schedules._auto, "host_available_bytes", lambda: 10 * GiB)
+    monkeypatch.setattr(memmaml._host, "host_available_bytes", lambda: 10 * GiB)
     choice = Auto("10GiB").choose(100_000, SEED_COSTS, offload=True)
     assert choice.predicted_host_bytes <= 8 * GiB < choice.predicted_host_bytes + 2 * SEED_COSTS.state_bytes
     assert Auto("10GiB").choose(100, SEED_COSTS).predicted_host_bytes == 0, "no offload, no host memory"

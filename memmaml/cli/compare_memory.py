@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memmaml import default_host_budget
 from memmaml.bench import (
     PEER_INSTALL,
     Method,
     Runner,
     Workload,
-    host_available_bytes,
     provenance,
     render,
     run_sweep,
@@ -164,7 +164,8 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         "--host-budget",
         type=t.size,
         default=None,
-        help="host memory for offloaded states (default: what this machine has available when the sweep starts)",
+        help="host memory for offloaded states (default: 80%% of what this machine has available when the sweep "
+        "starts, as memmaml.Auto plans)",
     )
     p.add_argument("--out", type=t.output_folder, default="results/compare_memory", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, argv: list[str]) -> int:
     out = Path(args.out)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
-    host_budget = args.host_budget or host_available_bytes()
+    host_budget = args.host_budget or default_host_budget()
     time_steps = args.time_steps or [max(args.steps)]
     command = ["python", SCRIPT] if prog == SCRIPT else [prog]
     origin = provenance(args.device, [*command, *argv], workers=True)  # the code the runs import

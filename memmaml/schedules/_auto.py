@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .._host import host_available_bytes
+from .._host import default_host_budget
 from .._units import format_bytes, parse_size
 from ._cost_model import Choice, StepCosts, predicted_host_bytes, predicted_peak_bytes
 from ._plans import Plan, PlanStats
@@ -53,8 +53,6 @@ def binomial_slots(
 
 
 _FAMILIES = ("naive", "uniform", "binomial")
-#: the share of the host's available memory offloaded states may pin when no host budget is given
-_HOST_SHARE = 0.8
 
 
 class Auto(Schedule):
@@ -87,7 +85,7 @@ class Auto(Schedule):
         host_budget: with ``offload=True``, the host memory the stored states
             may pin: bytes or a size string. ``None`` (default): 80% of the
             host's available memory when :meth:`choose` runs
-            (:func:`~memmaml.host_available_bytes`), leaving the rest to the
+            (:func:`~memmaml.default_host_budget`), leaving the rest to the
             process itself (its batches, the pinned staging of the copies).
 
     Example:
@@ -169,8 +167,8 @@ class Auto(Schedule):
     def _host_budget(self) -> int | float:
         if self.host_budget is not None:
             return self.host_budget
-        available = host_available_bytes()
-        return math.inf if available is None else int(_HOST_SHARE * available)
+        budget = default_host_budget()
+        return math.inf if budget is None else budget
 
     def __repr__(self) -> str:
         budget = "None" if self.budget is None else repr(format_bytes(self.budget))
