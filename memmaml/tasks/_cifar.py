@@ -146,15 +146,15 @@ class _CIFAR100Tasks(_TensorClassTasks):
     def __init__(
         self,
         root: str | os.PathLike,
-        num_ways: int,
-        num_shots: int,
-        num_query: int,
+        num_ways: int = 5,
+        num_shots: int = 1,
+        num_query: int = 15,
         *,
-        split: str,
-        download: bool,
-        image_size: int | None,
-        transform: Callable[[Tensor], Tensor] | None,
-        dtype: torch.dtype,
+        split: str = "train",
+        download: bool = False,
+        image_size: int | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         one_of("split", split, SPLITS)
         splits = self.split_classes()
@@ -216,31 +216,6 @@ class CIFARFS(_CIFAR100Tasks):
 
     _dataset, _source = "CIFAR-FS", "cifar_fs"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        num_ways: int = 5,
-        num_shots: int = 1,
-        num_query: int = 15,
-        *,
-        split: str = "train",
-        download: bool = False,
-        image_size: int | None = None,
-        transform: Callable[[Tensor], Tensor] | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(
-            root,
-            num_ways,
-            num_shots,
-            num_query,
-            split=split,
-            download=download,
-            image_size=image_size,
-            transform=transform,
-            dtype=dtype,
-        )
-
     @classmethod
     def split_classes(cls) -> dict[str, list[str]]:
         """CIFAR-FS's class lists (64 / 16 / 20), from ``splits/cifar_fs.json``.
@@ -270,31 +245,10 @@ class FC100(_CIFAR100Tasks):
 
     _dataset, _source = "FC100", "fc100"
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        num_ways: int = 5,
-        num_shots: int = 1,
-        num_query: int = 15,
-        *,
-        split: str = "train",
-        download: bool = False,
-        image_size: int | None = None,
-        transform: Callable[[Tensor], Tensor] | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(
-            root,
-            num_ways,
-            num_shots,
-            num_query,
-            split=split,
-            download=download,
-            image_size=image_size,
-            transform=transform,
-            dtype=dtype,
-        )
-        self.superclasses = self.split_superclasses()[split]
+    @property
+    def superclasses(self) -> list[str]:
+        """The superclasses of this source's split."""
+        return self.split_superclasses()[self.split]
 
     @staticmethod
     def split_superclasses() -> dict[str, list[str]]:

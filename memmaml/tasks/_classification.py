@@ -184,6 +184,14 @@ def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
     return tensor
 
 
+def _check_image_options(image_size: int | None, dtype: torch.dtype) -> None:
+    """The options every image source shares: a positive size (or ``None``) and a floating dtype."""
+    if image_size is not None:
+        positive_int("image_size", image_size)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+
+
 class _ImageClassTasks(_ClassPoolTasks):
     """Classification tasks over classes given as lists of image files."""
 
@@ -202,10 +210,7 @@ class _ImageClassTasks(_ClassPoolTasks):
         transform: Callable[[Tensor], Tensor] | None,
         dtype: torch.dtype,
     ) -> None:
-        if image_size is not None:
-            positive_int("image_size", image_size)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        _check_image_options(image_size, dtype)
         self.class_names = class_names
         self.class_files = class_files
         self.image_size = image_size
@@ -359,10 +364,7 @@ class _TensorClassTasks(_ClassPoolTasks):
         transform: Callable[[Tensor], Tensor] | None,
         dtype: torch.dtype,
     ) -> None:
-        if image_size is not None:
-            positive_int("image_size", image_size)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        _check_image_options(image_size, dtype)
         self.class_names = class_names
         self.class_images = class_images
         self.image_size = image_size
