@@ -164,6 +164,30 @@ def curves(run: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r["kind"] == "eval"]
 
 
+def convergence(results: dict[str, Any], window: int = 2000) -> str:
+    """How much each meta-training curve moved over its last ``window`` iterations (the plot shows them)."""
+    parts = []
+    for method, evals in results.get("curves", {}).items():
+        last = evals[-1]
+        before = [r for r in evals if r["iteration"] <= last["iteration"] - window]
+        if not before:
+            continue
+        moves = ", ".join(
+            f"{s} step{'s' if s != 1 else ''} "
+            f"{100 * (last[f'eval_accuracy@{s}'] - before[-1][f'eval_accuracy@{s}']):+.1f}"
+            for s in results["preset_eval_steps"]
+            if s
+        )
+        parts.append(f"{method} {moves}")
+    if not parts:
+        return ""
+    return (
+        f"Convergence: the held-out accuracy moved over the last {window:,} meta-iterations by (points) "
+        + "; ".join(parts)
+        + " (left panel of the plot)."
+    )
+
+
 def render(results: dict[str, Any], out: Path) -> None:
     """results.md and results.png from ``results``."""
     prov, steps = results["provenance"], results["steps"]
@@ -202,7 +226,7 @@ def render(results: dict[str, Any], out: Path) -> None:
         if row is not None:
             cells = " | ".join(f"{100 * row['accuracy'][steps.index(s)]:.1f}" for s in shown)
             lines.append(f"| {method} | {cells} |")
-    for note in results["notes"]:
+    for note in [*results["notes"], convergence(results)]:
         lines += ["", note]
     lines.append("")
     times = results["times"]
@@ -247,7 +271,8 @@ def render(results: dict[str, Any], out: Path) -> None:
             ax.errorbar(steps, m, yerr=c, marker="o", ms=3, capsize=2, label=f"{method} (lr {row['lr']:g})")
     ax.set(xlabel="SGD steps on the support set", ylabel="test accuracy (%)", xscale="symlog", title="After adaptation")
     ax.set_xticks(steps, [str(s) for s in steps])
-    ax.legend(fontsize=8)
+    if results["test"]:
+        ax.legend(fontsize=8)
     fig.suptitle(f"digits 5-way 1-shot, test digits 5-9; measured on this CPU, torch {prov['torch'].split('+')[0]}")
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=120)
