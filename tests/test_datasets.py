@@ -426,6 +426,54 @@ def test_digits_class_split_and_options():
     assert json.loads(json.dumps(Digits().config())) == Digits().config()
 
 
+def test_digits_rotations_are_new_classes_of_the_same_split():
+    plain = {split: Digits(5, 1, 3, split=split) for split in ("train", "test")}
+    rotated = {split: Digits(5, 1, 3, split=split, rotations=True) for split in ("train", "test")}
+    for split, digits in (("train", range(5)), ("test", range(5, 10))):
+        source = rotated[split]
+        assert source.num_classes == 20 and len(source.class_names) == 20
+        assert source.class_names[:5] == [str(d) for d in digits]  # Omniglot's order: the digits, then each turn
+        assert source.class_names[5 * 3 + 4] == f"{digits[4]} rotated by 270 degrees"
+        for turns in range(4):
+            for d in range(5):
+                images = source.class_images[5 * turns + d]
+                assert torch.equal(images, torch.rot90(plain[split].class_images[d], turns, dims=(-2, -1)))
+        assert source.config()["rotations"] and not plain[split].config()["rotations"]
+    train_digits = {name.split()[0] for name in rotated["train"].class_names}
+    test_digits = {name.split()[0] for name in rotated["test"].class_names}
+    assert train_digits == {"0", "1", "2", "3", "4"} and not train_digits & test_digits  # rotations stay in their split
+    assert not set(rotated["train"].class_names) & set(rotated["test"].class_names)
+
+    # a task's example of class "d rotated by k*90" is exactly torch.rot90 of an image of digit d
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    reference = torch.as_tensor(data.images / 16.0, dtype=torch.float32)
+    targets = torch.as_tensor(data.target)
+
+    def decode(image):  # (digit, quarter turns, index among all images)
+        for turns in range(4):
+            hits = (torch.rot90(reference, turns, dims=(-2, -1)) == image[0]).flatten(1).all(1).nonzero().flatten()
+            if len(hits):
+                return int(targets[hits[0]]), turns, int(hits[0])
+        raise AssertionError("not a (rotated) digits image")
+
+    seen = set()
+    for seed in range(12):
+        task = rotated["test"].sample(seed)
+        owner = classes_of(task, decode, key=lambda identity: identity[:2])
+        assert all(d in range(5, 10) for d, _ in owner.values())
+        seen.update(owner.values())
+    assert {turns for _, turns in seen} == {0, 1, 2, 3}  # every rotation is drawn
+    assert_same_task(rotated["test"].sample(7), Digits(5, 1, 3, split="test", rotations=True).sample(7))
+    assert not torch.equal(rotated["test"].sample(7).support[0], rotated["test"].sample(8).support[0])
+    flat = Digits(5, 1, 3, split="test", rotations=True, flatten=True, dtype=torch.float64).sample(7)
+    assert torch.equal(flat.support[0], rotated["test"].sample(7).support[0].flatten(1).double())
+    assert Digits(5, 1, 1, rotations=True, image_size=16).sample(0).query[0].shape == (5, 1, 16, 16)
+    with pytest.raises(TypeError, match="rotations must be True or False, got 1"):
+        Digits(rotations=1)
+
+
 def test_named_sources_share_one_interface():
     import inspect
 
