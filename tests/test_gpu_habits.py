@@ -345,3 +345,156 @@ def test_replays_run_under_the_cudnn_flags_of_the_call():
     mse(result.model, regression_batches(1)[0]).backward()  # the replays run here, with cuDNN enabled
     assert torch.backends.cudnn.enabled and len(seen) == 6 + 4, seen  # 6 steps, 4 of them replayed
     assert seen == [False] * len(seen), "forward and replays ran without cuDNN, as the call did"
+
+
+# ------------------------------------------------------------- review: pinned bytes, host facts
+def test_auto_counts_pinned_states_as_cuda_rounds_them():
+    """CUDA's pinned allocator rounds each tensor up to a power of two: a 42.7 MiB ResNet-18 state pins
+    75.3 MiB. Auto plans with the pinned figure when the measured costs carry it."""
+    exact = Auto("10GiB", host_budget="24GiB").choose(100_000, SEED_COSTS, offload=True)
+    pinned_costs = SEED_COSTS._replace(pinned_state_bytes=int(75.3 * MiB))
+    pinned = Auto("10GiB", host_budget="24GiB").choose(100_000, pinned_costs, offload=True)
+    assert pinned.predicted_host_bytes <= 24 * GiB
+    assert pinned.predicted_host_bytes == pinned.stats.max_stored * pinned_costs.pinned_state_bytes
+    assert pinned.schedule.slots < exact.schedule.slots * 0.6
+    assert memmaml.pinned_bytes(44_765_128) == 64 * MiB and memmaml.pinned_bytes(1) == 1
+
+
+def test_host_bytes_round_cuda_tensors_only():
+    from memmaml.engine._store import host_bytes
+
+    assert host_bytes([torch.zeros(1000), torch.zeros(3, dtype=torch.float64)]) == 4000 + 24  # CPU: exact
+
+
+def test_available_memory_respects_a_control_groups_limit(tmp_path):
+    from memmaml._host import _cgroup_room
+
+    (tmp_path / "memory.max").write_text("8589934592\n")
+    (tmp_path / "memory.current").write_text("2147483648\n")
+    assert _cgroup_room(tmp_path) == 6 * GiB
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _cgroup_room(tmp_path) is None, "no limit"
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(4 * GiB))
+    (v1 / "memory.usage_in_bytes").write_text(str(1 * GiB))
+    assert _cgroup_room(tmp_path / "v1") == 3 * GiB
+
+
+def test_auto_with_offload_asks_for_a_host_budget_where_the_host_does_not_say(monkeypatch):
+    monkeypatch.setattr(memmaml._host, "host_available_bytes", lambda: None)
+    with pytest.raises(ValueError, match=r"cannot tell how much host memory .* pass host_budget="):
+        Auto("10GiB").choose(100_000, SEED_COSTS, offload=True)
+    assert Auto("10GiB", host_budget="24GiB").choose(100_000, SEED_COSTS, offload=True).predicted_host_bytes > 0
+
+
+def test_float16_clip_factor_does_not_underflow():
+    """A clip factor of 1e-8 is 0 in float16: the multiplication runs in float32."""
+    from memmaml.engine._step import _ClipCotangent
+
+    x = torch.zeros(10_000, dtype=torch.float16, requires_grad=True)
+    for max_norm in (1.0, 1e-2, 1e-3):
+        (grad,) = torch.autograd.grad(_ClipCotangent.apply(max_norm, None, x)[0], x, torch.full_like(x, 1000.0))
+        norm = grad.double().norm().item()  # the cotangent's norm is 100,000
+        assert abs(norm - max_norm) <= 2e-3 * max_norm + 1e-7, (max_norm, norm)
+
+
+def test_a_frozen_model_keeps_no_graph_in_any_engine():
+    model = mlp(sizes=(4, 32, 32, 2)).requires_grad_(False)
+    batches = regression_batches(50)
+    for schedule in ENGINES:
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        with memmaml.track_memory() as mem:
+            result = memmaml.unroll(model, mse, batches, memmaml.SGD(0.1), params=params, schedule=schedule)
+            kept = mem.current_bytes
+        assert not result.params["0.weight"].requires_grad, schedule
+        assert kept <= 2 * sum(p.numel() * 8 for p in params.values()) + 50 * 64, (schedule, kept)
+
+
+def test_last_choice_is_none_after_a_call_under_no_grad():
+    maml = memmaml.MAML(mlp(), mse, memmaml.SGD(0.1), schedule="binomial:2")
+    maml(regression_batches(20))
+    assert maml.last_choice.num_steps == 20
+    with torch.no_grad():
+        maml(regression_batches(7))
+    assert maml.last_choice is None
+
+
+def test_every_store_of_an_unroll_shares_its_side_streams(monkeypatch):
+    """A second backward pass rebuilds the stored states in a new store from the input state the first one
+    copied out: it must read it back on the stream that copied it, so every store of the unroll shares them."""
+    from memmaml.engine._store import Store
+
+    made, real_init = [], Store.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Store, "__init__", init)
+    model = mlp()
+    result = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule="binomial:2", offload=True)(regression_batches(9))
+    loss = mse(result.model, regression_batches(1)[0])
+    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    again = torch.autograd.grad(loss, list(model.parameters()))
+    assert len(made) >= 3, "the forward pass's store, the first backward's, and the second's rebuilt one"
+    assert all(store.streams is made[0].streams for store in made)
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_pinned_branch_keeps_strides_and_orders_its_copy(monkeypatch):
+    """The CUDA branch of the offload copy, on the CPU with stand-ins for the CUDA calls: a pinned buffer with
+    the source's strides, the side stream waits for the compute stream before the copy, the copy runs on the
+    side stream without blocking, and the source is recorded on the side stream."""
+    from memmaml.engine import _store
+
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(("wait", self.name, other.name))
+
+    compute, side = Stream("compute"), Stream("side")
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+
+    class Entered:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            events.append(("enter", self.stream.name))
+
+        def __exit__(self, *exc):
+            events.append(("exit", self.stream.name))
+
+    monkeypatch.setattr(torch.cuda, "stream", Entered)
+    real_empty = _store._empty_like_strided
+
+    def empty(tensor, *, pin_memory):
+        events.append(("alloc", "pinned" if pin_memory else "pageable", tensor.stride()))
+        return real_empty(tensor, pin_memory=False)  # no driver here to pin with
+
+    monkeypatch.setattr(_store, "_empty_like_strided", empty)
+    real_copy = torch.Tensor.copy_
+
+    def copy(self, src, non_blocking=False):
+        events.append(("copy", "non_blocking" if non_blocking else "blocking"))
+        return real_copy(self, src)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", copy)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: events.append(("record", stream.name)))
+    weight = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    stored = _store._to_pinned(weight, side)
+    assert stored.tensor.stride() == weight.stride() and torch.equal(stored.tensor, weight)
+    assert events == [
+        ("alloc", "pinned", weight.stride()),
+        ("wait", "side", "compute"),
+        ("enter", "side"),
+        ("copy", "non_blocking"),
+        ("exit", "side"),
+        ("record", "side"),
+    ]

@@ -95,12 +95,54 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str, str]]:
     return found
 
 
+#: layers that must not import torch (or numpy): they plan, they do not compute
+NO_TORCH = {"helpers", "schedules"}
+
+
+def outside_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, top-level package)`` for every import of something other than memmaml in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return [(line, name) for line, name in found if name != "memmaml"]
+
+
+def private_attributes(path: Path) -> list[tuple[int, str]]:
+    """``(line, dotted name)`` for every ``memmaml.<wing>._private`` reached by attribute access in ``path``."""
+    found, inner = [], set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):  # outer attributes come first
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                inner.add(id(value))
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id == "memmaml":
+                dotted = ".".join(["memmaml", *reversed(parts)])
+                if any(part.startswith("_") and not part.startswith("__") for part in parts):
+                    found.append((node.lineno, dotted))
+    return found
+
+
 def violations(package: Path) -> list[str]:
     """Every import that breaks the layering, as ``file:line: import -- why``."""
     problems = []
     for path in sorted(package.rglob("*.py")):
         module = module_name(path, package)
         layer = layer_of(module)
+        if layer in NO_TORCH:
+            for line, name in outside_imports(path):
+                if name in ("torch", "numpy", "torchvision"):
+                    problems.append(
+                        f"{path.relative_to(package.parent)}:{line}: import {name} -- {layer} imports no {name}"
+                    )
+        if layer in {"bench", "cli"}:
+            for line, dotted in private_attributes(path):
+                where = f"{path.relative_to(package.parent)}:{line}"
+                problems.append(f"{where}: {dotted} -- {layer} may use only memmaml's public names")
         for line, target, written in imports_of(path, module):
             where = f"{path.relative_to(package.parent)}:{line}: {written}"
             target_layer = layer_of(target)
@@ -137,6 +179,13 @@ def test_every_import_points_down():
         ("bench/_sweep.py", "from memmaml.engine import unroll", "bench may import only memmaml's public names"),
         ("__init__.py", "from . import bench", "must load bench lazily"),
         ("tasks/_base.py", "from ..engine import unroll", "tasks may not import engine"),
+        ("schedules/_parse.py", "import torch", "schedules imports no torch"),
+        ("_units.py", "import numpy as np", "import numpy -- helpers imports no numpy"),
+        (
+            "bench/_sweep.py",
+            "return memmaml.engine._executor.Executor",
+            "memmaml.engine._executor.Executor -- bench may use only memmaml's public names",
+        ),
     ],
 )
 def test_a_planted_upward_import_is_reported(tmp_path, module, planted, why):
@@ -146,9 +195,11 @@ def test_a_planted_upward_import_is_reported(tmp_path, module, planted, why):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text())
     victim = copy / module
-    victim.write_text(victim.read_text() + f"\n\ndef _planted():\n    {planted}\n")
+    preamble = "import memmaml  # noqa: F401\n\n\n" if "memmaml." in planted.split("import")[0] else ""
+    victim.write_text(victim.read_text() + f"\n\n{preamble}def _planted():\n    {planted}\n")
     problems = violations(copy)
-    assert len(problems) == 1 and planted in problems[0] and why in problems[0], problems
+    assert len(problems) == 1 and module in problems[0] and why in problems[0], problems
+    assert planted in problems[0] or " -- " in why, problems  # shown as written, or as `why` says
 
 
 def test_the_planning_layer_imports_without_torch():

@@ -194,7 +194,7 @@ class Executor:
         # the input state is kept aside, and a second backward pass (retain_graph=True) first
         # rebuilds the forward pass's stored states from it
         store = self._forward_store() if self.consumed else self.store
-        self.store, self.consumed = Store(store.offload), True
+        self.store, self.consumed = Store(store.offload, store.streams), True
         kept, self.kept = self.kept, None  # a second backward pass replays the last segment too
         extra_leaves = [t.detach().requires_grad_(True) for t in self.extra_inputs]
         extras = self.extras_with(extra_leaves)
@@ -226,7 +226,7 @@ class Executor:
 
     def _forward_store(self) -> Store:
         """The forward pass's stored states again, recomputed from the kept input state."""
-        store = Store(self.store.offload)
+        store = Store(self.store.offload, self.store.streams)
         store.states[0] = self.initial_state
         extras = self.extras_with([t.detach() for t in self.extra_inputs])
         saves = sorted(self.plan.forward_saves)

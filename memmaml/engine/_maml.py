@@ -114,7 +114,8 @@ class MAML(nn.Module):
         self.preserve_rng_state = preserve_rng_state
         #: :class:`~memmaml.StepCosts` measured on the first call, for a schedule that needs them (Auto)
         self.step_costs: StepCosts | None = None
-        #: the concrete schedule of the last call and its predictions (``last_choice.describe()``)
+        #: the concrete schedule of the last call and its predictions (``last_choice.describe()``);
+        #: ``None`` after a call under ``no_grad``, which stores nothing
         self.last_choice: Choice | None = None
 
     @property
@@ -192,9 +193,11 @@ class MAML(nn.Module):
                 )
             return self.step_costs
 
-        if inputs and torch.is_grad_enabled():  # under no_grad nothing is stored: there is nothing to choose
+        if inputs and torch.is_grad_enabled():
             differentiated = check_truncate(truncate, len(inputs))
             self.last_choice = choose_schedule(self.schedule, differentiated, measure, offload=self.offload)
+        else:  # under no_grad nothing is stored: there is nothing to choose
+            self.last_choice = None
         return unroll(
             self.model,
             self.loss_function,

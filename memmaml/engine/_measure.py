@@ -11,6 +11,7 @@ from torch import Tensor
 from ..schedules import StepCosts
 from ._executor import Executor
 from ._memory import track_memory
+from ._store import host_bytes
 
 __all__ = ["measure_costs"]
 
@@ -22,8 +23,9 @@ def measure_costs(executor: Executor, state_tensors: Sequence[Tensor]) -> StepCo
     step, context = executor.step, executor.context
     leaves = executor.state_leaves([t.detach() for t in state_tensors])
     buffers = context.buffers_snapshot()
-    state_bytes = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, Tensor))
-    state_bytes += sum(t.numel() * t.element_size() for t in (buffers or {}).values())
+    state = [t for t in leaves if isinstance(t, Tensor)] + list((buffers or {}).values())
+    state_bytes = sum(t.numel() * t.element_size() for t in state)
+    pinned = host_bytes(state) if any(t.is_cuda for t in state) else None
     device = next((t.device for t in state_tensors), torch.device("cpu"))
     extras = executor.extras_with([t.detach().requires_grad_(True) for t in executor.extra_inputs])
 
@@ -46,7 +48,7 @@ def measure_costs(executor: Executor, state_tensors: Sequence[Tensor]) -> StepCo
             graph_step()
         nograph = _timed(nograph_step, device)
         graph = _timed(graph_step, device)
-    return StepCosts(int(state_bytes), int(mem.peak_bytes), nograph, graph)
+    return StepCosts(int(state_bytes), int(mem.peak_bytes), nograph, graph, pinned)
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:

@@ -24,7 +24,8 @@ NOTE [ Clipping through the unroll ]
       tensors, on the first tensor's device), so a float16 cotangent whose
       norm exceeds 65,504 while every entry is small does not become ``inf``
       -- which would make the scale 0 and the meta-gradient exactly zero, and
-      finite, so that no GradScaler would notice;
+      finite, so that no GradScaler would notice; the cotangent is multiplied
+      by the clip factor in float32 too (a factor below 6e-8 is 0 in float16);
     * with ``grad_scaler`` (a ``torch.amp.GradScaler``) the cotangents arrive
       multiplied by its current scale (``scaler.scale(loss).backward()``); the
       norm is divided by that scale -- the scaler's own tensor, read on the
@@ -119,7 +120,15 @@ class _ClipCotangent(torch.autograd.Function):
         if scale is not None:
             norm = norm / scale
         factor = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
-        return (None, None, *(g * factor.to(g.device, g.dtype) for g in grads))
+        # multiply in float32 at least: a factor rounded to float16 first underflows to 0 below 6e-8
+        return (None, None, *(_scaled(g, factor) for g in grads))
+
+
+def _scaled(grad: Tensor, factor: Tensor) -> Tensor:
+    """``grad * factor`` computed in ``factor``'s dtype (float32 at least), returned in ``grad``'s."""
+    if grad.dtype == factor.dtype:
+        return grad * factor.to(grad.device)
+    return (grad.to(factor.dtype) * factor.to(grad.device)).to(grad.dtype)
 
 
 def clip_cotangents(params: Params, max_norm: float | None, grad_scaler: Any = None) -> Params:

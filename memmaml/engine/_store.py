@@ -31,7 +31,11 @@ NOTE [ Copies that overlap compute ]
       state, and ``record_stream(compute)`` keeps the side stream's allocation
       from being reused while the compute stream still reads it;
     * a state stored again under the same index, or dropped, forgets its
-      prefetched copy, so nothing stale is ever read.
+      prefetched copy, so nothing stale is ever read;
+    * every store of one unroll shares its side streams: a second backward
+      pass (``retain_graph=True``) rebuilds the stored states in a new store
+      from the input state the first one copied out, and reads it back on the
+      stream that copied it.
 
     Nothing here syncs with the host. Prefetching holds one more state on the
     device (the cost model counts three states with offload).
@@ -44,10 +48,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..schedules import pinned_bytes
 from ._memory import host_allocations
 from ._replay_context import Rng
 
-__all__ = ["OnHost", "Store", "StoredState", "from_host", "to_host"]
+__all__ = ["OnHost", "Store", "StoredState", "from_host", "host_bytes", "reusable_pinned_bytes", "to_host"]
 
 
 class StoredState(NamedTuple):
@@ -63,6 +68,23 @@ class OnHost(NamedTuple):
 
     tensor: Tensor
     device: torch.device
+
+
+def host_bytes(tensors: list[Tensor]) -> int:
+    """Host bytes that offloading ``tensors`` takes: CUDA tensors as the pinned allocator rounds them (a
+    power of two each), others exactly."""
+    return sum(
+        pinned_bytes(t.numel() * t.element_size()) if t.is_cuda else t.numel() * t.element_size() for t in tensors
+    )
+
+
+def reusable_pinned_bytes() -> int:
+    """Pinned host memory this process's CUDA allocator holds but does not use: it stays taken for the system
+    (it is not in ``MemAvailable``), yet the next offloaded states reuse it."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return 0
+    stats = torch.cuda.host_memory_stats()
+    return max(int(stats.get("allocated_bytes.current", 0)) - int(stats.get("active_bytes.current", 0)), 0)
 
 
 def _empty_like_strided(tensor: Tensor, *, pin_memory: bool) -> Tensor:
@@ -96,16 +118,21 @@ def to_host(tensor: Tensor, side_stream: Any = None) -> OnHost:
     is an ordinary copy, counted as host memory by the tracker.
     """
     tensor = tensor.detach()
-    if tensor.device.type != "cuda":
-        with host_allocations():
-            host = _empty_like_strided(tensor, pin_memory=False)
-            host.copy_(tensor)
-        return OnHost(host, tensor.device)
+    if tensor.device.type == "cuda":
+        return _to_pinned(tensor, side_stream)
+    with host_allocations():
+        host = _empty_like_strided(tensor, pin_memory=False)
+        host.copy_(tensor)
+    return OnHost(host, tensor.device)
+
+
+def _to_pinned(tensor: Tensor, side_stream: Any) -> OnHost:
+    """The CUDA branch of :func:`to_host` (NOTE [ Copies that overlap compute ])."""
     host = _empty_like_strided(tensor, pin_memory=True)
-    side_stream.wait_stream(torch.cuda.current_stream(tensor.device))
+    side_stream.wait_stream(torch.cuda.current_stream(tensor.device))  # the copy reads the finished state
     with torch.cuda.stream(side_stream):
         host.copy_(tensor, non_blocking=True)
-    tensor.record_stream(side_stream)
+    tensor.record_stream(side_stream)  # its memory is not reused before the copy has read it
     return OnHost(host, tensor.device)
 
 
@@ -116,12 +143,15 @@ def from_host(stored: OnHost, side_stream: Any = None) -> Tensor:
     an ordinary copy.
     """
     host, device = stored
-    if device.type != "cuda":
-        out = torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, device=device)
-        return out.copy_(host)
-    with torch.cuda.stream(side_stream):
-        out = torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, device=device)
-        return out.copy_(host, non_blocking=True)
+    if device.type == "cuda":
+        with torch.cuda.stream(side_stream):
+            return _like(host, device).copy_(host, non_blocking=True)
+    return _like(host, device).copy_(host)
+
+
+def _like(host: Tensor, device: torch.device) -> Tensor:
+    """An empty tensor on ``device`` with ``host``'s size, strides and dtype."""
+    return torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, device=device)
 
 
 class _Fetched(NamedTuple):
@@ -132,16 +162,18 @@ class _Fetched(NamedTuple):
 class Store:
     """Stored states by index; with ``offload`` they live in host memory (NOTE [ Offloading ])."""
 
-    def __init__(self, offload: bool) -> None:
+    def __init__(self, offload: bool, streams: dict[torch.device, Any] | None = None) -> None:
         self.offload = offload
         self.states: dict[int, StoredState] = {}
-        self._streams: dict[torch.device, Any] = {}
+        # side streams per device, shared by every store of one unroll: a state copied out by one store
+        # (the input, kept for a second backward pass) is read back by another, in the same stream's order
+        self.streams: dict[torch.device, Any] = {} if streams is None else streams
         self._prefetched: dict[int, _Fetched] = {}
 
     def _side_stream(self, device: torch.device) -> Any:
-        if device not in self._streams:
-            self._streams[device] = torch.cuda.Stream(device)
-        return self._streams[device]
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
 
     def _map(self, state: StoredState, fn) -> StoredState:
         leaves = [fn(t) if isinstance(t, (Tensor, OnHost)) else t for t in state.leaves]

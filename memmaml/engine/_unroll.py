@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from .._checks import positive_number
-from .._host import host_available_bytes
+from .._host import default_host_budget, host_available_bytes
 from .._units import format_bytes
 from ..optim import InnerOptimizer
 from ..schedules import Choice, Schedule, StepCosts, parse_schedule
@@ -29,6 +29,7 @@ from ._executor import CheckpointedUnroll, Executor
 from ._measure import measure_costs
 from ._replay_context import ReplayContext, check_cudnn_rnn_dropout
 from ._step import InnerStep, progress_bar, tensors_in
+from ._store import host_bytes, reusable_pinned_bytes
 
 __all__ = ["Result", "check_truncate", "choose_schedule", "measure_step_costs", "unroll"]
 
@@ -69,7 +70,9 @@ def choose_schedule(
     schedule = _checked_schedule(schedule, offload)
     if schedule is None:
         return Choice.of(None, num_steps)
-    return schedule.choose(num_steps, measure() if schedule.needs_costs else None, offload=offload)
+    costs = measure() if schedule.needs_costs else None
+    room = default_host_budget(reusable_pinned_bytes()) if offload and schedule.needs_costs else None
+    return schedule.choose(num_steps, costs, offload=offload, host_room=room)
 
 
 def _checked_schedule(schedule: Schedule | str | None, offload: bool) -> Schedule | None:
@@ -300,6 +303,8 @@ def _differentiated(
     """The steps of ``setup`` with a meta-gradient: naive, or by the plan of the schedule chosen."""
     model, batches = setup.step.model, setup.step.extras[2]
     choice = choose_schedule(schedule, len(batches), lambda: _measure(setup), offload=bool(offload))
+    if not any(t.requires_grad for t in tensors_in((setup.leaves, setup.step.extras))):
+        return _without_graph(setup, progress=bool(progress))  # nothing to differentiate, whatever the engine
     if choice.schedule is None:
         return _naive(setup, progress=bool(progress))
     check_cudnn_rnn_dropout(model, setup.context.device_types)
@@ -316,8 +321,6 @@ def _differentiated(
         progress=bool(progress),
     )
     state_tensors = [setup.leaves[i] for i in executor.tensor_slots]
-    if not any(t.requires_grad for t in state_tensors + executor.extra_inputs):
-        return _without_graph(setup, progress=bool(progress))
     outputs = CheckpointedUnroll.apply(executor, len(state_tensors), *state_tensors, *executor.extra_inputs)
     params, opt_state = pytree.tree_unflatten(executor.state_leaves(list(outputs[:-1])), setup.spec)
     return Result(AdaptedModule(model, params), list(outputs[-1].unbind(0)), opt_state)
@@ -349,11 +352,13 @@ def _outside_inference(tree: Any) -> Any:
 
 
 def _check_host_room(choice: Choice, setup: _Setup) -> None:
-    """Refuse an offloaded plan whose stored states cannot fit in the host's available memory."""
-    state = sum(t.numel() * t.element_size() for t in tensors_in(setup.leaves))
-    state += sum(t.numel() * t.element_size() for t in setup.context.buffers_of(None))
+    """Refuse an offloaded plan whose stored states cannot fit in the host's available memory (pinned blocks
+    this process already holds for reuse count as available; CUDA's rounding of pinned blocks counts too)."""
+    state = host_bytes(tensors_in(setup.leaves) + setup.context.buffers_of(None))
     pinned = choice.stats.max_stored * state
     available = host_available_bytes()
+    if available is not None:
+        available += reusable_pinned_bytes()
     if available is not None and pinned > available:
         raise ValueError(
             f"offload=True with {choice.schedule!r} over {choice.num_steps} steps would pin "

@@ -46,7 +46,7 @@ def binomial_slots(
     useful = max(check_num_steps(num_steps) - 1, 1)
     S, A = costs.state_bytes, costs.graph_bytes
     if offload:
-        room = useful if host_budget == math.inf else host_budget // max(S, 1) - 1
+        room = useful if host_budget == math.inf else host_budget // max(costs.host_state_bytes, 1) - 1
     else:
         room = (budget - A - 2 * S) // max(S, 1)
     return int(max(0, min(useful, room)))
@@ -123,8 +123,20 @@ class Auto(Schedule):
     def stats(self, num_steps: int) -> PlanStats:
         return self.plan(num_steps)  # raises
 
-    def choose(self, num_steps: int, costs: StepCosts | None = None, *, offload: bool = False) -> Choice:
+    def choose(
+        self,
+        num_steps: int,
+        costs: StepCosts | None = None,
+        *,
+        offload: bool = False,
+        host_room: int | None = None,
+    ) -> Choice:
         """The fastest candidate that fits the budget.
+
+        With ``offload``, the stored states must fit this Auto's ``host_budget``;
+        without one, ``host_room`` (what the caller knows the host can pin; the
+        engine adds the pinned blocks its own allocator holds for reuse), or else
+        :func:`~memmaml.default_host_budget`.
 
         Raises:
             ValueError: ``costs`` missing, or the budget below what the smallest
@@ -135,7 +147,7 @@ class Auto(Schedule):
             raise ValueError(f"{self!r} chooses from measured step costs: pass costs=measure_step_costs(...)")
         S, A = costs.state_bytes, costs.graph_bytes
         budget = math.inf if self.budget is None else self.budget
-        host_budget = self._host_budget() if offload else math.inf
+        host_budget = self._host_budget(host_room) if offload else math.inf
         chooser = repr(self).replace("'", "")
         candidates: list[Schedule | None] = []
         if "naive" in self.among:
@@ -150,9 +162,10 @@ class Auto(Schedule):
         fitting = [c for c in choices if c.predicted_peak_bytes <= budget and c.predicted_host_bytes <= host_budget]
         if not fitting:
             if offload and n > 1 and predicted_host_bytes(Binomial(1).stats(n), n, costs, offload=True) > host_budget:
+                H = costs.host_state_bytes
                 raise ValueError(
                     f"host budget {format_bytes(host_budget)} is smaller than what offloading {n} steps needs: "
-                    f"at least {format_bytes(2 * S)} (two stored states of {format_bytes(S)})"
+                    f"at least {format_bytes(2 * H)} (two stored states of {format_bytes(H)} in host memory)"
                 )
             smallest = min((c.predicted_peak_bytes for c in choices), default=A + 2 * S)
             if "binomial" in self.among and n > 1:
@@ -164,11 +177,16 @@ class Auto(Schedule):
             )
         return min(fitting, key=lambda c: (c.predicted_seconds, c.predicted_peak_bytes))
 
-    def _host_budget(self) -> int | float:
+    def _host_budget(self, host_room: int | None) -> int:
         if self.host_budget is not None:
             return self.host_budget
-        budget = default_host_budget()
-        return math.inf if budget is None else budget
+        budget = default_host_budget() if host_room is None else host_room
+        if budget is None:
+            raise ValueError(
+                f"{self!r} cannot tell how much host memory offloaded states may pin: this system does not say "
+                "how much it has available; pass host_budget= (bytes or a size such as '16GiB')"
+            )
+        return budget
 
     def __repr__(self) -> str:
         budget = "None" if self.budget is None else repr(format_bytes(self.budget))

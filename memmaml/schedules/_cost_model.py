@@ -12,8 +12,9 @@ answers of ``scripts/compare_memory.py`` -- comes from here, from measured
   back while the current segment is reversed: ``prefetch``, what the engine
   does on CUDA); ``2 * S`` where there is nothing to overlap and the engine
   does not copy ahead (``prefetch=False``: a CPU run);
-* host bytes: with ``offload=True``, ``max_stored * S`` pinned in host memory
-  (0 otherwise);
+* host bytes: with ``offload=True``, ``max_stored`` states pinned in host
+  memory, each as CUDA's allocator rounds it (``StepCosts.pinned_state_bytes``;
+  ``S`` on a CPU), 0 otherwise;
 * seconds: ``forward_steps * t_nograph + n * t_graph`` (every step is evaluated
   once with its graph; the forward pass and the replays without one).
 
@@ -34,6 +35,7 @@ __all__ = [
     "Choice",
     "StepCosts",
     "longest_steps",
+    "pinned_bytes",
     "predicted_host_bytes",
     "predicted_peak_bytes",
     "predicted_seconds",
@@ -49,12 +51,34 @@ class StepCosts(NamedTuple):
             (forward activations and the differentiable gradient).
         nograph_seconds: time of one step without a graph.
         graph_seconds: time of one step with its graph plus its backward.
+        pinned_state_bytes: host bytes one offloaded state pins, where that is
+            not ``state_bytes``: CUDA's pinned-memory allocator rounds every
+            allocation up to a power of two (:func:`pinned_bytes`), so a state of
+            many tensors pins up to twice its size. ``None``: ``state_bytes``
+            (a CPU run, whose host copies are exact).
     """
 
     state_bytes: int
     graph_bytes: int
     nograph_seconds: float
     graph_seconds: float
+    pinned_state_bytes: int | None = None
+
+    @property
+    def host_state_bytes(self) -> int:
+        """The host bytes one offloaded state takes (:attr:`pinned_state_bytes`, else :attr:`state_bytes`)."""
+        return self.state_bytes if self.pinned_state_bytes is None else self.pinned_state_bytes
+
+
+def pinned_bytes(nbytes: int) -> int:
+    """What CUDA's caching host allocator reserves for a pinned tensor of ``nbytes``: the next power of two
+    (its default rounding; ``PYTORCH_CUDA_ALLOC_CONF``'s pinned round threshold can turn it off).
+
+    Example:
+        >>> pinned_bytes(44_000_000), pinned_bytes(4096), pinned_bytes(0)
+        (67108864, 4096, 0)
+    """
+    return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
 
 
 def predicted_peak_bytes(
@@ -88,7 +112,8 @@ def predicted_peak_bytes(
 
 
 def predicted_host_bytes(stats: PlanStats | None, num_steps: int, costs: StepCosts, *, offload: bool = False) -> int:
-    """Host bytes an unroll pins for its stored states: ``max_stored * S`` with ``offload``, else 0.
+    """Host bytes an unroll pins for its stored states: ``max_stored`` states of
+    :attr:`StepCosts.host_state_bytes` with ``offload``, else 0.
 
     Example:
         >>> costs = StepCosts(state_bytes=100, graph_bytes=2_000, nograph_seconds=1.0, graph_seconds=3.0)
@@ -97,7 +122,7 @@ def predicted_host_bytes(stats: PlanStats | None, num_steps: int, costs: StepCos
     """
     if stats is None or not offload:
         return 0
-    return stats.max_stored * costs.state_bytes
+    return stats.max_stored * costs.host_state_bytes
 
 
 def predicted_seconds(stats: PlanStats | None, num_steps: int, costs: StepCosts) -> float:

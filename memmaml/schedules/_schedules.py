@@ -52,8 +52,19 @@ class Schedule:
         """The plan's costs, as :func:`~memmaml.check_plan` counts them."""
         return check_plan(self.plan(num_steps))
 
-    def choose(self, num_steps: int, costs: StepCosts | None = None, *, offload: bool = False) -> Choice:
-        """This schedule, with the cost model's predictions when ``costs`` are given."""
+    def choose(
+        self,
+        num_steps: int,
+        costs: StepCosts | None = None,
+        *,
+        offload: bool = False,
+        host_room: int | None = None,
+    ) -> Choice:
+        """This schedule, with the cost model's predictions when ``costs`` are given.
+
+        ``host_room``: the host memory offloaded states may pin, as the caller knows it (a schedule that
+        chooses, :class:`~memmaml.Auto`, uses it when it was given no ``host_budget`` of its own).
+        """
         return Choice.of(self, check_num_steps(num_steps), costs, offload=offload)
 
     def __repr__(self) -> str:
