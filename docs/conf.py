@@ -66,6 +66,10 @@ def _copy_notebooks(app) -> None:
     """The notebooks live in ``notebooks/``; Sphinx reads only its source folder, so copy them in."""
     target = DOCS / "notebooks"
     target.mkdir(exist_ok=True)
+    sources = {notebook.name for notebook in (ROOT / "notebooks").glob("*.ipynb")}
+    for stale in target.glob("*.ipynb"):
+        if stale.name not in sources:  # a notebook renamed or removed since the last build
+            stale.unlink()
     for notebook in (ROOT / "notebooks").glob("*.ipynb"):
         destination = target / notebook.name
         if not destination.exists() or destination.read_bytes() != notebook.read_bytes():

@@ -51,6 +51,8 @@ def parse_size(size: int | str) -> int:
         if value is not None and unit in _UNITS and math.isfinite(value):
             if value <= 0:
                 raise ValueError(f"a memory size must be positive, got {size!r}")
+            if int(value * _UNITS[unit]) < 1:  # 0.5 bytes is no size either
+                raise ValueError(f"a memory size must be at least one byte, got {size!r}")
             return int(value * _UNITS[unit])
     raise ValueError(f"cannot read {size!r} as a memory size; use bytes or a string like '11GiB', '500MB', '4G'")
 

@@ -56,12 +56,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-if importlib.util.find_spec("memmaml") is not None:
+spec = importlib.util.find_spec("memmaml")
+if spec is not None and spec.origin is not None:  # a folder named memmaml (a clone) is no installed package
     print("memmaml is already installed; nothing to do")
 elif not Path(MEMMAML_SOURCE).exists():
     raise FileNotFoundError(f"upload the memmaml source as {MEMMAML_SOURCE!r} (or set MEMMAML_SOURCE to its path)")
-else:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", MEMMAML_SOURCE], check=True)"""
+else:  # a path, never a name pip would look up on an index
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(Path(MEMMAML_SOURCE).resolve())], check=True)"""
 
 
 def parse_cells(text: str, source: str = "<source>") -> list[tuple[str, str]]:

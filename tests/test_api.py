@@ -213,3 +213,9 @@ def test_auto_restricted_to_one_family():
         Auto(None)
     with pytest.raises(ValueError, match="among must name some of"):
         Auto("1GiB", among=("revolve",))
+
+
+@pytest.mark.parametrize("size", ["0.5", "0.9B", 0, -3, "0"])
+def test_a_memory_size_is_at_least_one_byte(size):
+    with pytest.raises(ValueError, match="a memory size must be (positive|at least one byte)"):
+        memmaml.parse_size(size)
