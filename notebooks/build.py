@@ -62,7 +62,8 @@ if spec is not None and spec.origin is not None:  # a folder named memmaml (a cl
 elif not Path(MEMMAML_SOURCE).exists():
     raise FileNotFoundError(f"upload the memmaml source as {MEMMAML_SOURCE!r} (or set MEMMAML_SOURCE to its path)")
 else:  # a path, never a name pip would look up on an index
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(Path(MEMMAML_SOURCE).resolve())], check=True)"""
+    source = str(Path(MEMMAML_SOURCE).resolve())
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)"""
 
 
 def parse_cells(text: str, source: str = "<source>") -> list[tuple[str, str]]:
