@@ -204,7 +204,7 @@ def run_errors(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- part 2: downstream
 DOWNSTREAM = {
     # outer optimiser and evaluation of each problem's downstream loop
-    "digits-lr-wd": {"outer_lr": 0.1, "lr0": 0.1, "wd0": 1e-3, "lr_cap": 2.0, "eval_runs": 3},
+    "digits-lr-wd": {"outer_lr": 0.1, "lr0": 0.1, "wd0": 1e-3, "lr_cap": 1.0, "eval_runs": 3},
     "digits-maml": {"outer_lr": 0.01, "meta_batch": 2, "eval_tasks": 20},
     "sinusoid-maml": {"outer_lr": 0.01, "meta_batch": 2, "eval_tasks": 20},
 }
