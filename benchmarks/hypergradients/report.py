@@ -162,22 +162,13 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             f"`{schedule}` {plan_step * 1e3:.2f} ms/step, peak {format_bytes(reference[schedule]['peak_bytes'])}; "
             f"hypergradients agree to {reference['max_relative_difference']:.1e} (max relative difference).",
         ]
-        for key, what in (
-            ("long_time", "the engine as committed"),
-            (
-                "long_time_prefetch_fix",
-                "the engine with the prefetch scan fixed (measure.py, NOTE [ A quadratic scan ])",
-            ),
-        ):
-            run = records.get(key)
-            if run:
-                step = run["time_s"] / steps
-                lines.append(
-                    f"* T = {steps:,}, {what}: {run['time_s']:.0f} s CPU ({run['wall_s']:.0f} s wall), "
-                    f"{step * 1e3:.2f} ms/step = **{step / naive_step:.2f}× naive's per-step time** at "
-                    f"T = {ref_steps:,}."
-                )
-        long_time = records.get("long_time_prefetch_fix") or records.get("long_time")
+        long_time = records.get("long_time")
+        if long_time:
+            step = long_time["time_s"] / steps
+            lines.append(
+                f"* T = {steps:,}: {long_time['time_s']:.0f} s CPU ({long_time['wall_s']:.0f} s wall), "
+                f"{step * 1e3:.2f} ms/step = **{step / naive_step:.2f}× naive's per-step time** at T = {ref_steps:,}."
+            )
         long_memory = records.get("long_memory")
         if long_memory:
             ratio = long_memory["peak_bytes"] / reference[schedule]["peak_bytes"]
