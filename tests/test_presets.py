@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from fixtures_datasets import write_mini_imagenet, write_omniglot
 
 from memmaml.cli import meta_train
-from memmaml.cli._presets import PRESETS
+from memmaml.cli._presets import DIGITS_INNER_LR, DIGITS_MAX_GRAD_NORM, PRESETS
 
 # Finn et al. 2017 (paper, section 5.2) and github.com/cbfinn/maml (main.py): the values each preset must set
 FINN = {
@@ -66,6 +67,22 @@ def test_digits_presets_need_no_data_root(name):
     args = meta_train.parse_args(["--preset", name, "--out", "unused"])
     assert (args.task, args.num_shots, args.data_root, args.eval_split) == ("digits", int(name[-2]), None, "test")
     assert (args.model, args.hidden, args.num_eval_tasks) == ("mlp", "64,64", 600)
+
+
+@pytest.mark.parametrize("name", ["digits-5w1s", "digits-5w5s"])
+def test_digits_presets_rotate_and_use_one_setting_for_maml_and_first_order(name):
+    """Rotations as classes (NOTE [ The digits presets ]); the inner lr and clip chosen on training digits, the
+    same for --first-order (an override of nothing else)."""
+    args = meta_train.parse_args(["--preset", name, "--out", "unused"])
+    assert args.rotations and not args.first_order and args.inner_steps == 1
+    assert (args.inner_lr, args.max_grad_norm) == (float(DIGITS_INNER_LR), float(DIGITS_MAX_GRAD_NORM))
+    first_order = meta_train.parse_args(["--preset", name, "--first-order", "--out", "unused"])
+    assert vars(first_order) == {**vars(args), "first_order": True}
+    assert "rotated by 90/180/270 degrees as new classes" in PRESETS[name].title
+    train, test = meta_train.build_sources(args, torch.float32)
+    assert train.num_classes == test.num_classes == 20 and train.rotations and test.rotations
+    digits = [{name.split()[0] for name in source.class_names} for source in (train, test)]
+    assert digits == [{"0", "1", "2", "3", "4"}, {"5", "6", "7", "8", "9"}]  # rotations stay in their split
 
 
 def test_every_value_a_preset_sets_is_a_flag_of_the_command_line():
@@ -149,7 +166,9 @@ def test_digits_preset_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "preset digits-5w1s: overridden by --iterations 2 (the preset's 5000)" in err
     config = json.loads((out / "config.json").read_text())
     assert (config["task.source"], config["task.split"], config["eval_task.split"]) == ("digits", "train", "test")
-    assert (config["run.preset"], config["inner_optimizer.lr"], config["num_inner_steps"]) == ("digits-5w1s", 0.4, 1)
+    lr, clip = float(DIGITS_INNER_LR), float(DIGITS_MAX_GRAD_NORM)
+    assert (config["run.preset"], config["inner_optimizer.lr"], config["num_inner_steps"]) == ("digits-5w1s", lr, 1)
+    assert (config["max_grad_norm"], config["task.rotations"], config["eval_task.rotations"]) == (clip, True, True)
     final = json.loads((out / "summary.json").read_text())["final_eval"]
     assert {f"eval_accuracy@{k}" for k in (0, 1, 3, 10)} <= set(final)
     longer = ["--preset", "digits-5w1s", *TINY[2:], "--iterations", "3", "--resume"]
