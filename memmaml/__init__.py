@@ -17,6 +17,9 @@ library).
   the plans they produce and the cost model that predicts them;
 * in-graph optimizers :class:`SGD`, :class:`RMSProp`, :class:`Adam` (and the
   torch_maml names :class:`IngraphGradientDescent`, :class:`IngraphRMSProp`);
+* :func:`implicit_hypergradient` -- the implicit-function approximation of a
+  hypergradient from an inner loop's end point (CG or Neumann), to compare
+  with the exact one;
 * :func:`track_memory` -- peak live-tensor bytes on CPU or CUDA;
 * :class:`MetaTrainer` with its :class:`TrainerConfig`, held-out evaluation
   (:func:`batched_evaluate`) and the vmap-over-tasks meta-gradient
@@ -32,11 +35,13 @@ from .engine import (
     MAML,
     AdaptedModule,
     GradientCheckpointMAML,
+    ImplicitResult,
     MemoryTracker,
     NaiveMAML,
     ReplayMismatchError,
     Result,
     choose_schedule,
+    implicit_hypergradient,
     measure_step_costs,
     peak_rss_bytes,
     track_memory,
@@ -124,6 +129,7 @@ __all__ = [
     "Drop",
     "EngineSpec",
     "GradientCheckpointMAML",
+    "ImplicitResult",
     "IncompatibleCheckpointError",
     "IngraphGradientDescent",
     "IngraphRMSProp",
@@ -161,6 +167,7 @@ __all__ = [
     "default_host_budget",
     "format_bytes",
     "host_available_bytes",
+    "implicit_hypergradient",
     "load_checkpoint_file",
     "longest_steps",
     "measure_step_costs",

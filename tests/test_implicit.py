@@ -12,8 +12,7 @@ loss ``O = 1/2 |theta - b|^2 + c wd^2`` and ``g = theta* - b``:
 * iMAML's proximal inner problem ``1/2 (theta - a)^T A (theta - a) + lam/2 |theta - phi|^2`` gives
   ``dO/dphi = (I + A/lam)^{-1} g``.
 
-The closed forms use ``torch.linalg``, not the solver. ``memmaml.implicit_hypergradient`` is imported through
-the engine wing, which exports it.
+The closed forms use ``torch.linalg``, not the solver.
 """
 
 import math
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 import memmaml
-from memmaml.engine import ImplicitResult, implicit_hypergradient
+from memmaml import ImplicitResult, implicit_hypergradient
 
 DIM = 4
 DT = torch.float64
