@@ -211,6 +211,61 @@ def test_failures_of_the_linear_solve_warn():
         )
 
 
+def _indefinite(case):
+    """``(H, g)``, an indefinite Hessian and a right-hand side on which conjugate gradients meet non-positive
+    curvature after their last iterate got worse: "x1" (4-D, eigenvalues 2, 1, 0.5, -1): residuals 1, 0.32, 4.0
+    at x = 0, x1, x2, then p^T H p <= 0; "x0" (2-D, H = diag(1, -1), g = (1, 0.5)): 1, 1.33, then p^T H p < 0."""
+    if case == "x0":
+        return torch.diag(torch.tensor([1.0, -1.0], dtype=DT)), torch.tensor([1.0, 0.5], dtype=DT)
+    gen = torch.Generator().manual_seed(40)
+    q, _ = torch.linalg.qr(torch.randn(DIM, DIM, generator=gen, dtype=DT))
+    H = q @ torch.diag(torch.tensor([2.0, 1.0, 0.5, -1.0], dtype=DT)) @ q.T
+    return H, torch.randn(DIM, generator=gen, dtype=DT)
+
+
+def _hand_written_cg(H, g, iterations):
+    """The textbook CG iterates ``[x0 = 0, x1, ...]`` until ``p^T H p <= 0``, the products spent, and whether
+    it stopped there."""
+    x, r, p, xs = torch.zeros_like(g), g.clone(), g.clone(), [torch.zeros_like(g)]
+    for k in range(iterations):
+        hp = H @ p
+        if p @ hp <= 0:
+            return xs, k + 1, True
+        step = (r @ r) / (p @ hp)
+        x, r_next = x + step * p, r - step * hp
+        p, r = r_next + (r_next @ r_next) / (r @ r) * p, r_next
+        xs.append(x)
+    return xs, iterations, False
+
+
+@pytest.mark.parametrize("case", ["x1", "x0"])
+def test_conjugate_gradients_at_non_positive_curvature_keep_the_smallest_residual(case):
+    """Inner ``1/2 theta^T H theta + wd u^T theta`` and outer ``g^T theta``: the hypergradient for a solution x
+    is ``-u^T x``. CG stops at non-positive curvature and must return the iterate of smallest true residual
+    ``|g - H x| / |g|`` seen (x = 0 included), not its last, which here is worse."""
+    H, g = _indefinite(case)
+    u = torch.linspace(-1.0, 2.0, len(g), dtype=DT)
+    xs, products, stopped = _hand_written_cg(H, g, iterations=len(g))
+    residuals = [((g - H @ x).norm() / g.norm()).item() for x in xs]
+    best = min(range(len(xs)), key=residuals.__getitem__)
+    assert stopped and best < len(xs) - 1 and residuals[-1] > 1  # the problem is what it claims
+    wd = torch.tensor(0.3, dtype=DT, requires_grad=True)
+
+    def inner(p, h):
+        return 0.5 * p["theta"] @ H @ p["theta"] + h["wd"] * (u @ p["theta"])
+
+    def outer(p, h):
+        return g @ p["theta"]
+
+    with pytest.warns(UserWarning, match="non-positive curvature"):
+        result = implicit_hypergradient(
+            inner, outer, {"theta": torch.zeros(len(g), dtype=DT)}, {"wd": wd}, iterations=len(g), grad_tol=None
+        )
+    assert result.iterations == products
+    assert math.isclose(result.residual, residuals[best], rel_tol=1e-10, abs_tol=1e-14)
+    torch.testing.assert_close(result.grads["wd"], -u @ xs[best], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
