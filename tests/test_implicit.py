@@ -149,13 +149,19 @@ def test_at_a_converged_inner_loop_implicit_equals_the_unrolled_hypergradient():
     result = memmaml.MAML(model, lambda m, batch: m(*batch), optimizer, schedule="binomial:4")([(A, a)] * steps)
     inner, outer = _losses(A, b)
     hyper = {"wd": wd, "a": a.clone().requires_grad_()}
-    exact_wd, exact_lr = torch.autograd.grad(outer(result.params, hyper), [wd, lrs])
+    # the end point carries the unroll's graph, through which wd and lrs reach it: differentiating through it
+    # would compute the cotangent of the end point, which this hook sees, and give the exact hypergradient
+    end = result.params["theta"]
+    seen = []
+    end.register_hook(seen.append)
     with pytest.warns(UserWarning, match=r"hyperparams \['lr'\] do not affect the gradient of inner_loss"):
         implicit = implicit_hypergradient(inner, outer, result.params, {**hyper, "lr": lrs}, iterations=DIM)
+    assert seen == []  # the unroll's graph was not used
+    exact_wd, exact_lr = torch.autograd.grad(outer(result.params, hyper), [wd, lrs])
+    assert len(seen) == 1  # ... and the hook does see a pass through it
     torch.testing.assert_close(implicit.grads["wd"], exact_wd, rtol=1e-9, atol=1e-12)
     assert torch.equal(implicit.grads["lr"], torch.zeros_like(lrs))
     assert 0 < exact_lr.abs().max() < 1e-12  # vanishing with convergence, not structurally zero
-    assert model.theta.grad is None  # the unroll's graph was not used
 
 
 def test_imaml_proximal_form():
@@ -205,6 +211,61 @@ def test_failures_of_the_linear_solve_warn():
         )
 
 
+def _indefinite(case):
+    """``(H, g)``, an indefinite Hessian and a right-hand side on which conjugate gradients meet non-positive
+    curvature after their last iterate got worse: "x1" (4-D, eigenvalues 2, 1, 0.5, -1): residuals 1, 0.32, 4.0
+    at x = 0, x1, x2, then p^T H p <= 0; "x0" (2-D, H = diag(1, -1), g = (1, 0.5)): 1, 1.33, then p^T H p < 0."""
+    if case == "x0":
+        return torch.diag(torch.tensor([1.0, -1.0], dtype=DT)), torch.tensor([1.0, 0.5], dtype=DT)
+    gen = torch.Generator().manual_seed(40)
+    q, _ = torch.linalg.qr(torch.randn(DIM, DIM, generator=gen, dtype=DT))
+    H = q @ torch.diag(torch.tensor([2.0, 1.0, 0.5, -1.0], dtype=DT)) @ q.T
+    return H, torch.randn(DIM, generator=gen, dtype=DT)
+
+
+def _hand_written_cg(H, g, iterations):
+    """The textbook CG iterates ``[x0 = 0, x1, ...]`` until ``p^T H p <= 0``, the products spent, and whether
+    it stopped there."""
+    x, r, p, xs = torch.zeros_like(g), g.clone(), g.clone(), [torch.zeros_like(g)]
+    for k in range(iterations):
+        hp = H @ p
+        if p @ hp <= 0:
+            return xs, k + 1, True
+        step = (r @ r) / (p @ hp)
+        x, r_next = x + step * p, r - step * hp
+        p, r = r_next + (r_next @ r_next) / (r @ r) * p, r_next
+        xs.append(x)
+    return xs, iterations, False
+
+
+@pytest.mark.parametrize("case", ["x1", "x0"])
+def test_conjugate_gradients_at_non_positive_curvature_keep_the_smallest_residual(case):
+    """Inner ``1/2 theta^T H theta + wd u^T theta`` and outer ``g^T theta``: the hypergradient for a solution x
+    is ``-u^T x``. CG stops at non-positive curvature and must return the iterate of smallest true residual
+    ``|g - H x| / |g|`` seen (x = 0 included), not its last, which here is worse."""
+    H, g = _indefinite(case)
+    u = torch.linspace(-1.0, 2.0, len(g), dtype=DT)
+    xs, products, stopped = _hand_written_cg(H, g, iterations=len(g))
+    residuals = [((g - H @ x).norm() / g.norm()).item() for x in xs]
+    best = min(range(len(xs)), key=residuals.__getitem__)
+    assert stopped and best < len(xs) - 1 and residuals[-1] > 1  # the problem is what it claims
+    wd = torch.tensor(0.3, dtype=DT, requires_grad=True)
+
+    def inner(p, h):
+        return 0.5 * p["theta"] @ H @ p["theta"] + h["wd"] * (u @ p["theta"])
+
+    def outer(p, h):
+        return g @ p["theta"]
+
+    with pytest.warns(UserWarning, match="non-positive curvature"):
+        result = implicit_hypergradient(
+            inner, outer, {"theta": torch.zeros(len(g), dtype=DT)}, {"wd": wd}, iterations=len(g), grad_tol=None
+        )
+    assert result.iterations == products
+    assert math.isclose(result.residual, residuals[best], rel_tol=1e-10, abs_tol=1e-14)
+    torch.testing.assert_close(result.grads["wd"], -u @ xs[best], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -229,3 +290,79 @@ def test_bad_params_and_hyperparams_are_refused():
         implicit_hypergradient(inner, outer, {}, hyper)
     with pytest.raises(ValueError, match=r"inner_loss does not use params \['extra'\]"):
         implicit_hypergradient(inner, outer, {"theta": theta, "extra": torch.zeros(2, dtype=DT)}, hyper)
+
+
+WRONG_KINDS = {  # name: (params and hyperparams from _setup's theta and hyper, the error, its message)
+    "no hyperparams": (
+        lambda theta, hyper: ({"theta": theta}, {}),
+        ValueError,
+        r"^hyperparams is empty: there is nothing to take the hypergradient with respect to$",
+    ),
+    "hyperparams a list": (
+        lambda theta, hyper: ({"theta": theta}, list(hyper.values())),
+        TypeError,
+        r"^hyperparams must be a mapping of names to tensors, got list$",
+    ),
+    "a number hyperparameter": (
+        lambda theta, hyper: ({"theta": theta}, {"wd": 0.7}),
+        TypeError,
+        r"^hyperparams\['wd'\] must be a tensor that requires grad .*, got float$",
+    ),
+    "params a list": (
+        lambda theta, hyper: ([theta], hyper),
+        TypeError,
+        r"^params must be a mapping of names to tensors, got list$",
+    ),
+    "integer params": (
+        lambda theta, hyper: ({"theta": theta.to(torch.int64)}, hyper),
+        TypeError,
+        r"^params\['theta'\] must be a floating-point tensor \(it is differentiated\), got dtype torch.int64$",
+    ),
+    "a list parameter": (
+        lambda theta, hyper: ({"theta": theta.tolist()}, hyper),
+        TypeError,
+        r"^params\['theta'\] must be a floating-point tensor \(it is differentiated\), got list$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_KINDS))
+def test_params_and_hyperparams_of_the_wrong_kind_are_refused(case):
+    make, error, message = WRONG_KINDS[case]
+    s = _setup()
+    params, hyperparams = make(s.theta, s.hyper)
+    with pytest.raises(error, match=message):
+        implicit_hypergradient(s.inner, s.outer, params, hyperparams)
+
+
+@pytest.mark.parametrize("which", ["inner_loss", "outer_loss"])
+def test_a_loss_that_depends_on_neither_params_nor_hyperparams_is_named(which):
+    s = _setup()
+    constant = lambda p, h: (p["theta"].detach() ** 2).sum()  # computed from a detached copy
+    losses = {"inner_loss": s.inner, "outer_loss": s.outer, which: constant}
+    with pytest.raises(ValueError, match=rf"^{which}\(params, hyperparams\) does not require grad: it depends on"):
+        implicit_hypergradient(losses["inner_loss"], losses["outer_loss"], {"theta": s.theta}, s.hyper)
+
+
+@pytest.mark.parametrize(
+    ("returned", "error", "message"),
+    [
+        (1.0, TypeError, r"^outer_loss must return a 0-d floating-point tensor, got float$"),
+        ("vector", ValueError, r"^outer_loss must return a 0-d floating-point tensor, got shape \(4,\)"),
+    ],
+)
+def test_a_loss_that_is_not_a_scalar_tensor_is_named(returned, error, message):
+    s = _setup()
+    outer = (lambda p, h: p["theta"] * 2) if returned == "vector" else (lambda p, h: returned)
+    with pytest.raises(error, match=message):
+        implicit_hypergradient(s.inner, outer, {"theta": s.theta}, s.hyper)
+
+
+def test_inference_mode_is_refused_and_no_grad_is_not():
+    s = _setup()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"^implicit_hypergradient cannot run under "):
+        implicit_hypergradient(s.inner, s.outer, {"theta": s.theta}, s.hyper, iterations=DIM)
+    expected = implicit_hypergradient(s.inner, s.outer, {"theta": s.theta}, s.hyper, iterations=DIM).grads
+    with torch.no_grad():
+        got = implicit_hypergradient(s.inner, s.outer, {"theta": s.theta}, s.hyper, iterations=DIM).grads
+    _assert_grads(got, expected, rtol=0, atol=0)

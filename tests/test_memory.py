@@ -4,6 +4,7 @@ import gc
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import mlp
 
 import memmaml
@@ -104,3 +105,30 @@ def test_memory_grows_like_states_plus_segment(wide_mlp):
 
 def _loss(model, batch):
     return ((model(batch[0]) - batch[1]) ** 2).mean()
+
+
+@pytest.mark.parametrize("engine", ["binomial:4", "no_grad"])
+def test_the_loss_history_does_not_keep_batch_sized_storages(engine):
+    """``F.mse_loss``'s 0-d result is a view of a batch-sized storage; the loss history keeps one loss per step,
+    so it must keep copies of their own, or the checkpointed engine's peak grows by a batch per step. The
+    peak at 200 steps is that at 50 steps, within one batch's bytes (150 batches without the copies)."""
+    points = 4000
+    gen = torch.Generator().manual_seed(0)
+    batch = tuple(torch.randn(points, 1, generator=gen, dtype=torch.float64) for _ in range(2))
+    model = torch.nn.Linear(1, 1).double()
+
+    def peak(steps):
+        maml = memmaml.MAML(model, lambda m, b: F.mse_loss(m(b[0]), b[1]), memmaml.SGD(0.01), schedule="binomial:4")
+        with memmaml.track_memory("cpu") as mem:
+            if engine == "no_grad":
+                with torch.no_grad():
+                    result = maml([batch] * steps)
+            else:
+                result = maml([batch] * steps)
+                F.mse_loss(result.model(batch[0]), batch[1]).backward()
+            del result
+        model.zero_grad(set_to_none=True)
+        return mem.peak_bytes
+
+    short, long = peak(50), peak(200)
+    assert long - short < points * 8, f"{short} bytes at 50 steps, {long} at 200"

@@ -45,7 +45,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import memmaml
-from memmaml.engine import implicit_hypergradient  # memmaml.implicit_hypergradient once the root exports it
 from memmaml.models import mlp
 from memmaml.tasks import Digits, Sinusoid, cross_entropy_loss, mse_loss
 
@@ -270,7 +269,7 @@ def implicit(inst: Instance, method: str, params: dict[str, Tensor]) -> tuple[di
         warnings.filterwarnings("ignore", message="implicit_hypergradient: hyperparams")  # lr: zero by design
         warnings.filterwarnings("ignore", message="implicit_hypergradient: the Neumann series")  # reported below
         warnings.filterwarnings("ignore", message="implicit_hypergradient: conjugate gradients met")
-        result = implicit_hypergradient(
+        result = memmaml.implicit_hypergradient(
             inst.implicit_inner,
             inst.implicit_outer,
             params,

@@ -116,11 +116,14 @@ def implicit_hypergradient(
             ``lam / 2 * |params - phi|^2``. The full objective, not a minibatch of it, unless a
             stochastic estimate is what you want.
         outer_loss: ``outer_loss(params, hyperparams) -> scalar`` (a validation or query loss).
-        params: the end point of the inner loop, keyed like ``model.named_parameters()``; every entry
-            must affect ``inner_loss`` (a parameter it ignores makes ``H`` singular).
-        hyperparams: the tensors to differentiate with respect to; each must require grad.
-        method: ``"cg"`` (conjugate gradients; needs ``H`` positive definite, stops and warns at
-            non-positive curvature) or ``"neumann"`` (the series; needs ``alpha``).
+        params: the end point of the inner loop, floating-point tensors keyed like
+            ``model.named_parameters()``; every entry must affect ``inner_loss`` (a parameter it ignores
+            makes ``H`` singular).
+        hyperparams: the tensors to differentiate with respect to (at least one), keyed by name; each
+            must require grad.
+        method: ``"cg"`` (conjugate gradients; needs ``H`` positive definite; at non-positive curvature
+            it stops, warns and keeps the iterate with the smallest residual so far, ``x = 0`` included)
+            or ``"neumann"`` (the series; needs ``alpha``).
         iterations: Hessian-vector products to spend. CG: at most that many CG steps (exact after
             ``dim(params)`` steps in exact arithmetic). Neumann: that many terms,
             ``x = alpha sum_{j < iterations} (I - alpha H)^j g``; the last product gives the
@@ -139,9 +142,14 @@ def implicit_hypergradient(
         :class:`ImplicitResult` ``(grads, outer_loss, inner_grad_norm, residual, iterations)``.
 
     Raises:
+        TypeError: ``params`` or ``hyperparams`` not a mapping, a parameter that is not a floating-point
+            tensor, a hyperparameter that is not a tensor, or a loss that does not return a tensor.
         ValueError: an unknown ``method``, a non-positive ``iterations``/``alpha``, a missing ``alpha``
-            for ``"neumann"``, a hyperparameter that does not require grad, empty ``params``, or a
-            parameter that ``inner_loss`` does not use.
+            for ``"neumann"``, empty ``params`` or ``hyperparams``, a hyperparameter that does not require
+            grad, a parameter that ``inner_loss`` does not use, or a loss that is not 0-d or does not
+            require grad (it depends on neither ``params`` nor ``hyperparams``).
+        RuntimeError: called under ``torch.inference_mode()``, where nothing can be differentiated
+            (under ``torch.no_grad()`` it runs: it enables grad inside).
 
     Example:
         Ridge regression, whose stationary point is known: ``theta* = (X^T X + wd I)^{-1} X^T y``.
@@ -167,21 +175,20 @@ def implicit_hypergradient(
         alpha = positive_number("alpha", alpha)
     if grad_tol is not None:
         grad_tol = number_in("grad_tol", grad_tol, 0.0)
-    if not params:
-        raise ValueError("params is empty: there is nothing to be stationary")
-    for name, value in hyperparams.items():
-        if not isinstance(value, Tensor) or not value.requires_grad:
-            raise ValueError(
-                f"hyperparams[{name!r}] must be a tensor that requires grad (the hypergradient is taken with "
-                f"respect to it), got {value if not isinstance(value, Tensor) else 'a tensor without grad'!r}"
-            )
+    _check_params(params)
+    _check_hyperparams(hyperparams)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "implicit_hypergradient cannot run under torch.inference_mode(): it differentiates inner_loss and "
+            "outer_loss, and inference mode records no graph; call it outside (torch.no_grad() is fine)"
+        )
     names, lam_names = list(params), list(hyperparams)
     lams = [hyperparams[name] for name in lam_names]
 
     with torch.enable_grad():
         theta = {name: params[name].detach().requires_grad_(True) for name in names}
         thetas = [theta[name] for name in names]
-        inner = inner_loss(theta, dict(hyperparams))
+        inner = _checked_loss("inner_loss", inner_loss(theta, dict(hyperparams)))
         inner_grads = torch.autograd.grad(inner, thetas, create_graph=True, allow_unused=True)
         unused = [name for name, g in zip(names, inner_grads) if g is None]
         if unused:
@@ -198,7 +205,7 @@ def implicit_hypergradient(
                 "compare with the exact hypergradient of memmaml.unroll)",
                 stacklevel=2,
             )
-        outer = outer_loss(theta, dict(hyperparams))
+        outer = _checked_loss("outer_loss", outer_loss(theta, dict(hyperparams)))
         outer_grads = torch.autograd.grad(outer, thetas + lams, allow_unused=True)
         g = [_or_zeros(d, t) for d, t in zip(outer_grads[: len(thetas)], thetas)]
         direct = [_or_zeros(d, t) for d, t in zip(outer_grads[len(thetas) :], lams)]
@@ -224,6 +231,51 @@ def implicit_hypergradient(
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_params(params: Mapping[str, Tensor]) -> None:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping of names to tensors, got {type(params).__name__}")
+    if not params:
+        raise ValueError("params is empty: there is nothing to be stationary")
+    for name, value in params.items():
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            got = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"params[{name!r}] must be a floating-point tensor (it is differentiated), got {got}")
+
+
+def _check_hyperparams(hyperparams: Mapping[str, Tensor]) -> None:
+    if not isinstance(hyperparams, Mapping):
+        raise TypeError(f"hyperparams must be a mapping of names to tensors, got {type(hyperparams).__name__}")
+    if not hyperparams:
+        raise ValueError("hyperparams is empty: there is nothing to take the hypergradient with respect to")
+    for name, value in hyperparams.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"hyperparams[{name!r}] must be a tensor that requires grad (the hypergradient is taken with "
+                f"respect to it), got {type(value).__name__}"
+            )
+        if not value.requires_grad:
+            raise ValueError(
+                f"hyperparams[{name!r}] must be a tensor that requires grad (the hypergradient is taken with "
+                "respect to it), got a tensor without grad"
+            )
+
+
+def _checked_loss(name: str, loss: object) -> Tensor:
+    """``loss`` if it is a 0-d floating-point tensor that requires grad; an error naming ``name`` otherwise."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"{name} must return a 0-d floating-point tensor, got {type(loss).__name__}")
+    if loss.dim() != 0 or not loss.is_floating_point():
+        raise ValueError(
+            f"{name} must return a 0-d floating-point tensor, got shape {tuple(loss.shape)} and dtype {loss.dtype}"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"{name}(params, hyperparams) does not require grad: it depends on neither the params nor the "
+            "hyperparams it is given (compute it from them, not from detached or captured copies)"
+        )
+    return loss
+
+
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad.detach()
 
@@ -237,7 +289,13 @@ def _norm(vectors: list[Tensor]) -> float:
 
 
 def _cg(hvp, g, iterations, rtol, alpha):
-    """Conjugate gradients for ``H x = g`` from ``x = 0``; the residual is the recurrence's."""
+    """Conjugate gradients for ``H x = g`` from ``x = 0``; the residual is the recurrence's.
+
+    At non-positive curvature (``H`` not positive definite) CG has no next iterate, and the current one can
+    be worse than none: it returns the iterate with the smallest residual norm seen, ``x = 0`` included.
+    Otherwise it returns the last iterate (for a positive definite ``H``, the best in ``H``'s norm over the
+    Krylov space, whatever its residual).
+    """
     del alpha
     g_norm = _norm(g)
     x = [torch.zeros_like(v) for v in g]
@@ -246,6 +304,7 @@ def _cg(hvp, g, iterations, rtol, alpha):
     r = [v.clone() for v in g]
     p = [v.clone() for v in g]
     rr = float(_dot(r, r))
+    best, best_rr = x, rr
     done = 0
     for i in range(iterations):
         hp = hvp(p)
@@ -255,14 +314,17 @@ def _cg(hvp, g, iterations, rtol, alpha):
             warnings.warn(
                 f"implicit_hypergradient: conjugate gradients met non-positive curvature (p^T H p = {curvature:.3g}) "
                 f"at iteration {i + 1}: the Hessian of inner_loss is not positive definite at params; "
-                "stopping with the current solution (a proximal or weight-decay term makes H definite)",
+                "stopping with the iterate of smallest residual so far (x = 0 included; a proximal or "
+                "weight-decay term makes H definite)",
                 stacklevel=3,
             )
-            break
+            return best, math.sqrt(best_rr) / g_norm, done
         step = rr / curvature
         x = [xi + step * pi for xi, pi in zip(x, p)]
         r = [ri - step * hi for ri, hi in zip(r, hp)]
         rr_next = float(_dot(r, r))
+        if rr_next < best_rr:
+            best, best_rr = x, rr_next
         if math.sqrt(rr_next) <= rtol * g_norm:
             rr = rr_next
             break

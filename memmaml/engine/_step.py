@@ -163,10 +163,15 @@ def inner_step(
     ``optimizer.update`` turns the gradient into an update that is added to
     ``params``. With ``record`` the update is part of the graph (differentiable
     in ``params``, ``opt_state`` and ``hyperparams``) and the new parameters pass
-    through :func:`clip_cotangents`; without, it runs under ``no_grad``.
+    through :func:`clip_cotangents`; without, it runs under ``no_grad``. The loss
+    returned is a copy with a storage of its own (differentiable when ``loss_at``'s
+    is and ``record``), so keeping it keeps 0-d worth of memory, never the batch.
     """
     loss, grads = gradient(loss_at, params)
     with torch.enable_grad() if record else torch.no_grad():
+        # a storage of its own: a 0-d loss may be a view of a batch-sized one (F.mse_loss's is), which every
+        # engine's loss history, one loss per step, would keep alive (a batch per step; 8 bytes with the copy)
+        loss = loss.clone()
         updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)
         # one addition per tensor: torch._foreach_add would save a copy of the weights per step in the graph
         params = {name: params[name] + updates[name] for name in params}

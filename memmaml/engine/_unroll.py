@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .._checks import positive_number
+from .._checks import integer, positive_number
 from .._host import default_host_budget, host_available_bytes
 from .._units import format_bytes
 from ..optim import InnerOptimizer
@@ -195,12 +195,17 @@ def unroll(
             (truncated backpropagation, Shaban et al. 2019): the first
             ``n - truncate`` steps run once without a graph and store nothing,
             and their updates count as constants -- the cotangent of the state
-            they reach passes to the initial state unchanged, as in first-order
-            MAML (``truncate`` steps of second order after ``n - truncate`` of
-            first order). Tensor hyperparameters (``opt_kwargs``, a learnable
-            learning rate) receive the hypergradient of the last ``truncate``
-            steps alone. ``schedule`` applies to those steps. An integer from 1
-            to ``n``; ``n`` (or ``None``) is exact.
+            they reach passes to the initial state unchanged. For the initial
+            parameters' meta-gradient those steps act as first-order MAML's do
+            (identity Jacobians); not for hyperparameters: tensor
+            hyperparameters (``opt_kwargs``, a learnable learning rate)
+            receive the hypergradient of the last ``truncate`` steps alone,
+            none from the first ``n - truncate``, where first-order MAML
+            differentiates every step's update with respect to them (so as
+            ``truncate`` shrinks a learning rate's hypergradient goes to 0, and
+            first-order's does not). ``schedule`` applies to the last steps.
+            An integer from 1 to ``n`` (any integer ``operator.index``
+            accepts); ``n`` (or ``None``) is exact.
 
     Autocast: the steps run under the autocast state of the call (captured
     here and restored in every replay), so naive and checkpointed engines run
@@ -259,14 +264,17 @@ def unroll(
 
 
 def check_truncate(truncate: int | None, num_steps: int) -> int:
-    """The number of differentiated steps: ``truncate`` checked (an integer from 1 to ``num_steps``), or all."""
+    """The number of differentiated steps: ``truncate`` checked, or all.
+
+    ``truncate`` is any integer ``operator.index`` accepts (a NumPy integer too), not a bool: ``TypeError``
+    otherwise; from 1 to ``num_steps``: ``ValueError`` otherwise.
+    """
     if truncate is None:
         return num_steps
-    if isinstance(truncate, bool) or not isinstance(truncate, int) or not 1 <= truncate <= num_steps:
-        raise ValueError(
-            f"truncate must be an integer from 1 to the number of inner steps ({num_steps}), got {truncate!r}"
-        )
-    return truncate
+    count = integer("truncate", truncate)
+    if not 1 <= count <= num_steps:
+        raise ValueError(f"truncate must be an integer from 1 to the number of inner steps ({num_steps}), got {count}")
+    return count
 
 
 class _ConstantUpdates(torch.autograd.Function):
