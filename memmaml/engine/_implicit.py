@@ -122,8 +122,9 @@ def implicit_hypergradient(
         hyperparams: the tensors to differentiate with respect to (at least one), keyed by name; each
             must require grad.
         method: ``"cg"`` (conjugate gradients; needs ``H`` positive definite; at non-positive curvature
-            it stops, warns and keeps the iterate with the smallest residual so far, ``x = 0`` included)
-            or ``"neumann"`` (the series; needs ``alpha``).
+            it stops, warns and returns its current iterate, which can be worse than ``x = 0``: the
+            result's ``residual`` says how well it solves the system) or ``"neumann"`` (the series;
+            needs ``alpha``).
         iterations: Hessian-vector products to spend. CG: at most that many CG steps (exact after
             ``dim(params)`` steps in exact arithmetic). Neumann: that many terms,
             ``x = alpha sum_{j < iterations} (I - alpha H)^j g``; the last product gives the
@@ -289,13 +290,7 @@ def _norm(vectors: list[Tensor]) -> float:
 
 
 def _cg(hvp, g, iterations, rtol, alpha):
-    """Conjugate gradients for ``H x = g`` from ``x = 0``; the residual is the recurrence's.
-
-    At non-positive curvature (``H`` not positive definite) CG has no next iterate, and the current one can
-    be worse than none: it returns the iterate with the smallest residual norm seen, ``x = 0`` included.
-    Otherwise it returns the last iterate (for a positive definite ``H``, the best in ``H``'s norm over the
-    Krylov space, whatever its residual).
-    """
+    """Conjugate gradients for ``H x = g`` from ``x = 0``; the residual is the recurrence's."""
     del alpha
     g_norm = _norm(g)
     x = [torch.zeros_like(v) for v in g]
@@ -304,7 +299,6 @@ def _cg(hvp, g, iterations, rtol, alpha):
     r = [v.clone() for v in g]
     p = [v.clone() for v in g]
     rr = float(_dot(r, r))
-    best, best_rr = x, rr
     done = 0
     for i in range(iterations):
         hp = hvp(p)
@@ -314,17 +308,14 @@ def _cg(hvp, g, iterations, rtol, alpha):
             warnings.warn(
                 f"implicit_hypergradient: conjugate gradients met non-positive curvature (p^T H p = {curvature:.3g}) "
                 f"at iteration {i + 1}: the Hessian of inner_loss is not positive definite at params; "
-                "stopping with the iterate of smallest residual so far (x = 0 included; a proximal or "
-                "weight-decay term makes H definite)",
+                "stopping with the current solution (a proximal or weight-decay term makes H definite)",
                 stacklevel=3,
             )
-            return best, math.sqrt(best_rr) / g_norm, done
+            break
         step = rr / curvature
         x = [xi + step * pi for xi, pi in zip(x, p)]
         r = [ri - step * hi for ri, hi in zip(r, hp)]
         rr_next = float(_dot(r, r))
-        if rr_next < best_rr:
-            best, best_rr = x, rr_next
         if math.sqrt(rr_next) <= rtol * g_norm:
             rr = rr_next
             break
