@@ -40,6 +40,7 @@ def _provenance_line(data: dict[str, Any]) -> str:
     return (
         f"memmaml `{p.get('memmaml_commit')}`{dirty}, torch {p.get('torch')}, Python {p.get('python')}, "
         f"{p.get('cpu_count')} CPUs ({p.get('device_name')}); command `{p.get('command')}`"
+        + (f". {p['provenance_note']}" if p.get("provenance_note") else "")
     )
 
 
@@ -279,7 +280,7 @@ def plot_errors(data: dict[str, Any], path: Path) -> None:
 def write_report(out: Path) -> None:
     errors, downstream, long_run = (_read(out, n) for n in ("errors.json", "downstream.json", "long_run.json"))
     lines = [
-        "# Exact against approximate hypergradients (issue 22)",
+        "# Exact against approximate hypergradients",
         "",
         "Made by `benchmarks/hypergradients/measure.py` (see its docstring and `problems.py`); measured on this CPU "
         "(2 cores shared with other jobs, torch 2.14.1, one thread, float64). Times are CPU time of the measuring "
