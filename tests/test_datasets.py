@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -91,19 +92,30 @@ def test_omniglot_maml_split_sizes_and_disjoint_classes(omniglot_root):
     assert sources["test"].config()["split"] == "test" and "background" not in sources["test"].config()
 
 
-def test_omniglot_rotations_are_new_classes_of_the_same_split(omniglot_root):
+def test_omniglot_rotations_turn_distinct_characters_per_task(omniglot_root):
+    """Finn et al.'s protocol: N distinct characters, each in one uniformly random quarter turn drawn per task."""
     root, ids = omniglot_root
     source = Omniglot(root, num_ways=20, num_shots=1, num_query=1, split="test", rotations=True, image_size=None)
     assert source.num_classes == 4 * 423
     test_ids = {ids[name] for name in source.class_names[:423]}
-    turns_seen = set()
-    for seed in range(5):
+    turn_counts, turns_of, label_orders = Counter(), {}, []
+    for seed in range(100):  # drawing 20 of the 1,692 rotated classes would repeat a character in 29% of tasks
         task = source.sample(seed)
         assert task.support[0].shape == (20, 1, 4, 4) and task.query[0].shape == (20, 1, 4, 4)
         owner = classes_of(task, decode_omniglot, key=lambda identity: (identity[0], identity[2]))
-        assert {character for character, _ in owner.values()} <= test_ids
-        turns_seen |= {turns for _, turns in owner.values()}
-    assert turns_seen == {0, 1, 2, 3}  # every rotation occurs, and decode_omniglot checked each rot90 exactly
+        characters = [owner[label][0] for label in range(20)]
+        assert len(set(characters)) == 20, f"task {seed} holds two rotations of one character"
+        assert set(characters) <= test_ids
+        for character, turns in owner.values():
+            turn_counts[turns] += 1
+            turns_of.setdefault(character, []).append(turns)
+        label_orders.append(characters == sorted(characters))
+    # every rotation occurs, about equally often (2,000 draws: 500 each, standard deviation 19)
+    assert set(turn_counts) == {0, 1, 2, 3} and all(400 < n < 600 for n in turn_counts.values()), turn_counts
+    # a character's rotation is drawn per task, not fixed: most characters drawn twice or more were turned differently
+    repeated = [turns for turns in turns_of.values() if len(turns) > 1]
+    assert sum(len(set(turns)) > 1 for turns in repeated) > len(repeated) / 2
+    assert sum(label_orders) < 5  # labels are a random order of the task's characters, not sorted
 
 
 def test_omniglot_same_seed_same_task(omniglot_root):
@@ -426,7 +438,7 @@ def test_digits_class_split_and_options():
     assert json.loads(json.dumps(Digits().config())) == Digits().config()
 
 
-def test_digits_rotations_are_new_classes_of_the_same_split():
+def test_digits_rotations_stay_in_their_split_and_turn_each_digit_of_a_task_once():
     plain = {split: Digits(5, 1, 3, split=split) for split in ("train", "test")}
     rotated = {split: Digits(5, 1, 3, split=split, rotations=True) for split in ("train", "test")}
     for split, digits in (("train", range(5)), ("test", range(5, 10))):
@@ -451,20 +463,30 @@ def test_digits_rotations_are_new_classes_of_the_same_split():
     reference = torch.as_tensor(data.images / 16.0, dtype=torch.float32)
     targets = torch.as_tensor(data.target)
 
+    turned = [torch.rot90(reference, turns, dims=(-2, -1)).flatten(1) for turns in range(4)]
+
     def decode(image):  # (digit, quarter turns, index among all images)
         for turns in range(4):
-            hits = (torch.rot90(reference, turns, dims=(-2, -1)) == image[0]).flatten(1).all(1).nonzero().flatten()
+            hits = (turned[turns] == image[0].flatten()).all(1).nonzero().flatten()
             if len(hits):
                 return int(targets[hits[0]]), turns, int(hits[0])
         raise AssertionError("not a (rotated) digits image")
 
-    seen = set()
-    for seed in range(12):
+    seen, turns_of, labellings = set(), {}, set()
+    for seed in range(12):  # drawing 5 of the 20 rotated classes would repeat a digit in 93% of tasks
         task = rotated["test"].sample(seed)
         owner = classes_of(task, decode, key=lambda identity: identity[:2])
-        assert all(d in range(5, 10) for d, _ in owner.values())
+        # five distinct digits, so all five of the split, each in one rotation
+        assert sorted(d for d, _ in owner.values()) == [5, 6, 7, 8, 9], f"task {seed}: {sorted(owner.values())}"
+        for d, turns in owner.values():
+            turns_of.setdefault(d, set()).add(turns)
+        labellings.add(tuple(owner[label][0] for label in range(5)))
         seen.update(owner.values())
     assert {turns for _, turns in seen} == {0, 1, 2, 3}  # every rotation is drawn
+    assert all(len(turns) > 1 for turns in turns_of.values()), turns_of  # a digit's rotation is drawn per task
+    assert len(labellings) > 1  # and the five digits are labelled in a new order per task
+    with pytest.raises(ValueError, match=r"num_ways=6 is more than the 5 classes available before rotation"):
+        Digits(6, 1, 1, rotations=True)  # 20 rotated classes, but a task holds one rotation of each digit
     assert_same_task(rotated["test"].sample(7), Digits(5, 1, 3, split="test", rotations=True).sample(7))
     assert not torch.equal(rotated["test"].sample(7).support[0], rotated["test"].sample(8).support[0])
     flat = Digits(5, 1, 3, split="test", rotations=True, flatten=True, dtype=torch.float64).sample(7)

@@ -134,6 +134,8 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         ImageFolderTasks(root, classes=["class_0", "class_9"])
     with pytest.raises(ValueError, match="num_ways=4 is more than the 3 classes"):
         ImageFolderTasks(root, num_ways=4, num_shots=1, num_query=1)
+    with pytest.raises(ValueError, match="num_ways=4 is more than the 3 classes available before rotation"):
+        ImageFolderTasks(root, num_ways=4, num_shots=1, num_query=1, rotations=True)  # 12 rotated classes
 
 
 def test_omniglot_missing_root_names_the_folder_to_fill(tmp_path):

@@ -141,10 +141,15 @@ class Omniglot(_ImageClassTasks):
       had ``split``). ``background=True`` / ``False`` are the older spellings
       of these two.
 
-    With ``rotations=True`` each character also appears rotated by 90, 180
-    and 270 degrees as three further classes (Santoro et al. 2016, Finn et
-    al. 2017), so a split of c characters has 4c classes; rotations of a
-    character stay in that character's split.
+    With ``rotations=True`` each character is also held rotated by 90, 180
+    and 270 degrees (Santoro et al. 2016, Finn et al. 2017), so a split of c
+    characters has 4c classes (``num_classes``), and a task draws
+    ``num_ways`` distinct characters and gives each one of the four
+    rotations, drawn uniformly and afresh for every task, as Finn et al.'s
+    code does: a task never holds two rotations of one character, and
+    ``num_ways`` is at most c (NOTE [ Rotations are drawn per task ] in
+    ``_classification.py``). Rotations of a character stay in that
+    character's split.
 
     Args:
         root: the folder that holds (or will hold) ``omniglot-py``.
@@ -160,7 +165,9 @@ class Omniglot(_ImageClassTasks):
             keeps the files' 105x105). Resized with antialiasing, not with the
             LANCZOS filter of their preprocessing script, and not inverted
             (their loader uses ``1 - image``).
-        rotations: add the 90/180/270-degree rotations as new classes.
+        rotations: turn each character of a task by a random multiple of 90
+            degrees, drawn per task (the classes are then the 4c rotated
+            characters).
         cache: keep decoded images in memory (about 3 kB per image at 28x28).
         dtype: floating dtype of the images.
 
