@@ -22,6 +22,20 @@ NOTE [ What the presets do not copy ]
       28 -> 14 -> 7 -> 4 -> 2) and flattens, so its head sees 2x2x64 features.
       Their miniImageNet network (``--max_pool=True``, 32 filters, flatten) is
       the same shape as memmaml's.
+    * The inner learning rate's scale: their inner loss (``utils.py``,
+      ``xent``) is each support example's softmax cross-entropy divided by K
+      (``update_batch_size``), a vector, and ``tf.gradients`` of a vector
+      differentiates its sum over the N*K support examples, so their inner
+      gradient is N times the gradient of the mean cross-entropy
+      (``F.cross_entropy``) that memmaml's presets differentiate. The presets
+      keep the published numbers (0.4, 0.1, 0.01) on the mean loss, as the
+      common PyTorch reimplementations do (torchmeta's and learn2learn's MAML
+      examples, dragen1860/MAML-Pytorch), so their inner step is 1/N of Finn
+      et al.'s. Finn et al.'s step on a mean loss is ``--inner-lr`` 2.0 for
+      Omniglot 5-way (0.4 x 5), 2.0 for Omniglot 20-way (0.1 x 20) and 0.05
+      for miniImageNet 5-way (0.01 x 5); nobody has run the presets at
+      those values. (Their meta-loss is a sum in the same way; a constant
+      factor on the meta-gradient hardly changes Adam's step.)
     * miniImageNet's meta-gradient: their code clips it element-wise to
       [-10, 10] (``tf.clip_by_value``); memmaml clips a global norm
       (``--max-grad-norm``), which is not the same, so the presets clip nothing.
@@ -116,6 +130,8 @@ class Preset:
         return argv
 
 
+#: the Omniglot and miniImageNet inner lr: Finn et al.'s number, on a mean loss (NOTE [ What the presets do not copy ])
+INNER_LR_SCALE = "Finn et al.'s number on a mean loss, so 1/N of their step: NOTE [ What the presets do not copy ]"
 PROTOCOL = "600 test tasks, mean accuracy with a 95% interval (1.96 standard errors)"
 
 
@@ -137,7 +153,7 @@ def _omniglot(ways: int, shots: int, target: str, gpu: str) -> Preset:
             "--eval-num-query": Setting(str(shots), "code"),
             "--model": Setting("conv", "paper"),
             "--filters": Setting("64", "paper, code"),
-            "--inner-lr": Setting("0.4" if five else "0.1", "paper, code"),
+            "--inner-lr": Setting("0.4" if five else "0.1", f"paper, code ({INNER_LR_SCALE})"),
             "--inner-steps": Setting("1" if five else "5", "paper, code"),
             "--eval-steps": Setting("0,1,3" if five else "0,1,5", "paper (3 / 5 steps at test)"),
             "--meta-batch-size": Setting("32" if five else "16", "paper, code"),
@@ -166,7 +182,7 @@ def _mini_imagenet(shots: int, target: str, gpu: str) -> Preset:
             "--eval-num-query": Setting(str(shots), "code"),
             "--model": Setting("conv", "paper"),
             "--filters": Setting("32", "paper, code"),
-            "--inner-lr": Setting("0.01", "paper, code"),
+            "--inner-lr": Setting("0.01", f"paper, code ({INNER_LR_SCALE})"),
             "--inner-steps": Setting("5", "paper, code"),
             "--eval-steps": Setting("0,5,10", "paper, code (10 steps at test)"),
             "--meta-batch-size": Setting("4", "code" if shots == 5 else "paper, code"),
