@@ -9,9 +9,10 @@
   ``batch_label``; ``fine_label_names``, ``coarse_label_names``), all 100 classes, 3 training and 1
   test image each. Pixel 0 of the red channel is the fine label, pixel 1 is 0 (train) or 1 (test),
   pixel 2 the image's index within its class and file.
-* miniImageNet: ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``) and ``images/*.jpg``;
-  each image is flat, red = 10 * class number, green = 20 * image number (JPEG keeps flat colours
-  within a few levels).
+* miniImageNet: ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``) with Ravi &
+  Larochelle's 64 / 16 / 20 classes and ``images/*.jpg``, 3 per class by default; each image is
+  flat, red = 25 * (class number % 10), blue = 25 * (class number // 10), green = 20 * image number
+  (JPEG keeps flat colours within a few levels).
 
 The CIFAR-100 class table is typed here from the CIFAR page, independently of the package's
 ``splits/cifar100.json``, so that a test can compare the two.
@@ -161,7 +162,7 @@ def decode_cifar(image: torch.Tensor) -> tuple[str, int, int]:
 
 
 # ---------------------------------------------------------------------------- miniImageNet
-MINI_SPLITS = {"train": 6, "val": 3, "test": 5}  # classes per split
+MINI_SPLITS = {"train": 64, "val": 16, "test": 20}  # classes per split, Ravi & Larochelle's
 
 
 def mini_label(number: int) -> str:
@@ -182,7 +183,8 @@ def write_mini_imagenet(root: Path, per_class=3, splits=MINI_SPLITS) -> Path:
                 label = mini_label(number)
                 for i in range(per_class):
                     filename = f"{label}{i + 1:08d}.jpg"
-                    Image.new("RGB", (12, 10), (10 * number, 20 * i, 90)).save(root / "images" / filename)
+                    colour = (25 * (number % 10), 20 * i, 25 * (number // 10))
+                    Image.new("RGB", (12, 10), colour).save(root / "images" / filename)
                     writer.writerow([filename, label])
                 number += 1
     return root
@@ -190,5 +192,5 @@ def write_mini_imagenet(root: Path, per_class=3, splits=MINI_SPLITS) -> Path:
 
 def decode_mini(image: torch.Tensor) -> tuple[str, int]:
     """``(label, image number)`` of a flat fixture image ``(3, H, W)`` in ``[0, 1]``."""
-    red, green = (image[:2].mean(dim=(1, 2)) * 255).tolist()
-    return mini_label(round(red / 10)), round(green / 20)
+    red, green, blue = (image.mean(dim=(1, 2)) * 255).tolist()
+    return mini_label(round(red / 25) + 10 * round(blue / 25)), round(green / 20)

@@ -26,6 +26,7 @@ from fixtures_datasets import (
     decode_mini,
     decode_omniglot,
     mini_label,
+    omniglot_pattern,
     write_cifar100,
     write_mini_imagenet,
     write_omniglot,
@@ -215,6 +216,68 @@ def test_omniglot_extracts_a_zip_torchvision_left(tmp_path):
     assert Omniglot(tmp_path, 5, 1, 1, split="evaluation", image_size=None).num_classes == 659
 
 
+def write_small_set(base, name="images_evaluation", characters=3):
+    """A few characters of one of Lake's sets under ``base`` (a set read alone has no required count)."""
+    from PIL import Image
+
+    for c in range(characters):
+        folder = base / name / "Alphabet_e00" / f"character{c + 1:02d}"
+        folder.mkdir(parents=True)
+        for d in range(2):
+            Image.fromarray(omniglot_pattern(c, d + 1), mode="L").save(folder / f"{c:04d}_{d + 1:02d}.png")
+
+
+def test_omniglot_corrupt_zip_names_the_file_to_replace(tmp_path, monkeypatch):
+    import zipfile
+
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing is downloaded here")
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", no_network)
+    base = tmp_path / "omniglot-py"
+    base.mkdir()
+    archive = base / "images_evaluation.zip"
+    archive.write_bytes(b"PK\x03\x04 the first bytes of an interrupted download")
+    with pytest.raises(DatasetNotFoundError) as info:
+        Omniglot(tmp_path, split="evaluation")
+    message = one_line(info)
+    assert message.startswith(f"Omniglot: {archive} is not a readable zip file (BadZipFile: ")
+    assert "delete it and pass download=True, or replace it with images_evaluation.zip from" in message
+    assert archive.is_file()  # without download=True the user's file stays
+
+    # a zip whose last file is damaged: the files extracted before it are removed again, not read next time
+    write_small_set(tmp_path / "whole")
+    shutil.make_archive(
+        str(base / "images_evaluation"), "zip", root_dir=tmp_path / "whole", base_dir="images_evaluation"
+    )
+    with zipfile.ZipFile(archive) as z:
+        last = max((i for i in z.infolist() if not i.is_dir()), key=lambda i: i.header_offset)
+    data = bytearray(archive.read_bytes())
+    start = last.header_offset + 30 + int.from_bytes(data[last.header_offset + 26 : last.header_offset + 28], "little")
+    start += int.from_bytes(data[last.header_offset + 28 : last.header_offset + 30], "little")
+    data[start : start + last.compress_size] = bytes(range(256)) * (last.compress_size // 256) + bytes(
+        last.compress_size % 256
+    )
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DatasetNotFoundError, match="images_evaluation.zip is not a readable zip file"):
+        Omniglot(tmp_path, split="evaluation")
+    assert not (base / "images_evaluation").exists()
+
+    # with download=True the corrupt zip is deleted and fetched again through torchvision
+    seen = []
+
+    class FakeOmniglot:
+        def __init__(self, root, background=True, download=False):
+            seen.append((background, download, archive.exists()))
+            write_small_set(base)
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", FakeOmniglot)
+    source = Omniglot(tmp_path, 2, 1, 1, split="evaluation", download=True, image_size=None)
+    assert seen == [(False, True, False)] and source.num_classes == 3
+
+
 def test_torchvision_omniglot_refuses_extracted_folders(omniglot_root):
     """Why Omniglot reads the folders itself: torchvision checks the zip files' md5, not the folders."""
     import torchvision.datasets
@@ -355,8 +418,8 @@ def test_mini_imagenet_splits_and_tasks(mini_root):
     sources = {s: MiniImageNet(mini_root, num_ways=3, num_shots=1, num_query=2, split=s, image_size=8) for s in SPLITS}
     assert {s: src.num_classes for s, src in sources.items()} == MINI_SPLITS
     names = {s: set(src.class_names) for s, src in sources.items()}
-    assert sum(map(len, names.values())) == len(set.union(*names.values())) == 14
-    assert names["val"] == {mini_label(6), mini_label(7), mini_label(8)}  # labels as the CSV names them
+    assert sum(map(len, names.values())) == len(set.union(*names.values())) == 100
+    assert names["val"] == {mini_label(n) for n in range(64, 80)}  # labels as the CSV names them
     task = sources["test"].sample(2)
     assert task.support[0].shape == (3, 3, 8, 8) and task.query[0].shape == (6, 3, 8, 8)
     assert set(classes_of(task, decode_mini).values()) <= names["test"]
@@ -381,7 +444,7 @@ def test_mini_imagenet_missing_files_name_what_to_fetch(tmp_path, mini_root):
     MiniImageNet(copy, 3, 1, 1, split="test", image_size=8)  # another split's image: this one is complete
     with pytest.raises(DatasetNotFoundError) as info:
         MiniImageNet(copy, split="train")
-    assert f"1 of the 18 images train.csv names are missing from {copy / 'images'}/" in one_line(info)
+    assert f"1 of the 192 images train.csv names are missing from {copy / 'images'}/" in one_line(info)
 
     (copy / "val.csv").write_text("filename,label\nn0000000000000001.jpg,n00000000\n")  # a training class
     with pytest.raises(ValueError, match="miniImageNet: the train and val splits share 1 classes"):
@@ -389,6 +452,37 @@ def test_mini_imagenet_missing_files_name_what_to_fetch(tmp_path, mini_root):
     (copy / "val.csv").write_text("image,class\n")
     with pytest.raises(ValueError, match="must start with the header 'filename,label'"):
         MiniImageNet(copy, split="test")
+
+
+def test_mini_imagenet_csvs_must_hold_ravi_and_larochelle_s_64_16_20_classes(tmp_path):
+    """The class counts are checked before any image is read: CSV files and an empty images/ suffice."""
+
+    def write_csvs(root, counts, first=0):
+        (root / "images").mkdir(parents=True)
+        number = first
+        for split, count in counts.items():
+            rows = ["filename,label"]
+            for _ in range(count):
+                rows += [f"{mini_label(number)}{i:08d}.jpg,{mini_label(number)}" for i in (1, 2)]
+                number += 1
+            (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+        return root
+
+    with pytest.raises(DatasetNotFoundError, match="images train.csv names are missing"):  # counts right
+        MiniImageNet(write_csvs(tmp_path / "ravi", MINI_SPLITS))
+    root = write_csvs(tmp_path / "short", {"train": 64, "val": 16, "test": 19})
+    with pytest.raises(ValueError) as info:
+        MiniImageNet(root, split="train")  # any split: the three files are checked together
+    message = one_line(info)
+    assert f"miniImageNet under {root}: Ravi & Larochelle's train.csv, val.csv and test.csv name 64, 16" in message
+    assert "but test.csv has 19 (get the files from https://github.com/twitter/meta-learning-lstm" in message
+    root = write_csvs(tmp_path / "tiny", {"train": 6, "val": 3, "test": 5})
+    with pytest.raises(ValueError, match=r"but train.csv has 6 and val.csv has 3 and test.csv has 5 \("):
+        MiniImageNet(root, split="test")
+    shared = write_csvs(tmp_path / "shared", MINI_SPLITS)
+    (shared / "test.csv").write_text((shared / "test.csv").read_text() + f"x.jpg,{mini_label(0)}\n")
+    with pytest.raises(ValueError, match="the train and test splits share 1 classes"):
+        MiniImageNet(shared, split="val")  # 21 test classes, one of them a training class: the overlap is named
 
 
 # ------------------------------------------------------------------------------- digits

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .._checks import positive_int
 from ._base import IMAGE_EXTENSIONS, Task, TaskSource, accuracy, cross_entropy_loss, generator_for
+from ._datasets import DatasetNotFoundError
 
 __all__ = ["ImageFolderTasks", "SyntheticClassification"]
 
@@ -214,13 +215,24 @@ class SyntheticClassification(_ClassPoolTasks):
 
 # ----------------------------------------------------------------------- image files
 def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
-    """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``."""
-    from PIL import Image
+    """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``.
+
+    Raises:
+        DatasetNotFoundError: the file cannot be read or decoded (truncated,
+            not an image); the one-line message names it.
+    """
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
 
-    with Image.open(path) as image:
-        image = image.convert("L" if grayscale else "RGB")
-        tensor = TF.pil_to_tensor(image)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if grayscale else "RGB")
+            tensor = TF.pil_to_tensor(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
+        raise DatasetNotFoundError(
+            f"cannot read the image {path} ({type(exc).__name__}: {exc}): the file is truncated or not an "
+            "image; replace it with a whole copy or delete it"
+        ) from exc
     tensor = tensor.to(torch.float32) / 255.0
     if image_size is not None:
         tensor = TF.resize(tensor, [image_size, image_size], antialias=True)
@@ -311,9 +323,11 @@ class ImageFolderTasks(_ImageClassTasks):
     Every subfolder of ``root`` is a class; its image files (by extension,
     ``IMAGE_EXTENSIONS``) are its examples. Keep training and held-out
     classes in separate roots (``data/train``, ``data/test``) or choose them
-    with ``classes``. Images are decoded with PIL, converted to float ``[0, 1]``
-    tensors ``(C, H, W)`` and resized to ``image_size`` squares; every image
-    must have the same size after that.
+    with ``classes``. Images are decoded with PIL when a task first needs
+    them, converted to float ``[0, 1]`` tensors ``(C, H, W)`` and resized to
+    ``image_size`` squares; every image must have the same size after that.
+    A file PIL cannot decode (truncated, not an image) raises
+    :class:`DatasetNotFoundError` naming it, when a task draws it.
 
     Args:
         root: the folder of class subfolders.
