@@ -2,8 +2,9 @@
 
 * Omniglot: ``omniglot-py/images_{background,evaluation}/<alphabet>/<character>/<id>_<drawer>.png``
   with the real counts (964 + 659 characters in 30 + 20 alphabets), two drawings each, 4x4 pixels.
-  The top row of each image is ``[character id % 256, character id // 256, drawer, 255]``, the rest
-  0: :func:`decode_omniglot` recovers the character, the drawing and the rotation from any image.
+  The top row of each image is ``[character id % 255, character id // 255, drawer, 255]``, the rest
+  0: 255 marks the top right corner, a value no other pixel takes, so :func:`decode_omniglot`
+  recovers the character, the drawing and the rotation from any image.
 * CIFAR-100: ``cifar-100-python/{train,test,meta}``, pickles with the keys of the real files
   (``data`` as ``(N, 3072)`` uint8, ``fine_labels``, ``coarse_labels``, ``filenames``,
   ``batch_label``; ``fine_label_names``, ``coarse_label_names``), all 100 classes, 3 training and 1
@@ -82,7 +83,7 @@ def _png(values: np.ndarray) -> bytes:
 
 def omniglot_pattern(character_id: int, drawer: int) -> np.ndarray:
     image = np.zeros((4, 4), dtype=np.uint8)
-    image[0] = [character_id % 256, character_id // 256, drawer, 255]
+    image[0] = [character_id % 255, character_id // 255, drawer, 255]  # ids in base 255: only the marker is 255
     return image
 
 
@@ -111,9 +112,9 @@ def decode_omniglot(image: torch.Tensor) -> tuple[int, int, int]:
     for turns in range(4):
         base = torch.rot90(values, -turns, dims=(0, 1))
         if base[0, 3] == 255:
-            expected = torch.from_numpy(omniglot_pattern(int(base[0, 0] + 256 * base[0, 1]), int(base[0, 2])))
+            expected = torch.from_numpy(omniglot_pattern(int(base[0, 0] + 255 * base[0, 1]), int(base[0, 2])))
             assert torch.equal(base, expected.to(torch.int64)), "not a rotated fixture image"
-            return int(base[0, 0] + 256 * base[0, 1]), int(base[0, 2]), turns
+            return int(base[0, 0] + 255 * base[0, 1]), int(base[0, 2]), turns
     raise AssertionError("not a fixture image")
 
 
