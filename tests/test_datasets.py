@@ -540,7 +540,8 @@ def test_digits_class_split_and_options():
     assert json.loads(json.dumps(Digits().config())) == Digits().config()
 
 
-def test_digits_rotations_stay_in_their_split_and_turn_each_digit_of_a_task_once():
+def test_digits_rotations_are_new_classes_of_the_same_split():
+    """Rotations as classes of their own (NOTE [ Rotated digits are new classes ]), unlike Omniglot's per-task turn."""
     plain = {split: Digits(5, 1, 3, split=split) for split in ("train", "test")}
     rotated = {split: Digits(5, 1, 3, split=split, rotations=True) for split in ("train", "test")}
     for split, digits in (("train", range(5)), ("test", range(5, 10))):
@@ -574,21 +575,23 @@ def test_digits_rotations_stay_in_their_split_and_turn_each_digit_of_a_task_once
                 return int(targets[hits[0]]), turns, int(hits[0])
         raise AssertionError("not a (rotated) digits image")
 
-    seen, turns_of, labellings = set(), {}, set()
-    for seed in range(12):  # drawing 5 of the 20 rotated classes would repeat a digit in 93% of tasks
-        task = rotated["test"].sample(seed)
-        owner = classes_of(task, decode, key=lambda identity: identity[:2])
-        # five distinct digits, so all five of the split, each in one rotation
-        assert sorted(d for d, _ in owner.values()) == [5, 6, 7, 8, 9], f"task {seed}: {sorted(owner.values())}"
-        for d, turns in owner.values():
-            turns_of.setdefault(d, set()).add(turns)
-        labellings.add(tuple(owner[label][0] for label in range(5)))
-        seen.update(owner.values())
+    seen, repeats = set(), 0
+    for split, digits in (("train", range(5)), ("test", range(5, 10))):
+        for seed in range(12):
+            owner = classes_of(rotated[split].sample(seed), decode, key=lambda identity: identity[:2])
+            assert {d for d, _ in owner.values()} <= set(digits)  # a rotation stays in its digit's split
+            repeats += len({d for d, _ in owner.values()}) < 5
+            seen.update(owner.values())
     assert {turns for _, turns in seen} == {0, 1, 2, 3}  # every rotation is drawn
-    assert all(len(turns) > 1 for turns in turns_of.values()), turns_of  # a digit's rotation is drawn per task
-    assert len(labellings) > 1  # and the five digits are labelled in a new order per task
-    with pytest.raises(ValueError, match=r"num_ways=6 is more than the 5 classes available before rotation"):
-        Digits(6, 1, 1, rotations=True)  # 20 rotated classes, but a task holds one rotation of each digit
+    # five of the 20 classes, not five digits: two rotations of one digit in a task (93% of 5-way tasks)
+    assert repeats > 12, repeats
+    # num_ways up to the 20 classes: 6-way tasks hold some digit twice, 20-way tasks every rotation of every digit
+    six = classes_of(Digits(6, 1, 2, split="test", rotations=True).sample(3), decode, key=lambda identity: identity[:2])
+    assert len(six) == 6 and len({d for d, _ in six.values()}) < 6 and {d for d, _ in six.values()} <= set(range(5, 10))
+    every = classes_of(Digits(20, 1, 1, rotations=True).sample(0), decode, key=lambda identity: identity[:2])
+    assert sorted(every.values()) == [(d, turns) for d in range(5) for turns in range(4)]
+    with pytest.raises(ValueError, match=r"num_ways=21 is more than the 20 classes available$"):
+        Digits(21, 1, 1, rotations=True)
     assert_same_task(rotated["test"].sample(7), Digits(5, 1, 3, split="test", rotations=True).sample(7))
     assert not torch.equal(rotated["test"].sample(7).support[0], rotated["test"].sample(8).support[0])
     flat = Digits(5, 1, 3, split="test", rotations=True, flatten=True, dtype=torch.float64).sample(7)
@@ -596,6 +599,46 @@ def test_digits_rotations_stay_in_their_split_and_turn_each_digit_of_a_task_once
     assert Digits(5, 1, 1, rotations=True, image_size=16).sample(0).query[0].shape == (5, 1, 16, 16)
     with pytest.raises(TypeError, match="rotations must be True or False, got 1"):
         Digits(rotations=1)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_digits_rotations_sample_as_the_stored_results_were_measured(split):
+    """Bit for bit the sampling of memmaml 0.2.0, with which benchmarks/few_shot/digits/ was measured.
+
+    The reference is written out here from scikit-learn's arrays, not from the source's classes: the task's
+    generator, ``torch.randperm`` over all 20 classes for the task's classes (class ``5 * t + i`` is the split's
+    ``i``-th digit turned ``t`` times), then per class ``torch.randperm`` over its images for the support and
+    query examples. Omniglot's sampling (NOTE [ Rotations are drawn per task ]) would draw differently.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.as_tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    targets = torch.as_tensor(data.target)
+    digits = DIGITS_SPLIT[split]
+    repeats = 0
+    for ways, shots, query, flatten in ((5, 1, 15, True), (5, 5, 15, False), (8, 2, 3, False)):
+        source = Digits(ways, shots, query, split=split, rotations=True, flatten=flatten)
+        for seed in (0, 1, 2, 7, 2026):
+            generator = torch.Generator().manual_seed(seed)
+            classes = torch.randperm(20, generator=generator)[:ways].tolist()
+            support, queries = [], []
+            for class_index in classes:
+                turns, digit = divmod(class_index, 5)
+                pool = torch.rot90(images[targets == digits[digit]], turns, dims=(-2, -1))
+                order = torch.randperm(len(pool), generator=generator)[: shots + query]
+                support.append(pool[order[:shots]])
+                queries.append(pool[order[shots:]])
+            repeats += len({class_index % 5 for class_index in classes}) < ways
+            task = source.sample(seed)
+            expected_support, expected_query = torch.cat(support), torch.cat(queries)
+            if flatten:
+                expected_support, expected_query = expected_support.flatten(1), expected_query.flatten(1)
+            assert torch.equal(task.support[0], expected_support), (seed, classes)
+            assert torch.equal(task.query[0], expected_query), (seed, classes)
+            assert task.support[1].tolist() == [label for label in range(ways) for _ in range(shots)]
+            assert task.query[1].tolist() == [label for label in range(ways) for _ in range(query)]
+    assert repeats > 0  # the pinned tasks include some with two rotations of one digit
 
 
 def test_named_sources_share_one_interface():

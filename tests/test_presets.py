@@ -71,14 +71,14 @@ def test_digits_presets_need_no_data_root(name):
 
 @pytest.mark.parametrize("name", ["digits-5w1s", "digits-5w5s"])
 def test_digits_presets_rotate_and_use_one_setting_for_maml_and_first_order(name):
-    """Rotations drawn per task (NOTE [ The digits presets ]); the inner lr and clip chosen on training digits, the
+    """Rotations as classes (NOTE [ The digits presets ]); the inner lr and clip chosen on training digits, the
     same for --first-order (an override of nothing else)."""
     args = meta_train.parse_args(["--preset", name, "--out", "unused"])
     assert args.rotations and not args.first_order and args.inner_steps == 1
     assert (args.inner_lr, args.max_grad_norm) == (float(DIGITS_INNER_LR), float(DIGITS_MAX_GRAD_NORM))
     first_order = meta_train.parse_args(["--preset", name, "--first-order", "--out", "unused"])
     assert vars(first_order) == {**vars(args), "first_order": True}
-    assert "each digit of a task rotated by a random multiple of 90 degrees" in PRESETS[name].title
+    assert "rotated by 90/180/270 degrees as new classes" in PRESETS[name].title
     train, test = meta_train.build_sources(args, torch.float32)
     assert train.num_classes == test.num_classes == 20 and train.rotations and test.rotations
     digits = [{name.split()[0] for name in source.class_names} for source in (train, test)]

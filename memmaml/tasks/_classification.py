@@ -32,10 +32,18 @@ class _ClassPoolTasks(TaskSource):
         the characters, then ``tf.multinomial`` of a quarter turn per class
         of the task). Drawing ``num_ways`` of the ``4B`` classes instead would
         often put two rotations of one character in a task (a 20-way task of
-        Omniglot's 423 test characters with probability 0.29, a 5-way task of
-        five digits with probability 0.93). Without rotations a task draws
-        ``num_ways`` distinct classes. Either way the order of the draw is
-        the labelling, so labels are a random permutation per task.
+        Omniglot's 423 test characters with probability 0.29). Without
+        rotations (``num_rotations=1``) a task draws ``num_ways`` distinct
+        classes of the pool. Either way the order of the draw is the
+        labelling, so labels are a random permutation per task.
+
+        :class:`Omniglot` and :class:`ImageFolderTasks` with
+        ``rotations=True`` sample this way. :class:`Digits` does not: it holds
+        its rotations as classes of their own (Santoro et al. 2016's
+        convention), which reach the sampler as one pool (``num_rotations=1``,
+        through ``_TensorClassTasks``), so a task draws ``num_ways`` of its
+        ``4B`` classes and may hold two rotations of one digit (NOTE [ Rotated
+        digits are new classes ] in ``_digits.py`` says why).
     """
 
     loss_function = staticmethod(cross_entropy_loss)
@@ -409,10 +417,9 @@ class _TensorClassTasks(_ClassPoolTasks):
 
     Images are stored as read (``uint8`` for CIFAR-100) and converted per
     example: divided by ``scale`` (to ``[0, 1]``), resized to ``image_size``,
-    passed through ``transform`` and cast to ``dtype``. With
-    ``num_rotations=4`` the classes are ``B`` base classes and then each of
-    them turned once, twice and three times (class ``t * B + b``), sampled as
-    NOTE [ Rotations are drawn per task ] says.
+    passed through ``transform`` and cast to ``dtype``. A task draws
+    ``num_ways`` of the classes given, whatever they hold (:class:`Digits`
+    gives its rotations as classes of their own).
     """
 
     def __init__(
@@ -427,7 +434,6 @@ class _TensorClassTasks(_ClassPoolTasks):
         image_size: int | None,
         transform: Callable[[Tensor], Tensor] | None,
         dtype: torch.dtype,
-        num_rotations: int = 1,
     ) -> None:
         _check_image_options(image_size, dtype)
         self.class_names = class_names
@@ -437,7 +443,7 @@ class _TensorClassTasks(_ClassPoolTasks):
         self.dtype = dtype
         self._scale = scale
         counts = [len(x) for x in class_images]
-        super().__init__(num_ways, num_shots, num_query, len(class_images), counts, num_rotations=num_rotations)
+        super().__init__(num_ways, num_shots, num_query, len(class_images), counts, num_rotations=1)
 
     def _class_name(self, index: int) -> str:
         return self.class_names[index]
