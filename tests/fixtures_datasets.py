@@ -2,16 +2,18 @@
 
 * Omniglot: ``omniglot-py/images_{background,evaluation}/<alphabet>/<character>/<id>_<drawer>.png``
   with the real counts (964 + 659 characters in 30 + 20 alphabets), two drawings each, 4x4 pixels.
-  The top row of each image is ``[character id % 256, character id // 256, drawer, 255]``, the rest
-  0: :func:`decode_omniglot` recovers the character, the drawing and the rotation from any image.
+  The top row of each image is ``[character id % 255, character id // 255, drawer, 255]``, the rest
+  0: 255 marks the top right corner, a value no other pixel takes, so :func:`decode_omniglot`
+  recovers the character, the drawing and the rotation from any image.
 * CIFAR-100: ``cifar-100-python/{train,test,meta}``, pickles with the keys of the real files
   (``data`` as ``(N, 3072)`` uint8, ``fine_labels``, ``coarse_labels``, ``filenames``,
   ``batch_label``; ``fine_label_names``, ``coarse_label_names``), all 100 classes, 3 training and 1
   test image each. Pixel 0 of the red channel is the fine label, pixel 1 is 0 (train) or 1 (test),
   pixel 2 the image's index within its class and file.
-* miniImageNet: ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``) and ``images/*.jpg``;
-  each image is flat, red = 10 * class number, green = 20 * image number (JPEG keeps flat colours
-  within a few levels).
+* miniImageNet: ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``) with Ravi &
+  Larochelle's 64 / 16 / 20 classes and ``images/*.jpg``, 3 per class by default; each image is
+  flat, red = 25 * (class number % 10), blue = 25 * (class number // 10), green = 20 * image number
+  (JPEG keeps flat colours within a few levels).
 
 The CIFAR-100 class table is typed here from the CIFAR page, independently of the package's
 ``splits/cifar100.json``, so that a test can compare the two.
@@ -81,7 +83,7 @@ def _png(values: np.ndarray) -> bytes:
 
 def omniglot_pattern(character_id: int, drawer: int) -> np.ndarray:
     image = np.zeros((4, 4), dtype=np.uint8)
-    image[0] = [character_id % 256, character_id // 256, drawer, 255]
+    image[0] = [character_id % 255, character_id // 255, drawer, 255]  # ids in base 255: only the marker is 255
     return image
 
 
@@ -110,9 +112,9 @@ def decode_omniglot(image: torch.Tensor) -> tuple[int, int, int]:
     for turns in range(4):
         base = torch.rot90(values, -turns, dims=(0, 1))
         if base[0, 3] == 255:
-            expected = torch.from_numpy(omniglot_pattern(int(base[0, 0] + 256 * base[0, 1]), int(base[0, 2])))
+            expected = torch.from_numpy(omniglot_pattern(int(base[0, 0] + 255 * base[0, 1]), int(base[0, 2])))
             assert torch.equal(base, expected.to(torch.int64)), "not a rotated fixture image"
-            return int(base[0, 0] + 256 * base[0, 1]), int(base[0, 2]), turns
+            return int(base[0, 0] + 255 * base[0, 1]), int(base[0, 2]), turns
     raise AssertionError("not a fixture image")
 
 
@@ -161,7 +163,7 @@ def decode_cifar(image: torch.Tensor) -> tuple[str, int, int]:
 
 
 # ---------------------------------------------------------------------------- miniImageNet
-MINI_SPLITS = {"train": 6, "val": 3, "test": 5}  # classes per split
+MINI_SPLITS = {"train": 64, "val": 16, "test": 20}  # classes per split, Ravi & Larochelle's
 
 
 def mini_label(number: int) -> str:
@@ -182,7 +184,8 @@ def write_mini_imagenet(root: Path, per_class=3, splits=MINI_SPLITS) -> Path:
                 label = mini_label(number)
                 for i in range(per_class):
                     filename = f"{label}{i + 1:08d}.jpg"
-                    Image.new("RGB", (12, 10), (10 * number, 20 * i, 90)).save(root / "images" / filename)
+                    colour = (25 * (number % 10), 20 * i, 25 * (number // 10))
+                    Image.new("RGB", (12, 10), colour).save(root / "images" / filename)
                     writer.writerow([filename, label])
                 number += 1
     return root
@@ -190,5 +193,5 @@ def write_mini_imagenet(root: Path, per_class=3, splits=MINI_SPLITS) -> Path:
 
 def decode_mini(image: torch.Tensor) -> tuple[str, int]:
     """``(label, image number)`` of a flat fixture image ``(3, H, W)`` in ``[0, 1]``."""
-    red, green = (image[:2].mean(dim=(1, 2)) * 255).tolist()
-    return mini_label(round(red / 10)), round(green / 20)
+    red, green, blue = (image.mean(dim=(1, 2)) * 255).tolist()
+    return mini_label(round(red / 25) + 10 * round(blue / 25)), round(green / 20)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from fixtures_datasets import (
     decode_mini,
     decode_omniglot,
     mini_label,
+    omniglot_pattern,
     write_cifar100,
     write_mini_imagenet,
     write_omniglot,
@@ -91,19 +93,38 @@ def test_omniglot_maml_split_sizes_and_disjoint_classes(omniglot_root):
     assert sources["test"].config()["split"] == "test" and "background" not in sources["test"].config()
 
 
-def test_omniglot_rotations_are_new_classes_of_the_same_split(omniglot_root):
+def test_omniglot_rotations_turn_distinct_characters_per_task(omniglot_root):
+    """Finn et al.'s protocol: N distinct characters, each in one uniformly random quarter turn drawn per task."""
     root, ids = omniglot_root
     source = Omniglot(root, num_ways=20, num_shots=1, num_query=1, split="test", rotations=True, image_size=None)
     assert source.num_classes == 4 * 423
     test_ids = {ids[name] for name in source.class_names[:423]}
-    turns_seen = set()
-    for seed in range(5):
+    turn_counts, turns_of, label_orders = Counter(), {}, []
+    for seed in range(100):  # drawing 20 of the 1,692 rotated classes would repeat a character in 29% of tasks
         task = source.sample(seed)
         assert task.support[0].shape == (20, 1, 4, 4) and task.query[0].shape == (20, 1, 4, 4)
         owner = classes_of(task, decode_omniglot, key=lambda identity: (identity[0], identity[2]))
-        assert {character for character, _ in owner.values()} <= test_ids
-        turns_seen |= {turns for _, turns in owner.values()}
-    assert turns_seen == {0, 1, 2, 3}  # every rotation occurs, and decode_omniglot checked each rot90 exactly
+        characters = [owner[label][0] for label in range(20)]
+        assert len(set(characters)) == 20, f"task {seed} holds two rotations of one character"
+        assert set(characters) <= test_ids
+        for character, turns in owner.values():
+            turn_counts[turns] += 1
+            turns_of.setdefault(character, []).append(turns)
+        label_orders.append(characters == sorted(characters))
+    # every rotation occurs, about equally often (2,000 draws: 500 each, standard deviation 19)
+    assert set(turn_counts) == {0, 1, 2, 3} and all(400 < n < 600 for n in turn_counts.values()), turn_counts
+    # a character's rotation is drawn per task, not fixed: most characters drawn twice or more were turned differently
+    repeated = [turns for turns in turns_of.values() if len(turns) > 1]
+    assert sum(len(set(turns)) > 1 for turns in repeated) > len(repeated) / 2
+    assert sum(label_orders) < 5  # labels are a random order of the task's characters, not sorted
+
+
+def test_fixture_images_decode_under_every_rotation():
+    """decode_omniglot is exact for every character id (1,623 of them) and every quarter turn."""
+    for character in range(1623):
+        image = torch.from_numpy(omniglot_pattern(character, 20)).to(torch.float32).unsqueeze(0) / 255
+        for turns in range(4):
+            assert decode_omniglot(torch.rot90(image, turns, dims=(-2, -1))) == (character, 20, turns)
 
 
 def test_omniglot_same_seed_same_task(omniglot_root):
@@ -201,6 +222,68 @@ def test_omniglot_extracts_a_zip_torchvision_left(tmp_path):
     shutil.make_archive(str(base / "images_evaluation"), "zip", root_dir=base, base_dir="images_evaluation")
     shutil.rmtree(base / "images_evaluation")
     assert Omniglot(tmp_path, 5, 1, 1, split="evaluation", image_size=None).num_classes == 659
+
+
+def write_small_set(base, name="images_evaluation", characters=3):
+    """A few characters of one of Lake's sets under ``base`` (a set read alone has no required count)."""
+    from PIL import Image
+
+    for c in range(characters):
+        folder = base / name / "Alphabet_e00" / f"character{c + 1:02d}"
+        folder.mkdir(parents=True)
+        for d in range(2):
+            Image.fromarray(omniglot_pattern(c, d + 1), mode="L").save(folder / f"{c:04d}_{d + 1:02d}.png")
+
+
+def test_omniglot_corrupt_zip_names_the_file_to_replace(tmp_path, monkeypatch):
+    import zipfile
+
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing is downloaded here")
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", no_network)
+    base = tmp_path / "omniglot-py"
+    base.mkdir()
+    archive = base / "images_evaluation.zip"
+    archive.write_bytes(b"PK\x03\x04 the first bytes of an interrupted download")
+    with pytest.raises(DatasetNotFoundError) as info:
+        Omniglot(tmp_path, split="evaluation")
+    message = one_line(info)
+    assert message.startswith(f"Omniglot: {archive} is not a readable zip file (BadZipFile: ")
+    assert "delete it and pass download=True, or replace it with images_evaluation.zip from" in message
+    assert archive.is_file()  # without download=True the user's file stays
+
+    # a zip whose last file is damaged: the files extracted before it are removed again, not read next time
+    write_small_set(tmp_path / "whole")
+    shutil.make_archive(
+        str(base / "images_evaluation"), "zip", root_dir=tmp_path / "whole", base_dir="images_evaluation"
+    )
+    with zipfile.ZipFile(archive) as z:
+        last = max((i for i in z.infolist() if not i.is_dir()), key=lambda i: i.header_offset)
+    data = bytearray(archive.read_bytes())
+    start = last.header_offset + 30 + int.from_bytes(data[last.header_offset + 26 : last.header_offset + 28], "little")
+    start += int.from_bytes(data[last.header_offset + 28 : last.header_offset + 30], "little")
+    data[start : start + last.compress_size] = bytes(range(256)) * (last.compress_size // 256) + bytes(
+        last.compress_size % 256
+    )
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DatasetNotFoundError, match="images_evaluation.zip is not a readable zip file"):
+        Omniglot(tmp_path, split="evaluation")
+    assert not (base / "images_evaluation").exists()
+
+    # with download=True the corrupt zip is deleted and fetched again through torchvision
+    seen = []
+
+    class FakeOmniglot:
+        def __init__(self, root, background=True, download=False):
+            seen.append((background, download, archive.exists()))
+            write_small_set(base)
+
+    monkeypatch.setattr(torchvision.datasets, "Omniglot", FakeOmniglot)
+    source = Omniglot(tmp_path, 2, 1, 1, split="evaluation", download=True, image_size=None)
+    assert seen == [(False, True, False)] and source.num_classes == 3
 
 
 def test_torchvision_omniglot_refuses_extracted_folders(omniglot_root):
@@ -343,8 +426,8 @@ def test_mini_imagenet_splits_and_tasks(mini_root):
     sources = {s: MiniImageNet(mini_root, num_ways=3, num_shots=1, num_query=2, split=s, image_size=8) for s in SPLITS}
     assert {s: src.num_classes for s, src in sources.items()} == MINI_SPLITS
     names = {s: set(src.class_names) for s, src in sources.items()}
-    assert sum(map(len, names.values())) == len(set.union(*names.values())) == 14
-    assert names["val"] == {mini_label(6), mini_label(7), mini_label(8)}  # labels as the CSV names them
+    assert sum(map(len, names.values())) == len(set.union(*names.values())) == 100
+    assert names["val"] == {mini_label(n) for n in range(64, 80)}  # labels as the CSV names them
     task = sources["test"].sample(2)
     assert task.support[0].shape == (3, 3, 8, 8) and task.query[0].shape == (6, 3, 8, 8)
     assert set(classes_of(task, decode_mini).values()) <= names["test"]
@@ -369,7 +452,7 @@ def test_mini_imagenet_missing_files_name_what_to_fetch(tmp_path, mini_root):
     MiniImageNet(copy, 3, 1, 1, split="test", image_size=8)  # another split's image: this one is complete
     with pytest.raises(DatasetNotFoundError) as info:
         MiniImageNet(copy, split="train")
-    assert f"1 of the 18 images train.csv names are missing from {copy / 'images'}/" in one_line(info)
+    assert f"1 of the 192 images train.csv names are missing from {copy / 'images'}/" in one_line(info)
 
     (copy / "val.csv").write_text("filename,label\nn0000000000000001.jpg,n00000000\n")  # a training class
     with pytest.raises(ValueError, match="miniImageNet: the train and val splits share 1 classes"):
@@ -377,6 +460,37 @@ def test_mini_imagenet_missing_files_name_what_to_fetch(tmp_path, mini_root):
     (copy / "val.csv").write_text("image,class\n")
     with pytest.raises(ValueError, match="must start with the header 'filename,label'"):
         MiniImageNet(copy, split="test")
+
+
+def test_mini_imagenet_csvs_must_hold_ravi_and_larochelle_s_64_16_20_classes(tmp_path):
+    """The class counts are checked before any image is read: CSV files and an empty images/ suffice."""
+
+    def write_csvs(root, counts, first=0):
+        (root / "images").mkdir(parents=True)
+        number = first
+        for split, count in counts.items():
+            rows = ["filename,label"]
+            for _ in range(count):
+                rows += [f"{mini_label(number)}{i:08d}.jpg,{mini_label(number)}" for i in (1, 2)]
+                number += 1
+            (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+        return root
+
+    with pytest.raises(DatasetNotFoundError, match="images train.csv names are missing"):  # counts right
+        MiniImageNet(write_csvs(tmp_path / "ravi", MINI_SPLITS))
+    root = write_csvs(tmp_path / "short", {"train": 64, "val": 16, "test": 19})
+    with pytest.raises(ValueError) as info:
+        MiniImageNet(root, split="train")  # any split: the three files are checked together
+    message = one_line(info)
+    assert f"miniImageNet under {root}: Ravi & Larochelle's train.csv, val.csv and test.csv name 64, 16" in message
+    assert "but test.csv has 19 (get the files from https://github.com/twitter/meta-learning-lstm" in message
+    root = write_csvs(tmp_path / "tiny", {"train": 6, "val": 3, "test": 5})
+    with pytest.raises(ValueError, match=r"but train.csv has 6 and val.csv has 3 and test.csv has 5 \("):
+        MiniImageNet(root, split="test")
+    shared = write_csvs(tmp_path / "shared", MINI_SPLITS)
+    (shared / "test.csv").write_text((shared / "test.csv").read_text() + f"x.jpg,{mini_label(0)}\n")
+    with pytest.raises(ValueError, match="the train and test splits share 1 classes"):
+        MiniImageNet(shared, split="val")  # 21 test classes, one of them a training class: the overlap is named
 
 
 # ------------------------------------------------------------------------------- digits
@@ -427,6 +541,7 @@ def test_digits_class_split_and_options():
 
 
 def test_digits_rotations_are_new_classes_of_the_same_split():
+    """Rotations as classes of their own (NOTE [ Rotated digits are new classes ]), unlike Omniglot's per-task turn."""
     plain = {split: Digits(5, 1, 3, split=split) for split in ("train", "test")}
     rotated = {split: Digits(5, 1, 3, split=split, rotations=True) for split in ("train", "test")}
     for split, digits in (("train", range(5)), ("test", range(5, 10))):
@@ -451,20 +566,32 @@ def test_digits_rotations_are_new_classes_of_the_same_split():
     reference = torch.as_tensor(data.images / 16.0, dtype=torch.float32)
     targets = torch.as_tensor(data.target)
 
+    turned = [torch.rot90(reference, turns, dims=(-2, -1)).flatten(1) for turns in range(4)]
+
     def decode(image):  # (digit, quarter turns, index among all images)
         for turns in range(4):
-            hits = (torch.rot90(reference, turns, dims=(-2, -1)) == image[0]).flatten(1).all(1).nonzero().flatten()
+            hits = (turned[turns] == image[0].flatten()).all(1).nonzero().flatten()
             if len(hits):
                 return int(targets[hits[0]]), turns, int(hits[0])
         raise AssertionError("not a (rotated) digits image")
 
-    seen = set()
-    for seed in range(12):
-        task = rotated["test"].sample(seed)
-        owner = classes_of(task, decode, key=lambda identity: identity[:2])
-        assert all(d in range(5, 10) for d, _ in owner.values())
-        seen.update(owner.values())
+    seen, repeats = set(), 0
+    for split, digits in (("train", range(5)), ("test", range(5, 10))):
+        for seed in range(12):
+            owner = classes_of(rotated[split].sample(seed), decode, key=lambda identity: identity[:2])
+            assert {d for d, _ in owner.values()} <= set(digits)  # a rotation stays in its digit's split
+            repeats += len({d for d, _ in owner.values()}) < 5
+            seen.update(owner.values())
     assert {turns for _, turns in seen} == {0, 1, 2, 3}  # every rotation is drawn
+    # five of the 20 classes, not five digits: two rotations of one digit in a task (93% of 5-way tasks)
+    assert repeats > 12, repeats
+    # num_ways up to the 20 classes: 6-way tasks hold some digit twice, 20-way tasks every rotation of every digit
+    six = classes_of(Digits(6, 1, 2, split="test", rotations=True).sample(3), decode, key=lambda identity: identity[:2])
+    assert len(six) == 6 and len({d for d, _ in six.values()}) < 6 and {d for d, _ in six.values()} <= set(range(5, 10))
+    every = classes_of(Digits(20, 1, 1, rotations=True).sample(0), decode, key=lambda identity: identity[:2])
+    assert sorted(every.values()) == [(d, turns) for d in range(5) for turns in range(4)]
+    with pytest.raises(ValueError, match=r"num_ways=21 is more than the 20 classes available$"):
+        Digits(21, 1, 1, rotations=True)
     assert_same_task(rotated["test"].sample(7), Digits(5, 1, 3, split="test", rotations=True).sample(7))
     assert not torch.equal(rotated["test"].sample(7).support[0], rotated["test"].sample(8).support[0])
     flat = Digits(5, 1, 3, split="test", rotations=True, flatten=True, dtype=torch.float64).sample(7)
@@ -472,6 +599,46 @@ def test_digits_rotations_are_new_classes_of_the_same_split():
     assert Digits(5, 1, 1, rotations=True, image_size=16).sample(0).query[0].shape == (5, 1, 16, 16)
     with pytest.raises(TypeError, match="rotations must be True or False, got 1"):
         Digits(rotations=1)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_digits_rotations_sample_as_the_stored_results_were_measured(split):
+    """Bit for bit the sampling of memmaml 0.2.0, with which benchmarks/few_shot/digits/ was measured.
+
+    The reference is written out here from scikit-learn's arrays, not from the source's classes: the task's
+    generator, ``torch.randperm`` over all 20 classes for the task's classes (class ``5 * t + i`` is the split's
+    ``i``-th digit turned ``t`` times), then per class ``torch.randperm`` over its images for the support and
+    query examples. Omniglot's sampling (NOTE [ Rotations are drawn per task ]) would draw differently.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.as_tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    targets = torch.as_tensor(data.target)
+    digits = DIGITS_SPLIT[split]
+    repeats = 0
+    for ways, shots, query, flatten in ((5, 1, 15, True), (5, 5, 15, False), (8, 2, 3, False)):
+        source = Digits(ways, shots, query, split=split, rotations=True, flatten=flatten)
+        for seed in (0, 1, 2, 7, 2026):
+            generator = torch.Generator().manual_seed(seed)
+            classes = torch.randperm(20, generator=generator)[:ways].tolist()
+            support, queries = [], []
+            for class_index in classes:
+                turns, digit = divmod(class_index, 5)
+                pool = torch.rot90(images[targets == digits[digit]], turns, dims=(-2, -1))
+                order = torch.randperm(len(pool), generator=generator)[: shots + query]
+                support.append(pool[order[:shots]])
+                queries.append(pool[order[shots:]])
+            repeats += len({class_index % 5 for class_index in classes}) < ways
+            task = source.sample(seed)
+            expected_support, expected_query = torch.cat(support), torch.cat(queries)
+            if flatten:
+                expected_support, expected_query = expected_support.flatten(1), expected_query.flatten(1)
+            assert torch.equal(task.support[0], expected_support), (seed, classes)
+            assert torch.equal(task.query[0], expected_query), (seed, classes)
+            assert task.support[1].tolist() == [label for label in range(ways) for _ in range(shots)]
+            assert task.query[1].tolist() == [label for label in range(ways) for _ in range(query)]
+    assert repeats > 0  # the pinned tasks include some with two rotations of one digit
 
 
 def test_named_sources_share_one_interface():
@@ -483,5 +650,7 @@ def test_named_sources_share_one_interface():
         assert {"split", "download", "image_size", "dtype"} <= set(parameters), source
     assert list(inspect.signature(Digits).parameters)[:4] == ["num_ways", "num_shots", "num_query", "split"]
     assert issubclass(DatasetNotFoundError, FileNotFoundError)
-    assert "5 classes" not in str(DatasetNotFoundError("a\n   b"))
-    assert str(DatasetNotFoundError("a\n   b")) == "a b"
+    # a message written over several source lines reads as one line, single-spaced, nothing at either end
+    assert str(DatasetNotFoundError("\n  Omniglot not found under /data:\n\tput images_background/   there \n")) == (
+        "Omniglot not found under /data: put images_background/ there"
+    )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from memmaml.tasks import (
+    DatasetNotFoundError,
     ImageFolderTasks,
     Omniglot,
     Sinusoid,
@@ -134,6 +135,26 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         ImageFolderTasks(root, classes=["class_0", "class_9"])
     with pytest.raises(ValueError, match="num_ways=4 is more than the 3 classes"):
         ImageFolderTasks(root, num_ways=4, num_shots=1, num_query=1)
+    with pytest.raises(ValueError, match="num_ways=4 is more than the 3 classes available before rotation"):
+        ImageFolderTasks(root, num_ways=4, num_shots=1, num_query=1, rotations=True)  # 12 rotated classes
+
+
+def test_an_image_that_cannot_be_decoded_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "data", num_classes=2, per_class=2)  # 2-way 1+1 tasks read every file
+    whole = (root / "class_1" / "0.png").read_bytes()
+    for path, contents in (
+        (root / "class_0" / "1.png", b"not a png"),
+        (root / "class_1" / "0.png", whole[: len(whole) // 2]),
+    ):
+        path.write_bytes(contents)
+        with pytest.raises(DatasetNotFoundError) as info:
+            ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4).sample(0)
+        message = str(info.value)
+        assert message.startswith(f"cannot read the image {path} (") and "\n" not in message
+        assert "truncated or not an image; replace it with a whole copy or delete it" in message
+        path.write_bytes(whole)
+    task = ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4).sample(0)
+    assert task.support[0].shape == (2, 3, 4, 4)  # whole files again: read as before
 
 
 def test_omniglot_missing_root_names_the_folder_to_fill(tmp_path):

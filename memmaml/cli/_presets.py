@@ -22,10 +22,20 @@ NOTE [ What the presets do not copy ]
       28 -> 14 -> 7 -> 4 -> 2) and flattens, so its head sees 2x2x64 features.
       Their miniImageNet network (``--max_pool=True``, 32 filters, flatten) is
       the same shape as memmaml's.
-    * Omniglot's rotations: their code rotates each class of a task by a random
-      multiple of 90 degrees, drawn per task; memmaml's ``rotations=True`` adds
-      each rotation as a class of its own (Santoro et al. 2016's convention,
-      which the paper cites). Both make 4 x 1,623 "characters".
+    * The inner learning rate's scale: their inner loss (``utils.py``,
+      ``xent``) is each support example's softmax cross-entropy divided by K
+      (``update_batch_size``), a vector, and ``tf.gradients`` of a vector
+      differentiates its sum over the N*K support examples, so their inner
+      gradient is N times the gradient of the mean cross-entropy
+      (``F.cross_entropy``) that memmaml's presets differentiate. The presets
+      keep the published numbers (0.4, 0.1, 0.01) on the mean loss, as the
+      common PyTorch reimplementations do (torchmeta's and learn2learn's MAML
+      examples, dragen1860/MAML-Pytorch), so their inner step is 1/N of Finn
+      et al.'s. Finn et al.'s step on a mean loss is ``--inner-lr`` 2.0 for
+      Omniglot 5-way (0.4 x 5), 2.0 for Omniglot 20-way (0.1 x 20) and 0.05
+      for miniImageNet 5-way (0.01 x 5); nobody has run the presets at
+      those values. (Their meta-loss is a sum in the same way; a constant
+      factor on the meta-gradient hardly changes Adam's step.)
     * miniImageNet's meta-gradient: their code clips it element-wise to
       [-10, 10] (``tf.clip_by_value``); memmaml clips a global norm
       (``--max-grad-norm``), which is not the same, so the presets clip nothing.
@@ -41,12 +51,18 @@ NOTE [ What the presets do not copy ]
 
 NOTE [ The digits presets ]
     ``--rotations``: each digit is also rotated by 90, 180 and 270 degrees as
-    three new classes (20 per split), as Omniglot's protocol does. Without
-    them every training task holds the same five digits, only relabelled,
-    and meta-training learns those five digits: in the first run of
-    ``benchmarks/few_shot/digits.py`` (``digits_no_rotations/``) MAML ended
-    below its random initialisation on the test digits and first-order MAML
-    diverged at inner lr 0.4.
+    three new classes (20 per split; Santoro et al. 2016's convention), and a
+    task draws five of the 20, so it may hold two rotations of one digit
+    (NOTE [ Rotated digits are new classes ] in ``memmaml/tasks/_digits.py``).
+    Without them every training task holds the same five digits, only
+    relabelled, and meta-training learns those five digits: in the first run
+    of ``benchmarks/few_shot/digits.py`` (``digits_no_rotations/``) MAML
+    ended below its random initialisation on the test digits and first-order
+    MAML diverged at inner lr 0.4. The Omniglot presets instead turn each of
+    a task's distinct characters by a random multiple of 90 degrees, as Finn
+    et al.'s code does; with five digits per split that would again make
+    every 5-way task the same five digits, and the grid, the benchmark and
+    the probe below were all measured with the rotations as classes.
 
     ``--inner-lr`` and ``--max-grad-norm`` are the setting of a small grid
     with the best validation accuracy among those where both MAML and
@@ -111,6 +127,8 @@ class Preset:
         return argv
 
 
+#: the Omniglot and miniImageNet inner lr: Finn et al.'s number, on a mean loss (NOTE [ What the presets do not copy ])
+INNER_LR_SCALE = "Finn et al.'s number on a mean loss, so 1/N of their step: NOTE [ What the presets do not copy ]"
 PROTOCOL = "600 test tasks, mean accuracy with a 95% interval (1.96 standard errors)"
 
 
@@ -118,8 +136,9 @@ def _omniglot(ways: int, shots: int, target: str, gpu: str) -> Preset:
     five = ways == 5
     return Preset(
         name=f"omniglot-{ways}w{shots}s",
-        title=f"Omniglot {ways}-way {shots}-shot, Finn et al.'s 1,100 / 100 / 423-character split, rotations as "
-        f"classes, 28x28; {PROTOCOL} after {3 if five else 5} steps, K query images per class",
+        title=f"Omniglot {ways}-way {shots}-shot, Finn et al.'s 1,100 / 100 / 423-character split, each character "
+        f"of a task rotated by a random multiple of 90 degrees, 28x28; {PROTOCOL} after {3 if five else 5} steps, "
+        "K query images per class",
         target=f"MAML {target} (Finn et al. 2017, Table 1)",
         settings={
             "--task": Setting("omniglot", "paper"),
@@ -131,7 +150,7 @@ def _omniglot(ways: int, shots: int, target: str, gpu: str) -> Preset:
             "--eval-num-query": Setting(str(shots), "code"),
             "--model": Setting("conv", "paper"),
             "--filters": Setting("64", "paper, code"),
-            "--inner-lr": Setting("0.4" if five else "0.1", "paper, code"),
+            "--inner-lr": Setting("0.4" if five else "0.1", f"paper, code ({INNER_LR_SCALE})"),
             "--inner-steps": Setting("1" if five else "5", "paper, code"),
             "--eval-steps": Setting("0,1,3" if five else "0,1,5", "paper (3 / 5 steps at test)"),
             "--meta-batch-size": Setting("32" if five else "16", "paper, code"),
@@ -160,7 +179,7 @@ def _mini_imagenet(shots: int, target: str, gpu: str) -> Preset:
             "--eval-num-query": Setting(str(shots), "code"),
             "--model": Setting("conv", "paper"),
             "--filters": Setting("32", "paper, code"),
-            "--inner-lr": Setting("0.01", "paper, code"),
+            "--inner-lr": Setting("0.01", f"paper, code ({INNER_LR_SCALE})"),
             "--inner-steps": Setting("5", "paper, code"),
             "--eval-steps": Setting("0,5,10", "paper, code (10 steps at test)"),
             "--meta-batch-size": Setting("4", "code" if shots == 5 else "paper, code"),
@@ -190,7 +209,7 @@ def _digits(shots: int) -> Preset:
         "random initialisation on a CPU)",
         settings={
             "--task": Setting("digits", "memmaml"),
-            "--rotations": Setting(True, "memmaml (Omniglot's protocol: 5 training digits alone are too few classes)"),
+            "--rotations": Setting(True, "memmaml (rotations as classes: 5 training digits alone are too few classes)"),
             "--num-ways": Setting("5", "memmaml"),
             "--num-shots": Setting(str(shots), "memmaml"),
             "--num-query": Setting("15", "memmaml"),

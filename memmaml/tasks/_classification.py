@@ -12,23 +12,65 @@ from torch import Tensor
 
 from .._checks import positive_int
 from ._base import IMAGE_EXTENSIONS, Task, TaskSource, accuracy, cross_entropy_loss, generator_for
+from ._datasets import DatasetNotFoundError
 
 __all__ = ["ImageFolderTasks", "SyntheticClassification"]
 
 
 # ------------------------------------------------------------- classification base
 class _ClassPoolTasks(TaskSource):
-    """N-way K-shot tasks over a pool of classes, each a list of examples."""
+    """N-way K-shot tasks over a pool of classes, each a list of examples.
+
+    NOTE [ Rotations are drawn per task ]
+        A source with rotations (``num_rotations=4``) holds every base class
+        ``b`` of its ``B`` once per quarter turn ``t``, as class ``t * B + b``.
+        A task draws ``num_ways`` **distinct base classes** and gives each one
+        rotation drawn uniformly from the four, afresh for every task, so a
+        task never holds two rotations of one base class and ``num_ways`` may
+        not exceed ``B``. That is what Finn et al.'s code does
+        (github.com/cbfinn/maml, ``data_generator.py``: ``random.sample`` of
+        the characters, then ``tf.multinomial`` of a quarter turn per class
+        of the task). Drawing ``num_ways`` of the ``4B`` classes instead would
+        often put two rotations of one character in a task (a 20-way task of
+        Omniglot's 423 test characters with probability 0.29). Without
+        rotations (``num_rotations=1``) a task draws ``num_ways`` distinct
+        classes of the pool. Either way the order of the draw is the
+        labelling, so labels are a random permutation per task.
+
+        :class:`Omniglot` and :class:`ImageFolderTasks` with
+        ``rotations=True`` sample this way. :class:`Digits` does not: it holds
+        its rotations as classes of their own (Santoro et al. 2016's
+        convention), which reach the sampler as one pool (``num_rotations=1``,
+        through ``_TensorClassTasks``), so a task draws ``num_ways`` of its
+        ``4B`` classes and may hold two rotations of one digit (NOTE [ Rotated
+        digits are new classes ] in ``_digits.py`` says why).
+    """
 
     loss_function = staticmethod(cross_entropy_loss)
     metrics = {"accuracy": accuracy}
 
     def __init__(
-        self, num_ways: int, num_shots: int, num_query: int, num_classes: int, examples_per_class: Sequence[int]
+        self,
+        num_ways: int,
+        num_shots: int,
+        num_query: int,
+        num_classes: int,
+        examples_per_class: Sequence[int],
+        *,
+        num_rotations: int = 1,
     ) -> None:
         positive_int("num_ways", num_ways)
         positive_int("num_shots", num_shots)
         positive_int("num_query", num_query)
+        if num_rotations not in (1, 4) or num_classes % num_rotations:
+            raise ValueError(f"num_rotations must be 1 or 4 and divide num_classes={num_classes}, got {num_rotations}")
+        num_base = num_classes // num_rotations
+        if num_ways > num_base and num_rotations > 1:
+            raise ValueError(
+                f"num_ways={num_ways} is more than the {num_base} classes available before rotation: with rotations "
+                f"a task holds {num_ways} distinct classes, each in one random rotation, never two rotations of one "
+                "class"
+            )
         if num_ways > num_classes:
             raise ValueError(f"num_ways={num_ways} is more than the {num_classes} classes available")
         needed = num_shots + num_query
@@ -43,6 +85,7 @@ class _ClassPoolTasks(TaskSource):
         self.num_shots = num_shots
         self.num_query = num_query
         self.num_classes = num_classes
+        self._num_rotations = num_rotations
         self._examples_per_class = list(examples_per_class)
 
     def _class_name(self, index: int) -> str:
@@ -51,8 +94,17 @@ class _ClassPoolTasks(TaskSource):
     def _example(self, class_index: int, example_index: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    def _classes(self, generator: torch.Generator) -> list[int]:
+        """A task's class indices, label ``i`` for the ``i``-th (NOTE [ Rotations are drawn per task ])."""
+        num_base = self.num_classes // self._num_rotations
+        bases = torch.randperm(num_base, generator=generator)[: self.num_ways]
+        if self._num_rotations == 1:
+            return bases.tolist()
+        turns = torch.randint(self._num_rotations, (self.num_ways,), generator=generator)
+        return (turns * num_base + bases).tolist()
+
     def _sample(self, generator: torch.Generator) -> Task:
-        classes = torch.randperm(self.num_classes, generator=generator)[: self.num_ways].tolist()
+        classes = self._classes(generator)
         k, q = self.num_shots, self.num_query
         support_x, query_x = [], []
         for class_index in classes:
@@ -171,13 +223,24 @@ class SyntheticClassification(_ClassPoolTasks):
 
 # ----------------------------------------------------------------------- image files
 def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
-    """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``."""
-    from PIL import Image
+    """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``.
+
+    Raises:
+        DatasetNotFoundError: the file cannot be read or decoded (truncated,
+            not an image); the one-line message names it.
+    """
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
 
-    with Image.open(path) as image:
-        image = image.convert("L" if grayscale else "RGB")
-        tensor = TF.pil_to_tensor(image)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if grayscale else "RGB")
+            tensor = TF.pil_to_tensor(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
+        raise DatasetNotFoundError(
+            f"cannot read the image {path} ({type(exc).__name__}: {exc}): the file is truncated or not an "
+            "image; replace it with a whole copy or delete it"
+        ) from exc
     tensor = tensor.to(torch.float32) / 255.0
     if image_size is not None:
         tensor = TF.resize(tensor, [image_size, image_size], antialias=True)
@@ -222,7 +285,7 @@ class _ImageClassTasks(_ClassPoolTasks):
         self._cache: dict[Path, Tensor] = {}
         turns = 4 if rotations else 1
         counts = [len(files) for files in class_files] * turns
-        super().__init__(num_ways, num_shots, num_query, len(class_files) * turns, counts)
+        super().__init__(num_ways, num_shots, num_query, len(class_files) * turns, counts, num_rotations=turns)
 
     def _class_name(self, index: int) -> str:
         base = self.class_names[index % len(self.class_names)]
@@ -268,9 +331,11 @@ class ImageFolderTasks(_ImageClassTasks):
     Every subfolder of ``root`` is a class; its image files (by extension,
     ``IMAGE_EXTENSIONS``) are its examples. Keep training and held-out
     classes in separate roots (``data/train``, ``data/test``) or choose them
-    with ``classes``. Images are decoded with PIL, converted to float ``[0, 1]``
-    tensors ``(C, H, W)`` and resized to ``image_size`` squares; every image
-    must have the same size after that.
+    with ``classes``. Images are decoded with PIL when a task first needs
+    them, converted to float ``[0, 1]`` tensors ``(C, H, W)`` and resized to
+    ``image_size`` squares; every image must have the same size after that.
+    A file PIL cannot decode (truncated, not an image) raises
+    :class:`DatasetNotFoundError` naming it, when a task draws it.
 
     Args:
         root: the folder of class subfolders.
@@ -280,9 +345,13 @@ class ImageFolderTasks(_ImageClassTasks):
         image_size: side of the square images (``None`` keeps the file's size).
         grayscale: one channel instead of three.
         classes: class folder names to use (default: all subfolders).
-        rotations: add each class rotated by 90, 180 and 270 degrees as three
-            new classes (the Omniglot augmentation of Santoro et al. 2016 and
-            Finn et al. 2017).
+        rotations: hold each class also rotated by 90, 180 and 270 degrees
+            (``num_classes`` is then 4 x the classes), and give each class of
+            a task one of the four rotations, drawn uniformly per task; a task
+            never holds two rotations of one class, so ``num_ways`` is at most
+            the number of class folders (the Omniglot augmentation of Finn et
+            al. 2017 as their code draws it; NOTE [ Rotations are drawn per
+            task ] in this module).
         cache: keep decoded images in memory.
         transform: applied to each image tensor after loading (and rotation).
         dtype: floating dtype of the images (labels are int64).
@@ -348,7 +417,9 @@ class _TensorClassTasks(_ClassPoolTasks):
 
     Images are stored as read (``uint8`` for CIFAR-100) and converted per
     example: divided by ``scale`` (to ``[0, 1]``), resized to ``image_size``,
-    passed through ``transform`` and cast to ``dtype``.
+    passed through ``transform`` and cast to ``dtype``. A task draws
+    ``num_ways`` of the classes given, whatever they hold (:class:`Digits`
+    gives its rotations as classes of their own).
     """
 
     def __init__(
@@ -371,7 +442,8 @@ class _TensorClassTasks(_ClassPoolTasks):
         self.transform = transform
         self.dtype = dtype
         self._scale = scale
-        super().__init__(num_ways, num_shots, num_query, len(class_images), [len(x) for x in class_images])
+        counts = [len(x) for x in class_images]
+        super().__init__(num_ways, num_shots, num_query, len(class_images), counts, num_rotations=1)
 
     def _class_name(self, index: int) -> str:
         return self.class_names[index]

@@ -23,26 +23,39 @@ NOTE [ Rotated digits are new classes ]
     learns those five digits rather than how to learn new ones
     (``benchmarks/few_shot/digits/results.md`` measured it: MAML ends below
     the random initialisation it started from on the test digits).
-    ``rotations=True`` does what Omniglot's standard protocol does (Santoro et
-    al. 2016, Finn et al. 2017; :class:`Omniglot`'s ``rotations``): every
-    digit of a split also appears rotated by 90, 180 and 270 degrees as three
-    further classes, so 0-4 give 20 training classes and 5-9 give 20 test
-    classes, and a rotation of a digit stays in that digit's split.
+    ``rotations=True`` follows Santoro et al. 2016's convention for
+    Omniglot: every digit of a split also appears rotated by 90, 180 and 270
+    degrees as three further classes of their own, so 0-4 give 20 training
+    classes and 5-9 give 20 test classes, and a rotation of a digit stays in
+    that digit's split. A task draws ``num_ways`` of these classes, as it
+    draws any classes (``torch.randperm`` over all of them), so ``num_ways``
+    may be up to 4x the digits of the split, and a task may hold two (or
+    more) rotations of one digit: a 5-way task of 20 classes does so with
+    probability 0.93.
+
+    :class:`Omniglot` and :class:`ImageFolderTasks` draw differently
+    (``num_ways`` distinct base classes, each turned once per task, as Finn
+    et al.'s code does; NOTE [ Rotations are drawn per task ] in
+    ``_classification.py``). Digits keeps the rotations as classes because a
+    split has five digits: one turn per digit per task would make every
+    5-way task the same five digits again, where rotations as classes give
+    20 classes per split, and the stored results in
+    ``benchmarks/few_shot/digits/`` were measured so.
 
     A rotation is a new class by construction, whatever it looks like, as in
-    Omniglot. Some rotated digits resemble another class of their split (6
-    turned by 180 degrees resembles 9, 6 by 90 resembles 9 by 270), and 0, 1
-    and 8 are nearly unchanged by a half turn, so "1" and "1 rotated by 180 degrees"
-    (and 90 / 270) are two labels for nearly the same images. In these 8x8
-    drawings the half-turn symmetric digits are the real cost: the nearest
-    of the 20 class means puts 19% of the 1s, 13% of the 8s and 11% of the
-    0s in their 180-degree rotation's class, but only 2% of the 6s in "9
-    rotated by 180 degrees" (the strokes of the two differ). A task that
-    draws such a pair asks for two classes a one-shot learner cannot tell
-    apart, which caps every method's accuracy below 100% on the same tasks:
-    a property of the split (0 and 1 in training, 8 in testing), not of a
-    learner. Accuracies with and without ``rotations`` are measured on
-    different tasks and are not comparable.
+    Santoro et al.'s Omniglot. Some rotated digits resemble another class of
+    their split (6 turned by 180 degrees resembles 9, 6 by 90 resembles 9 by
+    270), and 0, 1 and 8 are nearly unchanged by a half turn, so "1" and "1
+    rotated by 180 degrees" (and "1 rotated by 90" and "by 270") are two
+    labels for nearly the same images. In these 8x8 drawings the half-turn
+    symmetric digits are the real cost: the nearest of the 20 class means puts
+    19% of the 1s, 13% of the 8s and 11% of the 0s in their 180-degree
+    rotation's class, but only 2% of the 6s in "9 rotated by 180 degrees" (the
+    strokes of the two differ). A task that draws such a pair asks for two
+    classes a one-shot learner cannot tell apart, which caps every method's
+    accuracy below 100% on the same tasks: a property of the split (0 and 1 in
+    training, 8 in testing), not of a learner. Accuracies with and without
+    ``rotations`` are measured on different tasks and are not comparable.
 """
 
 from __future__ import annotations
@@ -89,10 +102,12 @@ class Digits(_TensorClassTasks):
     digits: by default 0-4 and 5-9 (NOTE [ Which digits are test classes ]).
     With ``rotations=True`` each digit of the split also appears rotated by
     90, 180 and 270 degrees (``torch.rot90`` of the 8x8 image, before any
-    resizing) as three new classes, as :class:`Omniglot` does: 4 x 5 classes
-    per split by default, ordered as Omniglot orders them (the digits, then
-    each rotated by 90 degrees, ...). Some rotated digits resemble another
-    class (6 and 9 by 180 degrees): NOTE [ Rotated digits are new classes ].
+    resizing) as three new classes: 4 x 5 classes per split by default,
+    ordered as :class:`Omniglot` orders them (the digits, then each rotated
+    by 90 degrees, ...). A task draws ``num_ways`` of these classes, so it
+    may hold two rotations of one digit, and some rotated digits resemble
+    another class (0, 1 and 8 by 180 degrees; 6 and 9): NOTE [ Rotated
+    digits are new classes ].
     A task is a function of its seed. Needs scikit-learn.
 
     Args:
@@ -103,7 +118,7 @@ class Digits(_TensorClassTasks):
             must be disjoint.
         image_size: resize to this square side (``None`` keeps 8x8).
         rotations: add each digit rotated by 90, 180 and 270 degrees as three
-            new classes.
+            new classes (``num_ways`` up to 4x the split's digits).
         flatten: return 64-vectors (for an MLP) instead of images.
         dtype: floating dtype of the inputs (labels are int64).
 
@@ -162,6 +177,7 @@ class Digits(_TensorClassTasks):
         self.class_split = splits
         self.rotations = rotations
         self.flatten = flatten
+        # a task draws num_ways of all these classes, rotations included (NOTE [ Rotated digits are new classes ])
         super().__init__(
             names,
             classes,

@@ -34,6 +34,8 @@ from ._datasets import SPLITS, DatasetNotFoundError, check_disjoint
 __all__ = ["MiniImageNet"]
 
 _SPLITS_URL = "https://github.com/twitter/meta-learning-lstm/tree/master/data/miniImagenet"
+#: classes per split in Ravi & Larochelle's CSV files.
+RAVI_SIZES = {"train": 64, "val": 16, "test": 20}
 
 
 def read_split_csv(path: Path) -> dict[str, list[str]]:
@@ -58,7 +60,8 @@ class MiniImageNet(_ImageClassTasks):
 
     Reads ``root/train.csv``, ``root/val.csv``, ``root/test.csv`` (header
     ``filename,label``) and the JPEG files they name in ``root/images/``.
-    All three CSVs must be there: their classes are checked to be disjoint.
+    All three CSVs must be there: they must name 64, 16 and 20 classes and
+    their classes are checked to be disjoint.
     Images are decoded with PIL as RGB, resized to ``image_size`` (84 in Finn
     et al. 2017) and scaled to ``[0, 1]``.
 
@@ -77,8 +80,9 @@ class MiniImageNet(_ImageClassTasks):
         DatasetNotFoundError: a CSV file, ``images/`` or an image the split
             names is missing; the one-line message says what to fetch and
             where to put it.
-        ValueError: a CSV file is not in Ravi & Larochelle's format, or two
-            splits share a class.
+        ValueError: a CSV file is not in Ravi & Larochelle's format, two
+            splits share a class, or the splits do not hold 64 / 16 / 20
+            classes.
     """
 
     def __init__(
@@ -109,6 +113,13 @@ class MiniImageNet(_ImageClassTasks):
             )
         splits = {s: read_split_csv(root / f"{s}.csv") for s in SPLITS}
         check_disjoint("miniImageNet", {s: list(classes) for s, classes in splits.items()})
+        wrong = [f"{s}.csv has {len(splits[s])}" for s in SPLITS if len(splits[s]) != RAVI_SIZES[s]]
+        if wrong:
+            raise ValueError(
+                f"miniImageNet under {root}: Ravi & Larochelle's train.csv, val.csv and test.csv name 64, 16 and "
+                f"20 classes, but {' and '.join(wrong)} (get the files from {_SPLITS_URL}; for another split, "
+                "use ImageFolderTasks)"
+            )
         classes = splits[split]
         present = set(os.listdir(images))
         absent = [name for files in classes.values() for name in files if name not in present]

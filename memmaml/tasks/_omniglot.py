@@ -88,14 +88,46 @@ def _characters(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
+def _extract(base: Path, name: str, download: bool) -> None:
+    """Extract ``base/<name>.zip`` into ``base``; a corrupt zip is deleted (``download``, to fetch again) or reported.
+
+    An interrupted download leaves a truncated zip that would fail on every
+    later run. Whatever the extraction left of ``base/<name>`` (it did not
+    exist before) is removed, so a half-extracted set is never read.
+    """
+    import shutil
+    import zipfile
+    import zlib
+
+    from torchvision.datasets.utils import extract_archive
+
+    archive = base / f"{name}.zip"
+    try:
+        extract_archive(str(archive), str(base))
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # the file is not a whole zip
+        shutil.rmtree(base / name, ignore_errors=True)
+        if download:  # torchvision would replace a zip whose md5 is wrong anyway
+            archive.unlink()
+            return
+        raise DatasetNotFoundError(
+            f"Omniglot: {archive} is not a readable zip file ({type(exc).__name__}: {exc}), perhaps an "
+            f"interrupted download: delete it and pass download=True, or replace it with {name}.zip from "
+            "https://github.com/brendenlake/omniglot (python/)"
+        ) from exc
+    except OSError as exc:  # the zip may be whole; the folder could not be written
+        shutil.rmtree(base / name, ignore_errors=True)
+        raise DatasetNotFoundError(
+            f"Omniglot: {archive} could not be extracted into {base} ({type(exc).__name__}: {exc}); "
+            f"extract it there by hand so that {base / name}/ holds the alphabet folders"
+        ) from exc
+
+
 def _ensure_sets(root: Path, names: list[str], download: bool) -> None:
     """Make ``root/omniglot-py/<name>`` exist for each name: extract torchvision's zip, download, or explain."""
     base = root / "omniglot-py"
     missing = [name for name in names if not (base / name).is_dir()]
     for name in [name for name in missing if (base / f"{name}.zip").is_file()]:
-        from torchvision.datasets.utils import extract_archive
-
-        extract_archive(str(base / f"{name}.zip"), str(base))
+        _extract(base, name, download)
     missing = [name for name in missing if not (base / name).is_dir()]
     if missing and download:
         from torchvision import datasets
@@ -126,7 +158,8 @@ class Omniglot(_ImageClassTasks):
     characters, 30 alphabets) and ``root/omniglot-py/images_evaluation/...``
     (659 characters, 20 alphabets), 20 drawings of each, 105x105. A zip file
     torchvision left unextracted (``omniglot-py/images_background.zip``) is
-    extracted in place. Each character is a class.
+    extracted in place (a corrupt one is reported, or deleted and fetched
+    again with ``download=True``). Each character is a class.
 
     ``split`` chooses the classes:
 
@@ -141,10 +174,15 @@ class Omniglot(_ImageClassTasks):
       had ``split``). ``background=True`` / ``False`` are the older spellings
       of these two.
 
-    With ``rotations=True`` each character also appears rotated by 90, 180
-    and 270 degrees as three further classes (Santoro et al. 2016, Finn et
-    al. 2017), so a split of c characters has 4c classes; rotations of a
-    character stay in that character's split.
+    With ``rotations=True`` each character is also held rotated by 90, 180
+    and 270 degrees (Santoro et al. 2016, Finn et al. 2017), so a split of c
+    characters has 4c classes (``num_classes``), and a task draws
+    ``num_ways`` distinct characters and gives each one of the four
+    rotations, drawn uniformly and afresh for every task, as Finn et al.'s
+    code does: a task never holds two rotations of one character, and
+    ``num_ways`` is at most c (NOTE [ Rotations are drawn per task ] in
+    ``_classification.py``). Rotations of a character stay in that
+    character's split.
 
     Args:
         root: the folder that holds (or will hold) ``omniglot-py``.
@@ -160,14 +198,18 @@ class Omniglot(_ImageClassTasks):
             keeps the files' 105x105). Resized with antialiasing, not with the
             LANCZOS filter of their preprocessing script, and not inverted
             (their loader uses ``1 - image``).
-        rotations: add the 90/180/270-degree rotations as new classes.
+        rotations: turn each character of a task by a random multiple of 90
+            degrees, drawn per task (the classes are then the 4c rotated
+            characters).
         cache: keep decoded images in memory (about 3 kB per image at 28x28).
         dtype: floating dtype of the images.
 
     Raises:
         DatasetNotFoundError: images missing (or, for the MAML split, not all
-            1,623 characters there); the one-line message names the folder
-            to fill and where to get its contents.
+            1,623 characters there), or a zip file left there is corrupt
+            (with ``download=True`` it is deleted and fetched again); the
+            one-line message names the folder to fill or the zip to replace,
+            and where to get its contents.
     """
 
     def __init__(
