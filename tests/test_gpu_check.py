@@ -70,7 +70,9 @@ def test_smoke_run_records_every_part(smoke, gpu_check):
         "graph_bytes",
         "nograph_seconds",
         "graph_seconds",
+        "pinned_state_bytes",  # None on a CPU: no pinned allocator
     }
+    assert results["calibration"]["step_costs"]["pinned_state_bytes"] is None
     assert "Binomial" in parts["binomial"]["schedule"]  # Auto chose a binomial schedule, as on the GPU
     assert [r["config"] for r in parts["binomial"]["runs"]] == [
         f"{parts['binomial']['spec']['engine']} n=8 (Auto "
