@@ -102,6 +102,20 @@ def test_concrete_engines():
     assert concrete_engine("binomial:auto+offload", 50, costs, 2 * 2**30, host_budget=10**15) == "binomial:49+offload"
     assert concrete_engine("naive", 5, None, None) == "naive"
     assert concrete_engine("auto:1GiB", 5, costs, None) == concrete_engine("auto:1GiB", 5, costs, 2**30)
+    # "auto:BUDGET" plans for its own budget, whatever the sweep's --budget; the families take --budget
+    small, large = 2 * 2**30, 11 * 2**30
+    own = memmaml.Auto(small).choose(100, costs).schedule
+    assert isinstance(own, memmaml.Binomial) and isinstance(
+        memmaml.Auto(large).choose(100, costs).schedule, memmaml.Uniform
+    )
+    assert concrete_engine("auto:2GiB", 100, costs, large) == concrete_engine("auto:2GiB", 100, costs, None)
+    assert concrete_engine("auto:2GiB", 100, costs, large) == f"binomial:{own.slots}"
+    offload = predict("auto:2GiB+offload", 100, costs, budget=large, host_budget=2**40)
+    assert offload.engine == predict("auto:2GiB+offload", 100, costs, host_budget=2**40).engine
+    assert offload.peak_bytes <= small
+    chosen = memmaml.Auto(small, among=("binomial",)).choose(100, costs).schedule
+    assert concrete_engine("binomial:auto", 100, costs, small) == f"binomial:{chosen.slots}"
+    assert concrete_engine("binomial:auto", 100, costs, large) != f"binomial:{chosen.slots}"
     with pytest.raises(ValueError, match="unknown engine 'revolve'"):
         concrete_engine("revolve", 5, costs, None)
     with pytest.raises(ValueError, match="is chosen from measured step costs, and there are none"):

@@ -6,11 +6,14 @@ each default once and as typed, names are read in any case, the device is chosen
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from memmaml.bench import Runner
 from memmaml.cli import _types as t
 from memmaml.cli import compare_memory, gpu_check, meta_train
 
@@ -44,7 +47,13 @@ BAD = [
     ("compare", ["--max-grad-grad-norm", "inf"], "--max-grad-grad-norm", "must be a finite number >= 0"),
     ("compare", ["--steps", "1,2", "--time-steps", "4"], "--time-steps", "4 is not one of --steps 1,2"),
     ("compare", ["--out", "{file}"], "--out", "is a file, not a folder"),
+    ("compare", ["--out", "{file}/x"], "--out", "/a-file', which is a file, not a folder"),
     ("compare", ["--render-only"], "--out", "--render-only needs"),
+    # one rule for every list of things to run: none twice, in any spelling
+    ("compare", ["--steps", "2,2"], "--steps", "'2' is given twice in '2,2'"),
+    ("compare", ["--steps", "1,2", "--time-steps", "2,02"], "--time-steps", "'2' is given twice in '2,02'"),
+    ("compare", ["--peers", "higher,HIGHER"], "--peers", "'higher' is given twice in 'higher,HIGHER'"),
+    ("compare", ["--engines", "uniform:5,uniform:05"], "--engines", "'uniform:5' is given twice"),
     # the GPU check
     ("gpu", ["--smoke", "--time-budget", "0"], "--time-budget", "must be a finite number > 0, got '0'"),
     ("gpu", ["--smoke", "--cap", "1GiB"], "--cap", "a --smoke run is uncapped at toy sizes; leave it out"),
@@ -54,6 +63,10 @@ BAD = [
     ("gpu", ["--smoke", "--device", "tpu"], "--device", "unknown device 'tpu'"),
     ("gpu", ["--smoke", "--out", ""], "--out", "expected a folder, got ''"),
     ("gpu", ["--smoke", "NO-OUT"], "--out", "required, and not given"),
+    ("gpu", ["--smoke", "--out", "{file}/x"], "--out", "which is a file, not a folder"),
+    ("gpu", ["--smoke", "--parts", "naive,NAIVE"], "--parts", "'naive' is given twice in 'naive,NAIVE'"),
+    ("gpu", ["--cap", "2GiB", "--auto-budget", "3GiB"], "--auto-budget", "3.0 GiB is more than --cap 2.0 GiB"),
+    ("gpu", ["--cap", "1GiB"], "--cap", "1.0 GiB leaves nothing of the default --auto-budget"),
     # meta-training
     ("train", ["--inner-steps", "0"], "--inner-steps", "must be a whole number >= 1, got '0'"),
     ("train", ["--meta-batch-size", "0"], "--meta-batch-size", "must be a whole number >= 1, got '0'"),
@@ -64,6 +77,12 @@ BAD = [
     ("train", ["--threads", "0"], "--threads", "must be a whole number >= 1, got '0'"),
     ("train", ["--iterations", "-5"], "--iterations", "must be a whole number >= 0, got '-5'"),
     ("train", ["--outer-optimizer", "adamx"], "--outer-optimizer", "'adamx' is not a torch.optim optimizer"),
+    ("train", ["--outer-optimizer", "lbfgs"], "--outer-optimizer", "'lbfgs': LBFGS cannot meta-train here: its step"),
+    ("train", ["--outer-optimizer", "SparseAdam"], "--outer-optimizer", "SparseAdam cannot meta-train here"),
+    ("train", ["--outer-optimizer", "muon"], "--outer-optimizer", "Muon cannot meta-train here: it takes 2-D"),
+    ("train", ["--out", "{file}/x"], "--out", "which is a file, not a folder"),
+    ("train", ["--task", "omniglot", "--data-root", "{file}/x"], "--data-root", "which is a file, not a folder"),
+    ("train", ["--eval-steps", "0,1,1"], "--eval-steps", "'1' is given twice in '0,1,1'"),
     ("train", ["--engine", "binomial:auto"], "--engine", "chooses its slots for a memory budget: use auto:BUDGET"),
     ("train", ["--vectorize", "--engine", "uniform:2"], "--vectorize", "vmap runs the naive unroll"),
     ("train", ["--model", "conv"], "--model", "conv needs image tasks"),
@@ -83,7 +102,7 @@ BAD = [
     ("train", ["--task", "digits", "--eval-split", "val"], "--eval-split", "digits have no val classes"),
     ("train", ["--eval-split", "test"], "--eval-split", "--task sinusoid has no named splits"),
     ("train", ["--eval-split", "train", "--task", "digits"], "--eval-split", "invalid choice: 'train'"),
-    ("train", ["--task", "synthetic", "--rotations"], "--rotations", "only omniglot and imagefolder images"),
+    ("train", ["--task", "synthetic", "--rotations"], "--rotations", "only omniglot, digits, imagefolder images"),
     ("train", ["--task", "digits", "--eval-num-query", "0"], "--eval-num-query", "must be a whole number >= 1"),
     ("train", ["--task", "digits", "--num-shots", "170", "--num-query", "15"], "--num-shots", "fewer than"),
 ]
@@ -170,7 +189,10 @@ def test_names_are_read_in_any_case(tmp_path):
 
 
 def test_type_functions():
-    assert t.positive_int_list("4, 1,4") == [4, 1] and t.non_negative_int_list("0,1") == [0, 1]
+    assert t.positive_int_list("4, 1") == [4, 1] and t.non_negative_int_list("0,1") == [0, 1]
+    assert t.positive_int_sequence("40, 40") == [40, 40]  # sizes repeat; a list of things to run does not:
+    with pytest.raises(Exception, match=re.escape("'4' is given twice in '4, 1,4'")):
+        t.positive_int_list("4, 1,4")
     assert t.size("1.5 KiB") == 1536 and t.positive_float("1e-3") == 0.001 and t.non_negative_int(" 0 ") == 0
     assert t.engine("sqrt") == "sqrt" and t.engine(" uniform:05 ") == "uniform:5"
     assert t.device("auto") == t.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,3 +217,87 @@ def test_meta_train_iterations_0_writes_the_untrained_checkpoint(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:  # --iterations counts the whole run
         meta_train.main([*argv, "--no-progress", "--out", str(out), "--resume"])
     assert "argument --iterations: 0 is fewer than the 2 iterations" in str(exit_info.value)
+
+
+def test_an_out_that_cannot_be_written_is_refused(tmp_path, capsys, monkeypatch):
+    """--out in a folder this process may not write: one error line, exit status 2, in all three commands."""
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = t.os.access
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the command started work in a folder it cannot write")
+
+    monkeypatch.setattr(Runner, "run", no_work)  # a missing check fails here at once, not after a whole sweep
+    monkeypatch.setattr(gpu_check, "probe_device", no_work)
+    monkeypatch.setattr(meta_train, "build_sources", no_work)
+    if os.geteuid() == 0:  # root may write anywhere: take the folder's mode bits at their word, as a user would
+        monkeypatch.setattr(
+            t.os, "access", lambda path, mode: not (Path(path) == locked and mode & os.W_OK) and real_access(path, mode)
+        )
+    try:
+        for command, args in (
+            ("compare", ["--out", str(locked / "run")]),
+            ("gpu", ["--smoke", "--out", str(locked / "run")]),
+            ("train", ["--iterations", "1", "--out", str(locked / "a" / "b")]),
+            ("train", ["--iterations", "1", "--out", str(locked)]),
+        ):
+            with pytest.raises(SystemExit) as exit_info:
+                MAINS[command](args)
+            assert exit_info.value.code == 2
+            error = capsys.readouterr().err.strip().splitlines()[-1]
+            assert error.startswith(f"{PROGS[command]}: error: argument --out: "), error
+            assert "is not writable" in error and "Traceback" not in error
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_list_flags_and_the_hidden_sizes(tmp_path):
+    """Lists of things to run refuse repeats (test_a_bad_value...); --hidden is layer sizes: 40,40 is two layers."""
+    args = meta_train.parse_args(["--hidden", "8,8,8", "--out", str(tmp_path)])
+    source = meta_train.build_sources(args, torch.float32)[0]
+    model = meta_train.build_model(args, source)
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [8, 8, 8, 1]
+    assert compare_memory.build_parser().parse_args(["--steps", "4,1"]).steps == [4, 1]  # in the order given
+
+
+def test_an_outer_optimizer_that_cannot_step_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    class Closure(torch.optim.SGD):  # an optimizer whose step needs what the trainer does not give
+        def step(self, closure):
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Closure", Closure, raising=False)
+    monkeypatch.setitem(meta_train.OUTER_OPTIMIZERS, "closure", "Closure")
+    out = tmp_path / "run"
+    argv = ["--outer-optimizer", "closure", "--iterations", "1", "--hidden", "4", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        meta_train.main(argv)
+    assert exit_info.value.code == 2 and not out.exists()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("memmaml-train: error: argument --outer-optimizer: Closure cannot step this model: ")
+    assert "TypeError" in error and "closure" in error
+    for name in ("LBFGS", "SparseAdam", "Muon"):
+        assert name.lower() not in meta_train.OUTER_OPTIMIZERS
+    assert meta_train.main([*argv[2:], "--outer-optimizer", "adamw"]) == 0  # the others step
+
+
+def test_the_gpu_check_numbers_devices_as_its_children_before_checking_one(tmp_path, monkeypatch):
+    seen = []
+
+    def device(text):
+        seen.append(os.environ.get("CUDA_DEVICE_ORDER"))
+        return "cpu"
+
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    monkeypatch.setattr(t, "device", device)
+    gpu_check.parse_args(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
+    assert seen == ["PCI_BUS_ID"] and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    monkeypatch.setattr(t, "device", lambda text: "cuda:0")  # a CUDA machine's answer, without asking CUDA
+    args = gpu_check.parse_args(["--cap", "4GiB", "--device", "cuda:0", "--out", str(tmp_path)])
+    assert args.cap == 4 * 2**30 and args.auto_budget == 3 * 2**30  # the cap less 1 GiB
+    args = gpu_check.parse_args(
+        ["--cap", "4GiB", "--auto-budget", "4GiB", "--device", "cuda:0", "--out", str(tmp_path)]
+    )
+    assert args.auto_budget == 4 * 2**30  # up to the cap itself

@@ -1,15 +1,22 @@
 """The main job (memmaml.cli.compare_memory, scripts/compare_memory.py): one end-to-end sweep of every engine on a
-tiny MLP, and a sweep that never loses a finished run -- a failing worker or probe is recorded and the others go
-on, Ctrl-C keeps what finished, and a rerun resumes. Bad command lines are in tests/test_cli.py."""
+tiny MLP, and a sweep that never loses a finished run -- a failing worker or probe is recorded (with its traceback)
+and the others go on, Ctrl-C keeps what finished, a rerun resumes and runs again what did not succeed, timing runs
+are their own records, earlier results are moved aside and one sweep at a time uses a folder. Bad command lines are
+in tests/test_cli.py."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
-from memmaml.bench import Runner
+import pytest
+
+from memmaml.bench import Runner, Workload, render, run_sweep
 from memmaml.cli import compare_memory
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_memory.py"
@@ -107,6 +114,9 @@ def test_a_failing_worker_is_recorded_and_the_other_engines_go_on(tmp_path, monk
     assert records["naive"]["status"] == "ok" and records["naive"]["peak_bytes"] > 0
     assert records["uniform:2"]["status"] == "failed"
     assert records["uniform:2"]["error"] == "RuntimeError: set_num_threads expects a positive integer"
+    # the cause outlives the run's files, which a complete sweep removes
+    assert data["complete"] and not (out / "runs").exists()
+    assert "set_num_threads" in records["uniform:2"]["traceback"] and "Traceback" in records["uniform:2"]["traceback"]
     assert "| uniform:2 | 2 |" in (out / "results.md").read_text()
     assert "failed: RuntimeError: set_num_threads" in (out / "results.md").read_text()
 
@@ -134,10 +144,14 @@ COSTS = {"state_bytes": 1_000, "graph_bytes": 50_000, "nograph_seconds": 0.01, "
 
 class FakeRuns:
     """Stands in for the worker processes: records as a run would give them, a failing probe on request, and
-    Ctrl-C after ``interrupt_after`` runs."""
+    Ctrl-C after ``interrupt_after`` runs. ``fail`` engines fail their memory and timing runs, ``fail_time`` engines
+    their timing runs only (with ``status`` ``"timeout"``); an untracked run takes ``untracked`` times the tracked
+    run's seconds (naive) or twice that (the others): a sweep that recorded the tracked time as the untracked one
+    would show it."""
 
-    def __init__(self, *, probe_error=None, fail=(), interrupt_after=None):
+    def __init__(self, *, probe_error=None, fail=(), fail_time=(), interrupt_after=None, untracked=0.5):
         self.calls, self.probe_error, self.fail, self.interrupt_after = [], probe_error, fail, interrupt_after
+        self.fail_time, self.untracked = fail_time, untracked
 
     def __call__(self, runner, method, steps, *, track, save_grads=False, memory_cap_bytes=None, measure_costs=False):
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
@@ -148,9 +162,13 @@ class FakeRuns:
             failed = {"status": "failed", "error": self.probe_error}
             return {**record, **(failed if self.probe_error else {"status": "ok", "costs": COSTS})}
         if method.engine in self.fail:
-            return {**record, "status": "failed", "error": "RuntimeError: boom", "grad_path": None}
+            failed = {"status": "failed", "error": "RuntimeError: boom", "traceback": "Traceback ...boom"}
+            return {**record, **failed, "log_tail": "loading\nRuntimeError: boom\n", "grad_path": None}
+        if not track and method.engine in self.fail_time:
+            return {**record, "status": "timeout", "error": "stopped after 9 s", "log_tail": "warming up\n"}
         peak = 1_000 + 50_000 * (steps if method.engine == "naive" else 2)
-        return {**record, "status": "ok", "peak_bytes": peak, "seconds": 0.1 * steps, "grad_path": None}
+        seconds = 0.1 * steps if track else self.untracked * 0.1 * steps * (1 if method.engine == "naive" else 2)
+        return {**record, "status": "ok", "peak_bytes": peak, "seconds": seconds, "grad_path": None}
 
 
 def use(monkeypatch, fake):
@@ -194,13 +212,12 @@ def test_ctrl_c_keeps_the_finished_runs_and_a_rerun_resumes(tmp_path, monkeypatc
 
     other = FakeRuns()
     use(monkeypatch, other)
-    assert compare_memory.main([*argv, "--lr", "0.02"]) == 0  # another workload: starts afresh, keeps the old file
+    assert compare_memory.main([*argv, "--lr", "0.02"]) == 0  # another workload: starts afresh, keeps the old files
     assert other.calls[0] == ("probe",) and len(other.calls) == 7
-    assert (
-        "holds a sweep with another workload: moved to results.previous.json; starting afresh"
-        in capsys.readouterr().err
-    )
-    assert json.loads((out / "results.previous.json").read_text())["workload"]["lr"] == 0.01
+    err = capsys.readouterr().err
+    assert "holds a sweep with another workload: moved with its reports to " in err and "; starting afresh" in err
+    (previous,) = (out / "previous").iterdir()
+    assert json.loads((previous / "results.json").read_text())["workload"]["lr"] == 0.01
 
 
 def test_a_failing_probe_is_recorded_and_the_engines_that_need_no_costs_run(tmp_path, monkeypatch, capsys):
@@ -238,4 +255,228 @@ def test_a_sweep_of_another_commit_is_not_resumed(tmp_path, monkeypatch, capsys)
     runs = FakeRuns()
     use(monkeypatch, runs)
     assert compare_memory.main(argv) == 0 and runs.calls == [("probe",), ("naive", 2, "memory")]
-    assert "holds a sweep with another commit: moved to results.previous.json" in capsys.readouterr().err
+    assert "holds a sweep with another commit: moved with its reports to " in capsys.readouterr().err
+
+
+def test_timing_runs_are_their_own_records(tmp_path, monkeypatch):
+    """A timing run's seconds and status are its own, never its configuration's tracked run's."""
+    use(monkeypatch, FakeRuns(untracked=0.5, fail_time=("uniform:3",)))
+    runner = Runner(Workload(model="mlp", image_size=4, batch_size=2, width=4), tmp_path / "runs")
+    sweep = run_sweep(runner, ["naive", "uniform:2", "uniform:3"], [4], repeats=2, host_check=False)
+    records = {r["label"]: r for r in sweep["records"]}
+    naive, uniform, failing = records["naive"], records["uniform:2"], records["uniform:3"]
+    assert naive["seconds"] == uniform["seconds"] == pytest.approx(0.4)  # the tracked runs
+    assert naive["seconds_runs"] == [pytest.approx(0.2)] * 2 and naive["seconds_untracked"] == pytest.approx(0.2)
+    assert uniform["seconds_runs"] == [pytest.approx(0.4)] * 2  # untracked: twice naive's
+    assert failing["status"] == "ok" and failing["seconds_runs"] == [None, None]  # failed timing runs: no seconds
+    assert "seconds_untracked" not in failing
+    assert failing["time_failures"] == [
+        {"repeat": r, "status": "timeout", "error": "stopped after 9 s", "log_tail": "warming up\n"} for r in (1, 2)
+    ]
+    assert all(r["role"] == "memory" and r["tracked"] is True for r in records.values())
+    # the report's time / naive is the ratio of the untracked runs: 2, not the tracked runs' 1
+    out = tmp_path / "report"
+    out.mkdir()
+    data = {
+        "provenance": {"device": "cpu", "torch": "2.x", "memmaml_version": "0.2.0", "command": "x"},
+        "workload": Workload(model="mlp").__dict__,
+        "engines": ["naive", "uniform:2", "uniform:3"],
+        **sweep,
+    }
+    (out / "results.json").write_text(json.dumps(data))
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in render(out).splitlines() if line.startswith("| ")}
+    assert rows["| uniform:2"][8] == "2.00" and rows["| naive"][8] == "1.00" and rows["| uniform:3"][8] == "–"
+
+
+def test_a_resumed_sweep_runs_again_what_did_not_succeed(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive,uniform:2,uniform:3", "--steps", "2", "--repeats", "1", "--out", str(out)]
+    use(monkeypatch, FakeRuns(fail=("uniform:2",), fail_time=("uniform:3",)))
+    assert compare_memory.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    records = {r["label"]: r for r in data["records"]}
+    assert records["uniform:2"]["status"] == "failed" and records["uniform:3"]["seconds_runs"] == [None]
+    assert records["uniform:2"]["traceback"] == "Traceback ...boom" and "boom" in records["uniform:2"]["log_tail"]
+    capsys.readouterr()
+
+    again = FakeRuns()
+    use(monkeypatch, again)
+    assert compare_memory.main(argv) == 0
+    assert again.calls == [("uniform:2", 2, "memory"), ("uniform:2", 2, "time"), ("uniform:3", 2, "time")]
+    assert "retrying 2 run(s) that did not succeed" in capsys.readouterr().err
+    records = {r["label"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    assert records["uniform:2"]["status"] == "ok" and "traceback" not in records["uniform:2"]
+    assert records["uniform:3"]["seconds_runs"] == [pytest.approx(0.2)] and "time_failures" not in records["uniform:3"]
+
+
+def test_earlier_sweeps_are_moved_aside_every_generation(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    for lr in ("0.01", "0.02", "0.03"):
+        use(monkeypatch, FakeRuns())
+        assert compare_memory.main([*argv, "--lr", lr]) == 0
+    err = capsys.readouterr().err.splitlines()
+    moved = [line for line in err if "moved with its reports to" in line]
+    assert len(moved) == 2 and all(f"{out / 'previous'}" in line for line in moved)
+    generations = sorted((out / "previous").iterdir())
+    assert len(generations) == 2
+    for folder, lr in zip(generations, (0.01, 0.02)):
+        assert json.loads((folder / "results.json").read_text())["workload"]["lr"] == lr
+        assert {"results.md", "results.csv", "results.png"} <= {p.name for p in folder.iterdir()}
+        assert f"lr {lr:g}" in (folder / "results.md").read_text()  # the reports went with their results
+    assert json.loads((out / "results.json").read_text())["workload"]["lr"] == 0.03
+
+
+def test_runs_of_another_configuration_are_kept_apart_from_the_report(tmp_path, monkeypatch, capsys):
+    """A rerun with fewer engines and n (same workload and code) reports only what its command names; the other
+    runs wait in results.json, and a rerun that names them again keeps them."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--repeats", "0", "--out", str(out)]
+    wide = ["--engines", "naive,uniform:2", "--steps", "2,4"]
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main([*argv, *wide]) == 0
+    capsys.readouterr()
+    narrow = FakeRuns()
+    use(monkeypatch, narrow)
+    assert compare_memory.main([*argv, "--engines", "naive", "--steps", "2"]) == 0 and narrow.calls == []
+    assert "3 run(s) of engines or n not swept now kept apart" in capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert [(r["label"], r["steps"]) for r in data["records"]] == [("naive", 2)]
+    other = {(r["label"], r["steps"]) for r in data["other_records"]}
+    assert other == {("uniform:2", 2), ("naive", 4), ("uniform:2", 4)}
+    report = (out / "results.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| engine")]
+    assert rows == [r for r in rows if r.startswith("| naive | 2 |")] and len(rows) == 1
+    assert "3 run(s) of an earlier sweep in this folder" in report
+    assert [line.split(",")[:3] for line in (out / "results.csv").read_text().splitlines()[1:]] == [
+        ["naive", "memmaml", "naive"]
+    ]
+    again = FakeRuns()
+    use(monkeypatch, again)
+    assert compare_memory.main([*argv, *wide]) == 0 and again.calls == []  # the kept runs come back
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["records"]) == 4 and data["other_records"] == []
+
+
+def test_a_second_sweep_into_the_same_folder_stops(tmp_path, monkeypatch, capsys):
+    """While a sweep holds --out's lock, another exits with status 2, names the folder and the sweep, and touches
+    nothing."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main(argv) == 0
+    files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    before = files()
+    running = FakeRuns()
+    use(monkeypatch, running)
+    with open(out / ".lock", "r+") as held:  # the first sweep, still running (flock is per open file)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate()
+        held.write("pid 4242: memmaml-compare --steps 2")
+        held.flush()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            compare_memory.main(argv)
+        with pytest.raises(SystemExit) as render_exit:  # nor does --render-only rewrite the sweep's results.json
+            compare_memory.main(["--render-only", "--out", str(out)])
+    assert exit_info.value.code == render_exit.value.code == 2 and running.calls == []
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == 2 * [
+        f"memmaml-compare: error: argument --out: {str(out)!r} is in use by another job (pid 4242: memmaml-compare "
+        "--steps 2): wait for it to end, or choose another --out"
+    ]
+    assert files() == before and len(before) == 4
+    assert compare_memory.main(argv) == 0 and running.calls == []  # the lock released: resumes (nothing to run)
+
+
+def test_the_lock_holds_across_processes(tmp_path):
+    """A sweep in another process holds the lock while it runs (here: it sleeps in its probe)."""
+    out = tmp_path / "run"
+    started = tmp_path / "started"
+    code = f"""
+import sys, time
+from pathlib import Path
+from memmaml.bench import Runner
+from memmaml.cli import compare_memory
+def run(self, *args, **kwargs):
+    Path({str(started)!r}).touch()
+    time.sleep(60)
+Runner.run = run
+sys.exit(compare_memory.main(sys.argv[1:]))
+"""
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):
+            if started.exists() or first.poll() is not None:
+                break
+            __import__("time").sleep(0.05)
+        assert started.exists(), first.stderr.read() if first.poll() is not None else "no probe"
+        second = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"argument --out: {str(out)!r} is in use by another job (pid {first.pid}: " in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_render_only_refuses_a_file_it_cannot_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for text, why in (
+        ("{}", "no 'provenance' dict"),
+        ('{"records": [', "is not JSON"),
+        ("[1, 2]", "a JSON list, not an object"),
+        ('{"provenance": {}, "workload": {}, "engines": [], "records": []}', "its 'provenance' has no 'device'"),
+    ):
+        (out / "results.json").write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            compare_memory.main(["--render-only", "--out", str(out)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and why in err
+        error = err.strip().splitlines()[-1]
+        assert error.startswith("memmaml-compare: error: argument --out: --render-only: ") and why in error
+        assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # nothing written
+
+
+def test_the_report_names_a_missing_commit_whole(tmp_path, monkeypatch):
+    use(monkeypatch, FakeRuns())
+    out = tmp_path / "run"
+    assert compare_memory.main([*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    data["provenance"].update(memmaml_commit=None, memmaml_dirty=None, memmaml_version="0.2.0")
+    (out / "results.json").write_text(json.dumps(data))
+    assert ", memmaml 0.2.0 (no git commit recorded), " in render(out)  # an installed package: no "unknown co"
+    data["provenance"].update(memmaml_commit="0123456789abcdef", memmaml_dirty=True)
+    (out / "results.json").write_text(json.dumps(data))
+    assert ", memmaml 0.2.0 at 0123456789 (uncommitted changes), " in render(out)
+
+
+def test_run_as_a_module_names_itself_so(tmp_path, monkeypatch):
+    """``python -m memmaml.cli.compare_memory`` is named as run, in the usage line and in the provenance."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "memmaml.cli.compare_memory", "--steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: python -m memmaml.cli.compare_memory [-h] [options]\n")
+    assert "python -m memmaml.cli.compare_memory: error: argument --steps:" in proc.stderr
+    # in this process, as python -m would start it
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="memmaml.cli.compare_memory")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [compare_memory.__file__, *argv])
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main() == 0
+    command = json.loads((out / "results.json").read_text())["provenance"]["command"]
+    assert command == " ".join(["python -m memmaml.cli.compare_memory", *argv])
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # the console script
+    monkeypatch.setattr(sys, "argv", [os.path.join("bin", "memmaml-compare"), *argv])
+    assert compare_memory.main() == 0
+    assert json.loads((out / "results.json").read_text())["provenance"]["command"].startswith("memmaml-compare --model")

@@ -70,7 +70,9 @@ def test_smoke_run_records_every_part(smoke, gpu_check):
         "graph_bytes",
         "nograph_seconds",
         "graph_seconds",
+        "pinned_state_bytes",  # None on a CPU: no pinned allocator
     }
+    assert results["calibration"]["step_costs"]["pinned_state_bytes"] is None
     assert "Binomial" in parts["binomial"]["schedule"]  # Auto chose a binomial schedule, as on the GPU
     assert [r["config"] for r in parts["binomial"]["runs"]] == [
         f"{parts['binomial']['spec']['engine']} n=8 (Auto "
@@ -529,3 +531,71 @@ def test_a_part_cut_short_keeps_its_runs(tmp_path):
     with_offload, without = part.record["runs"]
     assert with_offload["host_state_bytes"] == memmaml.Binomial(3).stats(10).max_stored * 100
     assert with_offload["host_peak_bytes"] == 4096 and without["host_state_bytes"] is None
+
+
+def _fake_check(monkeypatch, gpu_check, interrupt_in=None):
+    """The check's probe and parts without processes: every part ok at once; Ctrl-C in part ``interrupt_in``."""
+    costs = {"state_bytes": 1_000, "graph_bytes": 50_000, "nograph_seconds": 0.01, "graph_seconds": 0.03}
+    probe = {
+        "status": "ok",
+        "wall_seconds": 0.5,
+        "step_costs": costs,
+        "environment": {"name": "cpu"},
+        "provenance": {"memmaml_version": "0.2.0", "command": "x"},
+    }
+    ran = []
+
+    def run_part(name, spec, **options):
+        if name == interrupt_in:
+            options["progress"]({"runs": [{"config": "naive n=2", "status": "ok"}], "processes": 1})
+            raise KeyboardInterrupt
+        ran.append(name)
+        return {"status": "ok", "wall_seconds": 1.0, "work_seconds": 0.5, "processes": 1, "runs": []}
+
+    monkeypatch.setattr(gpu_check, "probe_device", lambda *args, **kwargs: dict(probe))
+    monkeypatch.setattr(gpu_check, "run_gpu_part", run_part)
+    return ran
+
+
+def test_an_earlier_checks_results_are_moved_aside_and_ctrl_c_keeps_what_finished(gpu_check, tmp_path, capsys):
+    out = tmp_path / "check"
+    argv = ["--smoke", "--device", "cpu", "--out", str(out), "--parts", "naive,uniform,offload"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        ran = _fake_check(monkeypatch, gpu_check)
+        assert gpu_check.main(argv) == 0 and ran == ["naive", "uniform", "offload"]
+    first = json.loads((out / "results.json").read_text())
+    assert list(first["parts"]) == ["naive", "uniform", "offload"] and "interrupted" not in first
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        ran = _fake_check(monkeypatch, gpu_check, interrupt_in="uniform")
+        assert gpu_check.main(argv) == gpu_check.INTERRUPTED
+    assert ran == ["naive"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (previous,) = (out / "previous").iterdir()
+    assert f"{out} held an earlier check's results: moved to {previous}" in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the parts that finished are in {out / 'results.json'} and results.md; the rest did not run"
+    )
+    assert json.loads((previous / "results.json").read_text()) == first  # the finished check, whole
+    assert {"results.md", "results.png", "parts"} <= {p.name for p in previous.iterdir()}
+    second = json.loads((out / "results.json").read_text())
+    assert second["interrupted"] is True and second["parts"]["naive"]["status"] == "ok"
+    assert second["parts"]["uniform"]["status"] == "incomplete" and "offload" not in second["parts"]
+    assert "**Interrupted:**" in (out / "results.md").read_text()
+
+
+def test_a_second_check_into_the_same_folder_stops(gpu_check, tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    out = tmp_path / "check"
+    out.mkdir()
+    ran = _fake_check(monkeypatch, gpu_check)
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242: memmaml-gpu-check --smoke")
+        held.flush()
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
+    assert exit_info.value.code == 2 and ran == [] and sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert f"{str(out)!r} is in use by another job (pid 4242: memmaml-gpu-check --smoke)" in capsys.readouterr().err

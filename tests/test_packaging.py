@@ -2,6 +2,7 @@
 console scripts, the README's length, every public name in the API reference."""
 
 import importlib
+import os
 import re
 import runpy
 import subprocess
@@ -47,11 +48,18 @@ def test_console_scripts_point_at_mains(setup_kwargs):
 
 
 @pytest.mark.parametrize("script", ["compare_memory", "meta_train", "gpu_check"])
-def test_scripts_and_commands_are_the_same_program(script):
-    """scripts/X.py and the console script run one main: their --help texts agree but for the program name."""
+def test_scripts_and_commands_are_the_same_program(script, monkeypatch):
+    """scripts/X.py and the console script run one main: their --help texts agree but for the program name.
+
+    Both wrap at 80 columns (argparse reads COLUMNS), whatever the terminal the tests run in."""
+    monkeypatch.setenv("COLUMNS", "80")
     module = importlib.import_module(f"memmaml.cli.{script}")
     direct = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "scripts" / f"{script}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
     )
     assert direct.returncode == 0, direct.stderr
     strip = lambda text: re.sub(r"usage: \S+", "usage:", text)

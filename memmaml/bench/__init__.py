@@ -15,10 +15,13 @@
   :func:`engine_stats`), the one path every prediction here takes;
 * :func:`fit_costs` / :func:`answer_budget` -- memmaml's cost model fitted to the
   runs, the longest unroll per engine;
-* :func:`render` -- ``results.json`` to Markdown, CSV and a plot;
-  :func:`write_json_atomic` -- a results file that is always whole;
+* :func:`render` -- ``results.json`` to Markdown, CSV and a plot (:func:`read_results`
+  checks the file first); :func:`write_json_atomic` -- a results file that is always whole;
+  :func:`lock_folder` -- one job per output folder (:class:`FolderInUse`);
+  :func:`move_aside` -- earlier results kept in ``previous/<time>/``, never overwritten;
   :func:`provenance` -- commit, versions, device and command of every result;
-* the GPU check's parts (``GPU_PARTS``, ``GPU_SIZES``): :func:`probe_device`
+* the GPU check's parts (``GPU_PARTS``, ``GPU_SIZES``, the environment of their
+  processes ``GPU_CHILD_ENV``): :func:`probe_device`
   (the CUDA context, the step costs), :func:`plan_gpu_part` (time planning from
   them, with :func:`predict_seconds` and :func:`fit_steps`), :func:`run_gpu_part`
   and :func:`write_gpu_report`;
@@ -40,15 +43,17 @@ import os
 
 from memmaml import host_available_bytes
 
+from ._device import GPU_CHILD_ENV
 from ._engines import Prediction, concrete_engine, engine_stats, predict
 from ._fit import Fit, answer_budget, fit_costs
+from ._folders import FolderInUse, lock_folder, move_aside
 from ._gpu import probe_device, run_gpu_part
 from ._gpu_plan import GPU_PARTS, GPU_SIZES, GpuPart, GpuSizes, fit_steps, plan_gpu_part, predict_seconds
 from ._gpu_report import write_gpu_report
 from ._methods import PEER_INSTALL, Method, meta_step, unavailable
 from ._process import write_json_atomic
 from ._provenance import provenance
-from ._report import render
+from ._report import read_results, render
 from ._runner import Runner
 from ._sweep import run_sweep
 from ._workload import Built, Workload
@@ -56,6 +61,8 @@ from ._workload import Built, Workload
 __all__ = [
     "Built",
     "Fit",
+    "FolderInUse",
+    "GPU_CHILD_ENV",
     "GPU_PARTS",
     "GPU_SIZES",
     "GpuPart",
@@ -72,13 +79,16 @@ __all__ = [
     "fit_costs",
     "fit_steps",
     "host_available_bytes",
+    "lock_folder",
     "meta_step",
+    "move_aside",
     "plan_gpu_part",
     "predict",
     "predict_seconds",
     "probe_device",
     "provenance",
     "quick_mode",
+    "read_results",
     "render",
     "run_gpu_part",
     "run_sweep",

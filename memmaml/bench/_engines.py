@@ -32,10 +32,11 @@ def concrete_engine(
     """The engine text that runs ``n`` steps: ``"uniform:best"`` -> ``"uniform:K"`` and so on.
 
     ``budget`` is what the schedule may use besides the run's base (model,
-    batches): it replaces an ``"auto:BUDGET"`` text's own (``None``: keep
-    it) and is the budget of ``"binomial:auto"``; with ``+offload``, ``host_budget`` bounds the stored states in
-    host memory (``None``: :class:`~memmaml.Auto`'s default, a share of what the
-    host has available).
+    batches): the budget of ``"binomial:auto"`` and ``"uniform:best"``; an
+    ``"auto:BUDGET"`` text plans for its own ``BUDGET``, whatever ``budget``
+    is (the text names what runs). With ``+offload``, ``host_budget`` bounds
+    the stored states in host memory (``None``: :class:`~memmaml.Auto`'s
+    default, a share of what the host has available).
 
     Raises:
         ValueError: ``text`` is not an engine, it needs ``costs`` and there are
@@ -46,8 +47,8 @@ def concrete_engine(
     if schedule is not None and schedule.needs_costs:
         if costs is None:
             raise ValueError(f"{text!r} is chosen from measured step costs, and there are none")
-        room = None if schedule.budget is None else (schedule.budget if budget is None else budget)
-        auto = Auto(room, among=schedule.among, host_budget=host_budget)
+        # parse_engine gave "uniform:best" and "binomial:auto" ``budget``; "auto:BUDGET" keeps its own
+        auto = Auto(schedule.budget, among=schedule.among, host_budget=host_budget)
         schedule = auto.choose(n, costs, offload=spec.offload).schedule
     if schedule is None:
         return "naive"

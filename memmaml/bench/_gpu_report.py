@@ -50,6 +50,11 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
         f"probe's steps, with kernels and library handles: {_b(env.get('non_allocator_bytes_after_probe'))}",
         f"- workload: {results['workload_text']}",
         f"- {results['total_seconds']:.0f} s in all, of a {results['time_budget_seconds']:.0f} s budget",
+        *(
+            ["", "**Interrupted:** the check was stopped (Ctrl-C); the parts below ran, the rest did not."]
+            if results.get("interrupted")
+            else []
+        ),
         "",
         "| part | status | predicted s | measured s | wall s | note |",
         "|---|---|---|---|---|---|",

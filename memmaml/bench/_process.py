@@ -8,7 +8,8 @@ NOTE [ Child processes ]
     ``TAG.result.json`` left by an earlier run, starts a Python process that
     runs :func:`child_main` with ``TARGET TAG.spec.json TAG.result.json``
     (output in ``TAG.log``) in a session of its own and, on Linux, set to be killed when
-    its parent dies; it stops the child (and anything the child started) at
+    its parent dies (``prctl`` resolved in the parent: see
+    :func:`_prctl`); it stops the child (and anything the child started) at
     the deadline, or when the parent is interrupted, and reads what the child
     wrote. The child (:func:`child_main`) writes its record only with
     :func:`write_json_atomic` -- a temporary file renamed over the result -- so
@@ -24,6 +25,10 @@ NOTE [ Child processes ]
     * any other exit without a final record: ``"failed"``, the error naming
       the exit status and the log's last line (:func:`last_error_line`).
 
+    Every record but an ``"ok"`` one keeps the end of the child's log
+    (``log_tail``) and, where the child raised, its ``traceback``: the
+    files of a run may be removed, the record's cause may not.
+
     Figures of a record the child saved while still running (``status``
     ``"running"``) are kept in the last three cases, but its status never is.
 """
@@ -31,6 +36,7 @@ NOTE [ Child processes ]
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -148,13 +154,35 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child, before it starts: on Linux, be killed when the parent dies (even by SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux (``None`` elsewhere, or where it cannot be loaded), resolved once, in the parent.
 
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    NOTE [ Nothing is loaded in a child before exec ]
+        ``preexec_fn`` runs in the child between ``fork`` and ``exec``, where
+        only the forking thread exists: a lock another thread of the parent
+        held at the fork (the dynamic loader's, the allocator's; tqdm's
+        monitor thread is one such thread) stays held forever. So ``dlopen``
+        (``ctypes.CDLL``) happens here, in the parent, and the child only
+        calls the function it found.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent(prctl: Callable[..., int] | None, parent: int) -> None:
+    """In the child, before it starts: be killed when the parent dies (even by SIGKILL), and end at once if the
+    parent is already gone (it died before ``prctl`` took effect: the child has another parent by then)."""
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGKILL)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -203,7 +231,7 @@ def run_child(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=child_env(env),
-            preexec_fn=_die_with_parent if posix else None,
+            preexec_fn=functools.partial(_die_with_parent, _prctl(), os.getpid()) if posix else None,
             start_new_session=posix,  # a Ctrl-C reaches the parent only, which stops the child
         )
         try:
@@ -215,7 +243,10 @@ def run_child(
             _stop(process)
             raise
     record = _read_record(result_path)
+    tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log_path.is_file() else ""
     if record.get("status") in FINAL_STATUSES:
+        if record["status"] != "ok" and tail.strip():
+            record.setdefault("log_tail", tail)
         return record
     record.pop("traceback", None)
     if returncode is None:
@@ -223,9 +254,10 @@ def run_child(
     elif returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         record.update(status="oom", error="killed by SIGKILL (most likely the kernel's out-of-memory killer)")
     else:
-        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
         line = last_error_line(tail) or "no output"
-        record.update(status="failed", error=f"exit status {returncode} without a result: {line}", log_tail=tail)
+        record.update(status="failed", error=f"exit status {returncode} without a result: {line}")
+    if tail.strip() or record["status"] == "failed":
+        record["log_tail"] = tail
     return record
 
 

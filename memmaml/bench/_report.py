@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ._engines import predict
 from ._fit import Fit, answer_budget, fit_costs
 from ._process import replaced_atomically, write_json_atomic, write_text_atomic
 
-__all__ = ["render"]
+__all__ = ["read_results", "render"]
 
 CSV_FIELDS = [
     "label",
@@ -46,16 +47,60 @@ CSV_FIELDS = [
 ]
 
 
+#: what a sweep's ``results.json`` holds for :func:`render`: each key and the type of its value
+RESULTS_KEYS = {"provenance": dict, "workload": dict, "engines": list, "records": list}
+PROVENANCE_KEYS = ("device", "torch", "memmaml_version", "command")
+WORKLOAD_KEYS = ("model", "batch_size", "channels", "image_size", "optimizer", "lr")
+RECORD_KEYS = ("label", "engine", "steps", "status")
+
+
+def read_results(out: str | os.PathLike) -> dict[str, Any]:
+    """The sweep results in ``out/results.json``, checked to hold what :func:`render` reads.
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, or is not a sweep's
+            results; the message says which, in one line.
+    """
+    path = Path(out) / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise ValueError(f"cannot read {str(path)!r}: {err.strerror or err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{str(path)!r} is not JSON ({err}): a sweep cut short while writing it?") from None
+    what = f"{str(path)!r} is not a sweep's results"
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: a JSON {type(data).__name__}, not an object")
+    for key, kind in RESULTS_KEYS.items():
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{what}: no {key!r} {kind.__name__}")
+    for key, keys in (("provenance", PROVENANCE_KEYS), ("workload", WORKLOAD_KEYS)):
+        missing = [k for k in keys if k not in data[key]]
+        if missing:
+            raise ValueError(f"{what}: its {key!r} has no {missing[0]!r}")
+    for index, record in enumerate(data["records"]):
+        if not isinstance(record, dict) or any(k not in record for k in RECORD_KEYS):
+            raise ValueError(f"{what}: record {index} is not a run's record (label, engine, steps, status)")
+    if data.get("probe") is not None and not isinstance(data["probe"], dict):
+        raise ValueError(f"{what}: its 'probe' is not an object")
+    if not isinstance(data.get("other_records", []), list):
+        raise ValueError(f"{what}: its 'other_records' is not a list")
+    return data
+
+
 def render(out: Path) -> str:
     """Write ``results.md``, ``results.csv`` and ``results.png`` in ``out`` from its ``results.json``; the Markdown.
 
     ``results.json`` gets the fit and the answers. Every file is written
     atomically, so a render cut short leaves each file whole, old or new.
+
+    Raises:
+        ValueError: ``results.json`` is not a sweep's results (:func:`read_results`); nothing is written.
     """
     out = Path(out)
-    data = json.loads((out / "results.json").read_text())
+    data = read_results(out)
     records = list(data["records"])
-    probe = StepCosts(**data["probe"]["costs"]) if data.get("probe", {}).get("costs") else None
+    probe = StepCosts(**data["probe"]["costs"]) if (data.get("probe") or {}).get("costs") else None
     fit = fit_costs(records, probe, prefetch=str(data["workload"].get("device", "cpu")).startswith("cuda"))
     host = data.get("host_budget_bytes")
     answers = (
@@ -109,12 +154,16 @@ def _per_step(record: dict[str, Any], naive: dict[int, dict[str, Any]]) -> str:
 def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | None, answers: list[dict]) -> str:
     p, w = data["provenance"], data["workload"]
     dirty = " (uncommitted changes)" if p.get("memmaml_dirty") else ""
+    # outside a git checkout (an installed package) no commit is recorded: the version stands alone
+    commit = (
+        f" at {p['memmaml_commit'][:10]}{dirty}" if p.get("memmaml_commit") else f"{dirty} (no git commit recorded)"
+    )
     lines = [
         f"# compare_memory: {w['model']} at {w['batch_size']}x{w['channels']}x{w['image_size']}x"
         f"{w['image_size']}, {w['optimizer']} lr {w['lr']:g}",
         "",
-        f"Measured on {_device(data)}, torch {p['torch']}, memmaml {p['memmaml_version']} at "
-        f"{(p.get('memmaml_commit') or 'unknown commit')[:10]}{dirty}, {data.get('threads')} thread(s) per run.",
+        f"Measured on {_device(data)}, torch {p['torch']}, memmaml {p['memmaml_version']}{commit}, "
+        f"{data.get('threads')} thread(s) per run.",
         f"Command: `{p['command']}`",
         *(
             [
@@ -123,6 +172,15 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
                 "to run the rest (the finished runs are kept).",
             ]
             if data.get("complete") is False
+            else []
+        ),
+        *(
+            [
+                "",
+                f"{len(data['other_records'])} run(s) of an earlier sweep in this folder, of engines or n not "
+                "given in this command, are kept in results.json (`other_records`) and not shown here.",
+            ]
+            if data.get("other_records")
             else []
         ),
         "",
@@ -156,7 +214,7 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         )
         # the whole one-line cause (a cut one hid the size the message was about), safe inside a table cell
         cause = " ".join(str(r["error"]).split()).replace("|", "/") if r.get("error") else ""
-        status = r.get("status") + (f": {cause}" if cause else "")
+        status = str(r.get("status")) + (f": {cause}" if cause else "")
         name = r["label"] if r["label"] == r["engine"] else f"{r['label']} ({r['engine']})"
         if r.get("library", "memmaml") != "memmaml" and stats:  # a peer's own checkpointing: not memmaml's plan
             counts = "– | – | –"

@@ -63,7 +63,9 @@ class Runner:
         """One configuration's record: ``status`` is ``ok``, ``oom``, ``failed``, ``timeout`` or ``unavailable``.
 
         A failure's ``error`` is one line: the worker's exception (``"Type:
-        message"``), or the exit status and the last line of its log.
+        message"``), or the exit status and the last line of its log; its
+        ``traceback`` (where the worker raised) and ``log_tail`` (the end of
+        its log) are kept in the record, which outlives the run's files.
         """
         record: dict[str, Any] = {"library": method.library, "engine": method.engine, "steps": steps, "tracked": track}
         reason = unavailable(method, self.workload.optimizer)
@@ -82,8 +84,7 @@ class Runner:
             "grad_path": f"{tag}.grad.pt" if save_grads else None,
         }
         result = run_child("memmaml.bench._worker:measure", spec, tag, timeout=self.timeout, env=self.env)
-        for key in ("traceback", "work_seconds"):  # in the run's files; not figures of the run
-            result.pop(key, None)
+        result.pop("work_seconds", None)  # the worker's own time, not a figure of the run
         record.update(result)
         record["grad_path"] = spec["grad_path"] if record.get("status") == "ok" else None
         return record

@@ -13,7 +13,17 @@ resolved (the probe failed, or nothing of the family fits the budget).
 
 A sweep never loses a finished run: ``save`` is called with the records after
 the probe and after every run, and a sweep given the records of an earlier,
-interrupted one (``resume``) keeps them instead of running them again.
+interrupted one (``resume``) keeps its successful runs instead of running them
+again; a run that failed, timed out or ran out of memory is run again. The
+successful runs of ``resume`` that this sweep does not cover (other engines,
+other ``n``) are returned apart, as ``other_records``: kept for a later sweep
+that covers them, never among this sweep's ``records`` (which its report
+shows).
+
+A timing run's record is its own (the run's status and seconds under the
+configuration's identity), folded into its configuration's record as one entry
+of ``seconds_runs`` (``None`` where it did not succeed, its cause in
+``time_failures``).
 """
 
 from __future__ import annotations
@@ -32,6 +42,11 @@ from ._runner import Runner
 __all__ = ["run_sweep"]
 
 Records = dict[tuple[str, int], dict[str, Any]]
+
+#: what names a configuration: a timing run's record is these and the run's own result
+IDENTITY = ("label", "library", "engine", "steps")
+#: what a run that did not succeed keeps of its cause
+CAUSE = ("status", "error", "traceback", "log_tail")
 
 
 def run_sweep(
@@ -65,23 +80,25 @@ def run_sweep(
         host_check: on a CPU, skip runs the probe predicts to need more than
             the host's available memory.
         progress: called with a stage text and its record after every run.
-        resume: an earlier sweep's ``{"probe": ..., "records": [...]}`` of the
-            same workload and code. Its probe is reused if it succeeded; each
-            run it recorded (not ``"unavailable"`` or ``"skipped"`` ones, which
-            did not run) is kept: a memory run
-            when it names the engine that would run now, time runs up to the
-            number of repeats recorded.
-        save: called with ``{"probe": ..., "records": [...]}`` after the probe
-            and after every run.
+        resume: an earlier sweep's ``{"probe": ..., "records": [...],
+            "other_records": [...]}`` of the same workload and code. Its probe
+            is reused if it succeeded; each run of it that succeeded is kept
+            (a memory run when it names the engine that would run now, time
+            runs up to the number of repeats recorded), and every other run is
+            run again.
+        save: called with ``{"probe": ..., "records": [...], "other_records":
+            [...]}`` after the probe and after every run.
 
     Returns:
-        ``{"probe": ..., "records": [...], "kept_runs": int}``: the probe's
-        step costs, one record per engine and ``n`` (time runs are folded
-        into it as ``seconds_runs``; runs of ``resume`` that this sweep does
-        not cover follow them) and how many runs came from ``resume``.
+        ``{"probe": ..., "records": [...], "other_records": [...],
+        "kept_runs": int}``: the probe's step costs, one record per engine and
+        ``n`` of this sweep (time runs are folded into it as
+        ``seconds_runs``), the successful runs of ``resume`` of engines or
+        ``n`` this sweep does not cover, and how many runs came from
+        ``resume``.
     """
-    previous = {(r["label"], r["steps"]): r for r in (resume or {}).get("records", [])}
-    previous = {key: r for key, r in previous.items() if r.get("status") not in ("unavailable", "skipped")}
+    earlier = [*(resume or {}).get("records", []), *(resume or {}).get("other_records", [])]
+    previous = {(r["label"], r["steps"]): r for r in earlier if r.get("status") == "ok"}
     kept = 0
 
     def report(stage: str, record: dict[str, Any] | None = None) -> None:
@@ -98,14 +115,19 @@ def run_sweep(
     costs = StepCosts(**probe["costs"]) if probe.get("status") == "ok" else None
     available = host_available_bytes() if runner.workload.device == "cpu" and host_check else None
     methods = [Method("memmaml", e) for e in engines] + list(peers)
+    covered = {(method.label, n) for n in steps for method in methods}
     records: Records = {}
 
-    def every() -> list[dict[str, Any]]:  # an earlier sweep's runs of engines or n not swept now are kept too
-        return list(records.values()) + [r for key, r in previous.items() if key not in records]
+    def state() -> dict[str, Any]:
+        # an earlier sweep's runs this one has not reached yet stay in its records until they are kept or
+        # replaced (an interrupted sweep loses none); those of engines or n not swept now are kept apart
+        pending = [r for key, r in previous.items() if key in covered and key not in records]
+        other = [r for key, r in previous.items() if key not in covered]
+        return {"probe": probe, "records": [*records.values(), *pending], "other_records": other}
 
     def store() -> None:
         if save is not None:
-            save({"probe": probe, "records": every()})
+            save(state())
 
     store()
     for n in steps:
@@ -133,21 +155,21 @@ def run_sweep(
                     continue
                 runs = target.setdefault("seconds_runs", [])
                 stage = f"time {method.label} n={n} ({repeat + 1}/{repeats})"
-                if len(runs) > repeat:
+                if len(runs) > repeat and runs[repeat] is not None:
                     kept += 1
                     report(f"{stage} (kept)", target)
                     continue
-                timed = _run(runner, {**target, "role": "time", "tracked": False}, track=False)
-                runs.append(timed.get("seconds") if timed["status"] == "ok" else None)
-                _median(target)
+                identity = {key: target[key] for key in IDENTITY}
+                timed = _run(runner, {**identity, "role": "time", "tracked": False}, track=False)
+                _fold_time(target, repeat, timed)
                 store()
                 report(stage, timed)
-    for record in records.values():
+    for record in [*records.values(), *state()["other_records"]]:  # the saved meta-gradients were compared
         if record.get("grad_path"):
             Path(record["grad_path"]).unlink(missing_ok=True)
         record["grad_path"] = None
     store()
-    return {"probe": probe, "records": every(), "kept_runs": kept}
+    return {**state(), "kept_runs": kept}
 
 
 def _plan(
@@ -200,14 +222,32 @@ def _plan(
 
 
 def _run(runner: Runner, planned: dict[str, Any], *, track: bool) -> dict[str, Any]:
+    """The run's result under ``planned``'s keys (a memory run's plan, or a timing run's identity)."""
     result = runner.run(Method(planned["library"], planned["engine"]), planned["steps"], track=track, save_grads=track)
-    return {**result, **planned, "engine": planned["engine"]}
+    return {**result, **planned}
 
 
-def _median(record: dict[str, Any]) -> None:
-    runs = [t for t in record.get("seconds_runs", []) if t is not None]
-    if runs:
-        record["seconds_untracked"] = statistics.median(runs)
+def _fold_time(record: dict[str, Any], repeat: int, timed: dict[str, Any]) -> None:
+    """Timing run ``repeat`` into its configuration's ``record``: its seconds (``None`` unless it succeeded) at
+    that place of ``seconds_runs``, the median of those that succeeded, and the cause of one that did not."""
+    runs = record["seconds_runs"]
+    seconds = timed.get("seconds") if timed.get("status") == "ok" else None
+    if len(runs) > repeat:
+        runs[repeat] = seconds  # a failed repeat of an earlier sweep, run again
+    else:
+        runs.append(seconds)
+    failures = [f for f in record.get("time_failures", []) if f["repeat"] != repeat + 1]
+    if seconds is None:
+        failures.append({"repeat": repeat + 1, **{key: timed[key] for key in CAUSE if timed.get(key) is not None}})
+    if failures:
+        record["time_failures"] = failures
+    else:
+        record.pop("time_failures", None)
+    succeeded = [t for t in runs if t is not None]
+    if succeeded:
+        record["seconds_untracked"] = statistics.median(succeeded)
+    else:
+        record.pop("seconds_untracked", None)
 
 
 def _compare_gradients(records: Records, n: int) -> None:

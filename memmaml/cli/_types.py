@@ -4,7 +4,10 @@ Each ``type=`` function takes the text a user typed and returns the value, or
 raises :class:`argparse.ArgumentTypeError` with a message that quotes the
 text; argparse prefixes it with the flag, so a bad value reads ``error:
 argument --repeats: must be a whole number >= 0, got '-1'``. Names (choices,
-engines, devices, optimizers) are read case-insensitively everywhere.
+engines, devices, optimizers) are read case-insensitively everywhere. A list
+of things to run (step counts, engines, peers, parts) may not name one thing
+twice, in any spelling (``2,2``, ``naive,NAIVE``, ``uniform:5,uniform:05``):
+the error says which; only a list of sizes (``--hidden 40,40``) repeats.
 Defaults are given as the text a user would type (``"1,2,4"``, ``"11GiB"``),
 which argparse parses like any other value and ``--help`` shows as typed.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +37,7 @@ __all__ = [
     "engine",
     "engine_list",
     "existing_folder",
+    "invocation",
     "lower",
     "name_list",
     "non_negative_float",
@@ -42,6 +47,8 @@ __all__ = [
     "positive_float",
     "positive_int",
     "positive_int_list",
+    "positive_int_sequence",
+    "readable_folder",
     "size",
 ]
 
@@ -107,19 +114,30 @@ class ArgumentParser(argparse.ArgumentParser):
         self.error(f"argument {flag}: {message}")
 
 
-def command_line(script: str, console: str, argv: Sequence[str] | None) -> tuple[str, list[str]]:
+def command_line(script: str, console: str, argv: Sequence[str] | None, module: str = "") -> tuple[str, list[str]]:
     """``(prog, argv)`` of a command: how it was started and its arguments.
 
-    Run as ``python scripts/X.py`` (``sys.argv[0]`` ends in ``.py`` and
-    ``argv`` is ``None``), ``prog`` is ``script``; otherwise (a console script,
-    or ``main(argv)`` called from Python) it is ``console``.
+    With ``argv`` ``None`` (the arguments of this process): run as ``python -m
+    MODULE`` (``__main__`` is ``module``), ``prog`` is ``"python -m MODULE"``;
+    run as the script (``sys.argv[0]`` is a file named like ``script``), it is
+    ``script``; otherwise (the console script) ``console``. ``main(argv)``
+    called from Python is ``console`` too.
     """
-    if argv is None:
-        argv = sys.argv[1:]
-        prog = script if sys.argv[0].endswith(".py") else console
+    if argv is not None:
+        return console, list(argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if module and getattr(spec, "name", None) == module:
+        prog = f"python -m {module}"
+    elif Path(sys.argv[0]).name == Path(script).name:
+        prog = script
     else:
         prog = console
-    return prog, list(argv)
+    return prog, sys.argv[1:]
+
+
+def invocation(prog: str, script: str) -> list[str]:
+    """The words that start the command again: ``["python", script]`` for the script, else ``[prog]``."""
+    return ["python", script] if prog == script else [prog]
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -165,22 +183,38 @@ def _items(text: str, what: str) -> list[str]:
     return items
 
 
-def _ints(text: str, minimum: int) -> list[int]:
+def _twice(items: Sequence[Any], text: str) -> None:
+    """Refuse a list of things to run that names one thing twice (``items`` as read: equal means the same)."""
+    seen: list[Any] = []
+    for item in items:
+        if item in seen:
+            raise argparse.ArgumentTypeError(f"{str(item)!r} is given twice in {text!r}")
+        seen.append(item)
+
+
+def _ints(text: str, minimum: int, *, repeats: bool = False) -> list[int]:
     what = f"whole numbers >= {minimum}"
     values = [_integer(item) for item in _items(text, what)]
     if any(v is None or v < minimum for v in values):
         raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {text!r}")
-    return list(dict.fromkeys(values))  # type: ignore[arg-type]
+    if not repeats:
+        _twice(values, text)
+    return values  # type: ignore[return-value]
 
 
 def positive_int_list(text: str) -> list[int]:
-    """Whole numbers >= 1 separated by commas (``"1,2,4"``), repeats dropped, in the order given."""
+    """Distinct whole numbers >= 1 separated by commas (``"1,2,4"``), in the order given."""
     return _ints(text, 1)
 
 
 def non_negative_int_list(text: str) -> list[int]:
-    """Whole numbers >= 0 separated by commas (``"0,1,5"``), repeats dropped, in the order given."""
+    """Distinct whole numbers >= 0 separated by commas (``"0,1,5"``), in the order given."""
     return _ints(text, 0)
+
+
+def positive_int_sequence(text: str) -> list[int]:
+    """Whole numbers >= 1 separated by commas, repeats kept (``"40,40"``: layer sizes, not a set)."""
+    return _ints(text, 1, repeats=True)
 
 
 def size(text: str) -> int:
@@ -198,7 +232,7 @@ def lower(text: str) -> str:
 
 
 def name_list(known: Iterable[str]) -> Callable[[str], list[str]]:
-    """A ``type=`` for names from ``known`` separated by commas, case-insensitive, in ``known``'s order."""
+    """A ``type=`` for distinct names from ``known`` separated by commas, case-insensitive, in ``known``'s order."""
     known = tuple(known)
 
     def names(text: str) -> list[str]:
@@ -206,6 +240,7 @@ def name_list(known: Iterable[str]) -> Callable[[str], list[str]]:
         unknown = [name for name in given if name not in known]
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown name {unknown[0]!r}; choose from {', '.join(known)}")
+        _twice(given, text)
         return [name for name in known if name in given]
 
     names.__name__ = "names"
@@ -242,9 +277,7 @@ def engine(text: str) -> str:
 def engine_list(text: str) -> list[str]:
     """Engines (:func:`engine`) separated by commas; none twice."""
     engines = [engine(item) for item in _items(text, "engines")]
-    twice = [e for i, e in enumerate(engines) if e in engines[:i]]
-    if twice:
-        raise argparse.ArgumentTypeError(f"{twice[0]!r} is given twice in {text!r}")
+    _twice(engines, text)
     return engines
 
 
@@ -286,10 +319,39 @@ def existing_folder(text: str) -> str:
     return text
 
 
+def readable_folder(text: str) -> str:
+    """A folder that may not exist yet (returned as typed), but is no file and lies under no file."""
+    _folder(text)
+    return text
+
+
 def output_folder(text: str) -> str:
-    """A folder to write into: it may not exist yet, but may not be a file."""
+    """A folder to write into (returned as typed): no file and under no file; if it exists, writable, and if
+    not, the nearest folder above it that exists is one this process may create folders in."""
+    path, ancestor = _folder(text)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        if ancestor == path:
+            raise argparse.ArgumentTypeError(f"the folder {text!r} is not writable")
+        raise argparse.ArgumentTypeError(
+            f"cannot create {text!r}: {str(ancestor)!r}, the nearest folder above it that exists, is not writable"
+        )
+    return text
+
+
+def _folder(text: str) -> tuple[Path, Path]:
+    """``text`` as an absolute path and the nearest of it and its ancestors that exists, which is a folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a folder, got ''")
-    if Path(text).expanduser().exists() and not Path(text).expanduser().is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
-    return text
+    path = Path(text).expanduser().absolute()
+    ancestor = path
+    try:
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        is_folder = ancestor.is_dir()
+    except OSError as err:  # a folder on the way this process may not look into
+        raise argparse.ArgumentTypeError(f"cannot look at {text!r}: {err.strerror}") from None
+    if not is_folder:
+        if ancestor == path:
+            raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+        raise argparse.ArgumentTypeError(f"{text!r} lies inside {str(ancestor)!r}, which is a file, not a folder")
+    return path, ancestor

@@ -9,10 +9,16 @@ plans with) is fitted to the measured runs and answers, per engine, the
 longest unroll that fits -- or says that its memory does not grow with n.
 
 Every finished run is written to --out/results.json as it completes. A run
-that fails (or the probe) is recorded with its cause and the others go on;
-Ctrl-C keeps what finished. Rerunning the same command with the same --out
-and workload at the same memmaml commit keeps the runs already recorded and
-runs only the rest, so an interrupted sweep resumes.
+that fails (or the probe) is recorded with its cause (its traceback and the
+end of its log too) and the others go on; Ctrl-C keeps what finished.
+Rerunning the same command with the same --out and workload at the same
+memmaml commit keeps the runs that succeeded and runs the rest again (those
+not run yet, and those that failed, timed out or ran out of memory), so an
+interrupted sweep resumes; runs recorded there of engines or n not given now
+are kept apart in results.json (other_records), out of the report. Results of
+another workload or commit in --out are moved to --out/previous/<UTC time>/,
+never overwritten. One sweep at a time
+may use an --out: a second one stops with exit status 2, naming the first.
 
 Example (the seed demo; 19 minutes on a 2-core CPU):
 
@@ -31,10 +37,14 @@ from typing import Any
 from memmaml import default_host_budget
 from memmaml.bench import (
     PEER_INSTALL,
+    FolderInUse,
     Method,
     Runner,
     Workload,
+    lock_folder,
+    move_aside,
     provenance,
+    read_results,
     render,
     run_sweep,
     unavailable,
@@ -47,6 +57,9 @@ __all__ = ["build_parser", "main"]
 
 PROG = "memmaml-compare"
 SCRIPT = "scripts/compare_memory.py"
+MODULE = "memmaml.cli.compare_memory"
+#: what a sweep writes in --out, moved aside together when another sweep starts afresh there
+RESULT_FILES = ("results.json", "results.md", "results.csv", "results.png", "results.previous.json", "runs")
 DEFAULT_ENGINES = "naive,uniform:5,uniform:best,binomial:auto,binomial:auto+offload"
 PEERS = {
     "torch_maml": [Method("torch_maml", "naive"), Method("torch_maml", "uniform:{k}")],
@@ -81,7 +94,8 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         epilog=f"Peers are optional: pip install {' '.join(c.split()[-1] for c in PEER_INSTALL.values())}. "
         "Outputs in --out: "
         "results.json (every record, the fit, the answers, provenance), results.csv, "
-        "results.md, results.png; runs/ holds each run's spec and log until the sweep is complete.",
+        "results.md, results.png; runs/ holds each run's spec and log until the sweep is complete; previous/ "
+        "holds earlier sweeps of another workload or commit; .lock is held while a sweep runs.",
     )
     w = p.add_argument_group("workload (defaults: the seed demo)")
     w.add_argument(
@@ -177,17 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); the exit status.
 
     0: at least one run succeeded (or ``--render-only``); 1: nothing could
-    run, with one line naming the cause; 2: a bad command line, before
-    anything is written; 130: interrupted (the finished runs are kept).
+    run, with one line naming the cause; 2: a bad command line (an
+    unreadable ``results.json`` for ``--render-only``, an ``--out`` another
+    sweep is using), before anything is written; 130: interrupted (the
+    finished runs are kept).
     """
-    prog, argv = t.command_line(SCRIPT, PROG, argv)
+    prog, argv = t.command_line(SCRIPT, PROG, argv, MODULE)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render_only:
         if not (out / "results.json").is_file():
             parser.fail("--out", f"--render-only needs {str(out / 'results.json')!r}, which does not exist")
-        print(render(out))
+        try:
+            read_results(out)
+        except ValueError as err:  # nothing is written: exit status 2, as for every bad --out
+            parser.fail("--out", f"--render-only: {err}")
+        try:
+            with lock_folder(out, " ".join([*t.invocation(prog, SCRIPT), *argv])):  # not under a running sweep
+                print(render(out))
+        except FolderInUse as err:
+            parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
         return 0
     if args.time_steps and set(args.time_steps) - set(args.steps):
         extra = sorted(set(args.time_steps) - set(args.steps))
@@ -221,17 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         reason = unavailable(Method(library), args.optimizer)
         if reason:
             print(f"skipping {library}: {reason}", file=sys.stderr)
-    return _sweep(args, workload, peers, prog, argv)
+    command = [*t.invocation(prog, SCRIPT), *argv]
+    try:
+        with lock_folder(out, " ".join(command)):  # held until the sweep ends: one sweep per --out
+            return _sweep(args, workload, peers, prog, command)
+    except FolderInUse as err:
+        parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
 
 
-def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, argv: list[str]) -> int:
+def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, command: list[str]) -> int:
     out = Path(args.out)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     host_budget = args.host_budget or default_host_budget()
     time_steps = args.time_steps or [max(args.steps)]
-    command = ["python", SCRIPT] if prog == SCRIPT else [prog]
-    origin = provenance(args.device, [*command, *argv], workers=True)  # the code the runs import
-    out.mkdir(parents=True, exist_ok=True)
+    origin = provenance(args.device, command, workers=True)  # the code the runs import
     payload: dict[str, Any] = {
         "provenance": origin,
         "workload": workload.__dict__,
@@ -244,6 +271,7 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, argv: 
         "complete": False,
         "probe": None,
         "records": [],
+        "other_records": [],
     }
     resume, earlier_seconds = _resumable(out, payload)
     started = time.time()
@@ -290,6 +318,12 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, argv: 
     kept = sweep.pop("kept_runs")
     if kept:
         print(f"kept {kept} run(s) already recorded in {out / 'results.json'} (not run again)", file=sys.stderr)
+    if sweep["other_records"]:
+        print(
+            f"{len(sweep['other_records'])} run(s) of engines or n not swept now kept apart in results.json "
+            "(other_records), not in the report",
+            file=sys.stderr,
+        )
     payload["complete"] = True
     save(sweep)
     shutil.rmtree(out / "runs", ignore_errors=True)  # specs and logs of a complete sweep: its records say it all
@@ -303,7 +337,8 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, argv: 
 def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
     """An earlier sweep in ``out`` of the same workload, threads and code (to resume) and its seconds so far.
 
-    An earlier sweep of anything else is moved aside to ``results.previous.json``, and this one starts afresh.
+    An earlier sweep of anything else is moved, with its reports and run files, into
+    ``out/previous/<UTC time>/`` (:func:`~memmaml.bench.move_aside`), and this one starts afresh.
     """
     path = out / "results.json"
     if not path.is_file():
@@ -322,16 +357,33 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
         same = {f"a readable file ({err})": False}
     if not all(same.values()):
         differ = ", ".join(k for k, v in same.items() if not v)
-        path.replace(out / "results.previous.json")
+        moved = move_aside(out, RESULT_FILES)
         print(
-            f"{path} holds a sweep with another {differ}: moved to results.previous.json; starting afresh",
+            f"{path} holds a sweep with another {differ}: moved with its reports to {moved}; starting afresh",
             file=sys.stderr,
         )
         return None, 0.0
-    commit = (now.get("memmaml_commit") or now.get("memmaml_version") or "")[:10]
+    commit = now["memmaml_commit"][:10] if now.get("memmaml_commit") else now.get("memmaml_version")
     note = " over uncommitted changes, which the kept runs may not have had" if now.get("memmaml_dirty") else ""
-    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}", file=sys.stderr)
+    retry = _unsuccessful(earlier)
+    again = f"; retrying {retry} run(s) that did not succeed" if retry else ""
+    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}{again}", file=sys.stderr)
     return earlier, float(earlier.get("wall_seconds") or 0.0)
+
+
+def _unsuccessful(earlier: dict[str, Any]) -> int:
+    """Runs of an earlier sweep that ran and did not succeed (failed, timed out, out of memory), which a resumed
+    sweep runs again: the probe, memory runs and timing runs."""
+    probe = earlier.get("probe")
+    count = int(isinstance(probe, dict) and probe.get("status") != "ok")
+    for record in earlier.get("records") or []:
+        if not isinstance(record, dict):
+            continue
+        if record.get("status") not in ("ok", "skipped", "unavailable"):
+            count += 1
+        elif record.get("status") == "ok":
+            count += sum(1 for seconds in record.get("seconds_runs") or [] if seconds is None)
+    return count
 
 
 def _cause(sweep: dict[str, Any]) -> str:

@@ -49,8 +49,11 @@ recorded.
 
 Outputs in ``--out``: results.json, results.md, results.png and parts/ (each
 run's spec, record and log), rewritten atomically after every run, so a check
-cut short keeps its figures. ``--smoke`` runs the same code at toy sizes (a
-tiny conv net with BatchNorm, n <= 8, no cap) on the CPU in about a minute.
+cut short (Ctrl-C: exit status 130) keeps its figures. An earlier check's
+results in ``--out`` are moved to ``--out/previous/<UTC time>/`` first, never
+overwritten; one check at a time may use an ``--out``. ``--smoke`` runs the
+same code at toy sizes (a tiny conv net with BatchNorm, n <= 8, no cap) on the
+CPU in about a minute.
 
 Example::
 
@@ -60,15 +63,20 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from memmaml import StepCosts
+from memmaml import StepCosts, format_bytes
 from memmaml.bench import (
+    GPU_CHILD_ENV,
     GPU_PARTS,
     GPU_SIZES,
+    FolderInUse,
+    lock_folder,
+    move_aside,
     plan_gpu_part,
     probe_device,
     provenance,
@@ -82,8 +90,14 @@ __all__ = ["ORDER", "build_parser", "main", "parse_args"]
 
 PROG = "memmaml-gpu-check"
 SCRIPT = "scripts/gpu_check.py"
+MODULE = "memmaml.cli.gpu_check"
 ORDER = list(GPU_PARTS)  # cheap and vital first
-CAP, AUTO_BUDGET = "11GiB", "10GiB"
+#: the default cap, and what the default Auto budget leaves of it for the model, batches and workspaces
+CAP, AUTO_ROOM = "11GiB", "1GiB"
+#: what a check writes in --out, moved aside together before another check starts there
+RESULT_FILES = ("results.json", "results.md", "results.png", "parts")
+#: exit status after Ctrl-C, as a shell reports a process ended by SIGINT
+INTERRUPTED = 130
 
 
 def build_parser(prog: str = PROG) -> t.ArgumentParser:
@@ -119,8 +133,9 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         "--auto-budget",
         type=t.size,
         default=None,
-        help=f"part 3's Auto budget (default: {AUTO_BUDGET}, the cap less 1 GiB for the model, batches and "
-        "workspaces, which Auto's memory model leaves out; not with --smoke, which takes it from the probe)",
+        help=f"part 3's Auto budget, at most --cap (default: the cap less {AUTO_ROOM} for the model, batches and "
+        "workspaces, which Auto's memory model leaves out: 10GiB under an 11GiB cap; not with --smoke, which "
+        "takes it from the probe)",
     )
     parser.add_argument(
         "--parts", type=t.name_list(ORDER), default=",".join(ORDER), help="the parts to run, separated by commas"
@@ -130,13 +145,33 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None, prog: str = PROG) -> Any:
     """The checked arguments; a bad value exits with status 2 before anything is written."""
-    parser = build_parser(prog)
+    return _parse(build_parser(prog), argv)
+
+
+def _parse(parser: t.ArgumentParser, argv: list[str] | None) -> Any:
+    # the children's device numbering (nvidia-smi's, by PCI bus), set here before --device's check asks CUDA
+    # anything: the cuda:N checked here is the device the children measure
+    os.environ.update(GPU_CHILD_ENV)
     args = parser.parse_args(argv)
     given_device = args.device is not None
     args.device = args.device or t.default_device()
     for flag in ("cap", "auto_budget"):
         if args.smoke and getattr(args, flag) is not None:
             parser.fail(f"--{flag.replace('_', '-')}", "a --smoke run is uncapped at toy sizes; leave it out")
+    if not args.smoke:
+        cap = args.cap or t.size(CAP)
+        if args.auto_budget is None and cap <= t.size(AUTO_ROOM):
+            parser.fail(
+                "--cap",
+                f"{format_bytes(cap)} leaves nothing of the default --auto-budget (the cap less "
+                f"{AUTO_ROOM}): give --auto-budget too",
+            )
+        if args.auto_budget is not None and args.auto_budget > cap:
+            parser.fail(
+                "--auto-budget",
+                f"{format_bytes(args.auto_budget)} is more than --cap {format_bytes(cap)}: Auto would plan for "
+                "memory the allocator may not use",
+            )
     if not args.smoke and not args.device.startswith("cuda"):
         parser.fail(
             "--device",
@@ -144,7 +179,7 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> Any:
             "of the same code on the CPU",
         )
     args.cap = args.cap or t.size(CAP)
-    args.auto_budget = args.auto_budget or t.size(AUTO_BUDGET)
+    args.auto_budget = args.auto_budget or args.cap - t.size(AUTO_ROOM)
     if args.device == "cuda":
         args.device = "cuda:0"
     print(f"device: {args.device}" + ("" if given_device else " (the default here)"), file=sys.stderr)
@@ -152,17 +187,31 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); the exit status (2: a bad command line)."""
-    prog, argv = t.command_line(SCRIPT, PROG, argv)
-    args = parse_args(argv, prog)
-    from tqdm import tqdm
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); the exit status.
 
-    sizes, out, start = GPU_SIZES[args.smoke], Path(args.out), time.monotonic()
-    workload = dataclasses.replace(sizes.workload, device=args.device)
-    end = start + 1.1 * args.time_budget  # no part runs past it
+    0: the check ran (each part's status is in the report); 2: a bad command
+    line, or an ``--out`` another check is using, before anything is written;
+    130: interrupted (what finished is written).
+    """
+    prog, argv = t.command_line(SCRIPT, PROG, argv, MODULE)
+    parser = build_parser(prog)
+    args = _parse(parser, argv)
+    command = [*t.invocation(prog, SCRIPT), *argv]
+    try:
+        with lock_folder(args.out, " ".join(command)):  # held until the check ends: one check per --out
+            return _check(args, command)
+    except FolderInUse as err:
+        parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+
+
+def _check(args: Any, command: list[str]) -> int:
+    out, start = Path(args.out), time.monotonic()
+    moved = move_aside(out, RESULT_FILES)  # a check cut short in its probe left parts/ without results.json
+    if moved is not None:
+        print(f"{out} held an earlier check's results: moved to {moved}", file=sys.stderr)
+    workload = dataclasses.replace(GPU_SIZES[args.smoke].workload, device=args.device)
     cap, auto_budget = (None, None) if args.smoke else (args.cap, args.auto_budget)
     threads = 1 if args.device == "cpu" else 0  # one thread keeps a CPU smoke run steady on a shared machine
-    command = [*(["python", SCRIPT] if prog == SCRIPT else [prog]), *argv]
     (out / "parts").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "label": (
@@ -183,6 +232,33 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": None,
         "parts": {},
     }
+    try:
+        _run_parts(args, results, workload, command, start=start, threads=threads)
+    except KeyboardInterrupt:  # the child was stopped (run_child); what finished is written, the rest is not run
+        results.update(interrupted=True, total_seconds=time.monotonic() - start)
+        write_gpu_report(results, out)
+        print(
+            f"\ninterrupted: the parts that finished are in {out / 'results.json'} and results.md; "
+            "the rest did not run",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    if results["provenance"] is None:  # the probe failed; here, after every part, CUDA may start in this process
+        results["provenance"] = provenance(args.device, command, workers=True)
+    results["total_seconds"] = time.monotonic() - start
+    write_gpu_report(results, out)
+    print(f"{results['label']}: {out / 'results.md'}, results.json, results.png ({results['total_seconds']:.0f} s)")
+    return 0
+
+
+def _run_parts(
+    args: Any, results: dict[str, Any], workload: Any, command: list[str], *, start: float, threads: int
+) -> None:
+    """The probe, then every part of ``args.parts`` in turn, each written into ``results`` (and --out) as it ends."""
+    from tqdm import tqdm
+
+    out, sizes, end = Path(args.out), GPU_SIZES[args.smoke], start + 1.1 * args.time_budget  # no part runs past end
+    cap, auto_budget = results["cap_bytes"], results["auto_budget_bytes"]
     probe = probe_device(
         workload,
         out / "parts" / "probe",
@@ -264,12 +340,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["total_seconds"] = time.monotonic() - start
         write_gpu_report(results, out, with_plot=False)  # after every part: a cut-short run leaves its figures
-    if results["provenance"] is None:  # the probe failed; here, after every part, CUDA may start in this process
-        results["provenance"] = provenance(args.device, command, workers=True)
-    results["total_seconds"] = time.monotonic() - start
-    write_gpu_report(results, out)
-    print(f"{results['label']}: {out / 'results.md'}, results.json, results.png ({results['total_seconds']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import re
 import sys
 import textwrap
 import time
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ __all__ = ["MAY_CHANGE", "PRESETS", "apply_preset", "build_parser", "check", "ma
 
 PROG = "memmaml-train"
 SCRIPT = "scripts/meta_train.py"
+MODULE = "memmaml.cli.meta_train"
 
 # arguments that may change between a run and its resumption
 MAY_CHANGE = [
@@ -110,6 +112,7 @@ IMAGE_SIZES = {"omniglot": 28, "miniimagenet": 84, "imagefolder": 84}
 FOLDER_TASKS = ("imagefolder", *DATASETS)
 IMAGE_TASKS = (*FOLDER_TASKS, "digits")
 SPLIT_TASKS = (*DATASETS, "digits")
+ROTATED_TASKS = ("omniglot", "digits", "imagefolder")
 #: TrainerConfig's and the task sources' argument names whose flag is not ``--`` + the name with dashes
 FLAGS = {
     "num_inner_steps": "--inner-steps",
@@ -119,24 +122,54 @@ FLAGS = {
     "num_iterations": "--iterations",
     "root": "--data-root",
 }
-#: torch.optim's optimizer classes by their lower-case name
+#: torch.optim's optimizers that cannot take the trainer's plain ``step()`` on a dense model, and why
+UNFIT_OUTER_OPTIMIZERS = {
+    "LBFGS": "its step needs a closure that re-evaluates the loss, and the trainer steps without one",
+    "SparseAdam": "it takes sparse gradients only, and a meta-gradient is dense",
+    "Muon": "it takes 2-D parameters only, and every model here has biases",
+}
+#: torch.optim's optimizer classes the trainer can step, by their lower-case name
 OUTER_OPTIMIZERS = {
     name.lower(): name
     for name in dir(torch.optim)
     if isinstance(getattr(torch.optim, name), type)
     and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
-    and name != "Optimizer"
+    and name not in ("Optimizer", *UNFIT_OUTER_OPTIMIZERS)
 }
 
 
 def _outer_optimizer(text: str) -> str:
-    """A torch.optim optimizer class name, case-insensitive (``adam`` -> ``Adam``)."""
+    """A torch.optim optimizer class name the trainer can step, case-insensitive (``adam`` -> ``Adam``)."""
     name = OUTER_OPTIMIZERS.get(text.strip().lower())
     if name is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a torch.optim optimizer; choose from {', '.join(sorted(OUTER_OPTIMIZERS.values()))}"
-        )
+        choices = ", ".join(sorted(OUTER_OPTIMIZERS.values()))
+        unfit = {n.lower(): (n, why) for n, why in UNFIT_OUTER_OPTIMIZERS.items()}.get(text.strip().lower())
+        if unfit is not None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {unfit[0]} cannot meta-train here: {unfit[1]}; choose from {choices}"
+            )
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch.optim optimizer; choose from {choices}")
     return name
+
+
+def build_outer_optimizer(
+    parser: t.ArgumentParser, args: argparse.Namespace, model: nn.Module
+) -> torch.optim.Optimizer:
+    """``--outer-optimizer`` over ``model``'s parameters, after one dry step on a copy of the model: an
+    optimizer that cannot step it fails here, before anything is written (exit status 2)."""
+    build = getattr(torch.optim, args.outer_optimizer)
+    try:
+        copy = deepcopy(model)
+        dry = build(copy.parameters(), lr=args.outer_lr)
+        for parameter in copy.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        dry.step()
+    except Exception as err:  # any failure of the dry step is the flag's
+        parser.fail(
+            "--outer-optimizer",
+            f"{args.outer_optimizer} cannot step this model: {type(err).__name__}: {' '.join(str(err).split())}",
+        )
+    return build(model.parameters(), lr=args.outer_lr)
 
 
 def _checked(check: Any) -> Any:
@@ -224,7 +257,7 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
     )
     g.add_argument(
         "--data-root",
-        type=t.output_folder,
+        type=t.readable_folder,
         default=None,
         help="imagefolder: training class folders; omniglot, cifar-fs, fc100: the folder holding omniglot-py or "
         "cifar-100-python (torchvision's layout); miniimagenet: the folder holding train.csv, val.csv, test.csv "
@@ -254,11 +287,18 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
     )
     g.add_argument("--grayscale", action="store_true", help="imagefolder: one channel")
     g.add_argument(
-        "--rotations", action="store_true", help="omniglot, imagefolder: add 90/180/270-degree rotations as classes"
+        "--rotations",
+        action="store_true",
+        help="omniglot, digits, imagefolder: add 90/180/270-degree rotations as classes",
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", type=t.lower, choices=["mlp", "conv"], default=None, help="default: mlp, conv for images")
-    g.add_argument("--hidden", type=_checked(t.positive_int_list), default="40,40", help="mlp hidden sizes")
+    g.add_argument(
+        "--hidden",
+        type=_checked(t.positive_int_sequence),
+        default="40,40",
+        help="mlp hidden sizes, one per layer (40,40: two layers of 40)",
+    )
     g.add_argument("--filters", type=t.positive_int, default="64", help="conv: filters per layer (4 layers)")
     g.add_argument(
         "--dtype", type=t.lower, choices=["float32", "float64"], default="float32", help="the model's and the data's"
@@ -288,7 +328,8 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         "--outer-optimizer",
         type=_outer_optimizer,
         default="Adam",
-        help="a torch.optim optimizer class, any case (adam, SGD, AdamW)",
+        help="a torch.optim optimizer class, any case (adam, SGD, AdamW); not LBFGS (its step needs a closure), "
+        "SparseAdam (sparse gradients only) or Muon (2-D parameters only)",
     )
     g.add_argument("--outer-lr", type=t.non_negative_float, default="1e-3", help="the outer optimizer's learning rate")
     g.add_argument("--meta-batch-size", type=t.positive_int, default="25", help="tasks per meta-iteration")
@@ -409,8 +450,8 @@ def check(parser: t.ArgumentParser, args: argparse.Namespace) -> None:
         parser.fail("--eval-split", f"--task {args.task} has no named splits; {', '.join(SPLIT_TASKS)} have")
     if args.eval_split == "val" and args.task == "digits":
         parser.fail("--eval-split", "digits have no val classes (0-4 train, 5-9 test): use test")
-    if args.rotations and args.task not in ("omniglot", "imagefolder"):
-        parser.fail("--rotations", f"only omniglot and imagefolder images are rotated, not --task {args.task}'s")
+    if args.rotations and args.task not in ROTATED_TASKS:
+        parser.fail("--rotations", f"only {', '.join(ROTATED_TASKS)} images are rotated, not --task {args.task}'s")
     if args.model == "conv" and args.task not in IMAGE_TASKS:
         parser.fail("--model", f"conv needs image tasks (--task {' or '.join(IMAGE_TASKS)}), not {args.task}")
     spec = memmaml.parse_engine(args.engine, budget=1)
@@ -449,8 +490,8 @@ def build_sources(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Any, An
     eval_split = args.eval_split or "test"
     if args.task == "digits":
         return (
-            Digits(split="train", image_size=size, **train_shape),
-            Digits(split=eval_split, image_size=size, **eval_shape),
+            Digits(split="train", image_size=size, rotations=args.rotations, **train_shape),
+            Digits(split=eval_split, image_size=size, rotations=args.rotations, **eval_shape),
         )
     if args.task in DATASETS:
         source = DATASETS[args.task]
@@ -476,7 +517,7 @@ def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
     sample = source.sample(0).support[0]
     if kind == "mlp":
         out_features = 1 if args.task == "sinusoid" else args.num_ways
-        sizes = [sample[0].numel(), *t.positive_int_list(args.hidden), out_features]
+        sizes = [sample[0].numel(), *t.positive_int_sequence(args.hidden), out_features]
         return models.mlp(sizes, flatten=sample.dim() > 2)
     # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible
     return models.conv4(
@@ -521,7 +562,7 @@ def _one_line(err: IncompatibleCheckpointError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); the exit status (2: a bad command line)."""
-    prog, argv = t.command_line(SCRIPT, PROG, argv)
+    prog, argv = t.command_line(SCRIPT, PROG, argv, MODULE)
     parser = build_parser(prog)
     args, overrides = _parse(parser, argv)
     given_device = args.device is not None
@@ -597,7 +638,7 @@ def _train(
     except ValueError as err:
         parser.fail(_flag(parser, str(err), "--task"), str(err))
     model = build_model(args, train_source).to(device=device, dtype=dtype)
-    outer = getattr(torch.optim, args.outer_optimizer)(model.parameters(), lr=args.outer_lr)
+    outer = build_outer_optimizer(parser, args, model)
     try:
         trainer = MetaTrainer(
             model,
