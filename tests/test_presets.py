@@ -196,3 +196,32 @@ def test_miniimagenet_preset_reads_ravi_and_larochelle_s_csvs(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["task.split"], config["task.num_query"]) == ("train", 2)
     assert (config["eval_task.split"], config["eval_task.num_query"]) == ("test", 1)  # K query images at test
+
+
+class _Shaped:
+    """A task source of one shape: ``build_model`` reads only the first support set's shape."""
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def sample(self, seed):
+        from memmaml.tasks import Task
+
+        images = torch.zeros(*self.shape)
+        return Task((images, torch.zeros(len(images), dtype=torch.long)), (images, torch.zeros(len(images))))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "head_inputs"),
+    [
+        # Finn et al.'s miniImageNet net: 'VALID' max-pools 84 -> 42 -> 21 -> 10 -> 5, w5 is 32 * 5 * 5 inputs
+        ("miniimagenet-5w1s", (5, 3, 84, 84), 32 * 5 * 5),
+        # their Omniglot net's strided 'SAME' convolutions end in a 2 x 2 map (28 -> 14 -> 7 -> 4 -> 2)
+        ("omniglot-5w1s", (5, 1, 28, 28), 64 * 2 * 2),
+        ("omniglot-20w1s", (20, 1, 28, 28), 64 * 2 * 2),
+    ],
+)
+def test_preset_networks_have_finn_s_head_size(name, shape, head_inputs):
+    args = parse("--preset", name, "--data-root", ".")
+    heads = [m for m in meta_train.build_model(args, _Shaped(*shape)).modules() if isinstance(m, torch.nn.Linear)]
+    assert heads[-1].in_features == head_inputs

@@ -206,7 +206,7 @@ def presets_epilog(width: int = 100) -> str:
             lines += _wrap(text, width, indent)
     lines.append(
         "Finn et al.'s values come from their paper and code (github.com/cbfinn/maml); where memmaml differs "
-        "(max-pooling on Omniglot, rotations as classes, no element-wise clipping) and what each run is "
+        "(max-pooling on Omniglot, the inner step's size, no element-wise clipping) and what each run is "
         "predicted to take on a GPU: docs/datasets.md."
     )
     return "\n".join(lines[:-1] + _wrap(lines[-1], width, ""))
@@ -289,7 +289,8 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
     g.add_argument(
         "--rotations",
         action="store_true",
-        help="omniglot, digits, imagefolder: add 90/180/270-degree rotations as classes",
+        help="omniglot, imagefolder: each class of a task turned by a random multiple of 90 degrees, drawn per "
+        "task (Finn et al.); digits: the 90/180/270-degree turns as classes of their own",
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", type=t.lower, choices=["mlp", "conv"], default=None, help="default: mlp, conv for images")
@@ -519,14 +520,18 @@ def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
         out_features = 1 if args.task == "sinusoid" else args.num_ways
         sizes = [sample[0].numel(), *t.positive_int_sequence(args.hidden), out_features]
         return models.mlp(sizes, flatten=sample.dim() > 2)
-    # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible
+    # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible.
+    # Pools round down as their 'VALID' max-pool does (miniImageNet 84 -> 42 -> 21 -> 10 -> 5: a head of
+    # 5 x 5 x filters inputs), except on Omniglot, where rounding up gives the 2 x 2 map of their strided
+    # convolutions (28 -> 14 -> 7 -> 4 -> 2), and on images too small to survive four halvings.
+    side = min(sample.shape[2:])
     return models.conv4(
         sample.shape[1],
         args.num_ways,
         image_size=tuple(sample.shape[2:]),
         filters=args.filters,
         track_running_stats=False,
-        ceil_mode=True,
+        ceil_mode=args.task == "omniglot" or side < 16,
     )
 
 
