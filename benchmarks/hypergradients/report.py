@@ -199,10 +199,15 @@ def long_lines(data: dict[str, Any]) -> list[str]:
                 f"plan at T = {ref_steps:,}** (naive at T = {ref_steps:,}: {naive_peak})."
             )
             if long_time:
-                same = long_time["lr"] == long_memory["lr"] and long_time["wd"] == long_memory["wd"]
-                lines.append(
-                    f"* The tracked and untracked runs' hypergradients are {'bitwise equal' if same else 'NOT equal'}."
-                )
+                a, b = long_time["lr"] + [long_time["wd"]], long_memory["lr"] + [long_memory["wd"]]
+                if a == b:
+                    lines.append("* The tracked and untracked runs' hypergradients are bitwise equal.")
+                else:
+                    difference = max(abs(x - y) for x, y in zip(a, b)) / max(map(abs, a))
+                    lines.append(
+                        "* The tracked and untracked runs' hypergradients differ by "
+                        f"{difference:.1e} (max relative difference; see the provenance note)."
+                    )
     plan = records.get("plan")
     if plan:
         stats = plan["stats"]
