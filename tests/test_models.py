@@ -24,7 +24,7 @@ def assert_same_weights(model: nn.Module, reference: nn.Module) -> None:
 # ------------------------------------------------------------------------------- resnet18
 def test_resnet18_parameter_count_and_output():
     model = models.resnet18()
-    assert count(model) == 11_181_642  # FIELD.md §4: 42.7 MB in float32
+    assert count(model) == 11_181_642  # 42.7 MiB of float32 weights
     assert model.fc.out_features == 10
     model.eval()
     with torch.no_grad():

@@ -212,16 +212,22 @@ class _Shaped:
 
 
 @pytest.mark.parametrize(
-    ("name", "shape", "head_inputs"),
+    ("argv", "shape", "head_inputs"),
     [
         # Finn et al.'s miniImageNet net: 'VALID' max-pools 84 -> 42 -> 21 -> 10 -> 5, w5 is 32 * 5 * 5 inputs
-        ("miniimagenet-5w1s", (5, 3, 84, 84), 32 * 5 * 5),
+        (["--preset", "miniimagenet-5w1s"], (5, 3, 84, 84), 32 * 5 * 5),
         # their Omniglot net's strided 'SAME' convolutions end in a 2 x 2 map (28 -> 14 -> 7 -> 4 -> 2)
-        ("omniglot-5w1s", (5, 1, 28, 28), 64 * 2 * 2),
-        ("omniglot-20w1s", (20, 1, 28, 28), 64 * 2 * 2),
+        (["--preset", "omniglot-5w1s"], (5, 1, 28, 28), 64 * 2 * 2),
+        (["--preset", "omniglot-20w1s"], (20, 1, 28, 28), 64 * 2 * 2),
+        # the rule is the image's side, not the task's name: 28-pixel images in a folder get Omniglot's net, an
+        # 8-pixel digit still reaches a 1 x 1 map, and CIFAR's 32 pixels give 2 x 2 either way
+        (["--task", "imagefolder", "--image-size", "28"], (5, 1, 28, 28), 64 * 2 * 2),
+        (["--task", "digits", "--model", "conv"], (5, 1, 8, 8), 64 * 1 * 1),
+        (["--task", "cifar-fs"], (5, 3, 32, 32), 64 * 2 * 2),
     ],
+    ids=["miniimagenet", "omniglot-5w", "omniglot-20w", "folder-28", "digits-8", "cifar-32"],
 )
-def test_preset_networks_have_finn_s_head_size(name, shape, head_inputs):
-    args = parse("--preset", name, "--data-root", ".")
+def test_conv_networks_have_finn_s_head_size(argv, shape, head_inputs):
+    args = parse(*argv, "--data-root", ".") if argv[0] == "--preset" or "digits" not in argv else parse(*argv)
     heads = [m for m in meta_train.build_model(args, _Shaped(*shape)).modules() if isinstance(m, torch.nn.Linear)]
     assert heads[-1].in_features == head_inputs

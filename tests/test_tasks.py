@@ -155,6 +155,13 @@ def test_an_image_that_cannot_be_decoded_is_named(tmp_path):
         path.write_bytes(whole)
     task = ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4).sample(0)
     assert task.support[0].shape == (2, 3, 4, 4)  # whole files again: read as before
+    source = ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4)
+    gone = root / "class_0" / "0.png"
+    gone.unlink()  # listed when the source was built, gone when a task reads it: not called damaged
+    with pytest.raises(DatasetNotFoundError) as info:
+        source.sample(0)
+    message = str(info.value)
+    assert message.startswith(f"cannot open the image {gone} (FileNotFoundError)") and "truncated" not in message
 
 
 def test_omniglot_missing_root_names_the_folder_to_fill(tmp_path):
@@ -182,3 +189,12 @@ def test_omniglot_reads_torchvision_layout(tmp_path):
     rotated = Omniglot(tmp_path, num_ways=5, num_shots=1, num_query=2, rotations=True)
     assert rotated.num_classes == 24
     assert rotated.config()["rotations"] is True
+
+
+def test_per_task_rotations_are_in_the_config_so_older_checkpoints_do_not_resume(tmp_path):
+    """Rotations drawn as classes of their own and drawn per task are different task distributions from the same
+    seeds: the config, which a resumed run compares, must tell them apart; without rotations nothing changed."""
+    root = make_image_folder(tmp_path / "data", num_classes=3, per_class=2)
+    rotated = ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4, rotations=True).config()
+    plain = ImageFolderTasks(root, num_ways=2, num_shots=1, num_query=1, image_size=4).config()
+    assert rotated["rotation_sampling"] == "per_task" and "rotation_sampling" not in plain

@@ -336,7 +336,7 @@ def render(results: dict[str, Any], out: Path) -> None:
         "",
         f"`memmaml-train --preset {PRESET}`: scikit-learn's 8x8 digits, 5-way 1-shot, 15 query images per class; "
         "meta-trained on digits 0-4 and tested on digits 5-9 (never seen in training), each digit also rotated "
-        "by 90, 180 and 270 degrees as three new classes (20 classes per split, as Omniglot's protocol adds "
+        "by 90, 180 and 270 degrees as three new classes (20 classes per split, as Santoro et al.'s convention adds "
         f"rotations); inner lr {settings.get('inner_lr', '?')}, one inner step, meta-gradient clipped to a global "
         f"norm of {settings.get('max_grad_norm', '?')}, meta-batch 32, Adam 1e-3, "
         f"{settings.get('iterations', 0):,} meta-iterations. Accuracy on the query sets after the given number "

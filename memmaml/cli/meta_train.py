@@ -521,9 +521,9 @@ def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
         sizes = [sample[0].numel(), *t.positive_int_sequence(args.hidden), out_features]
         return models.mlp(sizes, flatten=sample.dim() > 2)
     # batch statistics only (track_running_stats=False), as in Finn et al.'s code; vmap-compatible.
-    # Pools round down as their 'VALID' max-pool does (miniImageNet 84 -> 42 -> 21 -> 10 -> 5: a head of
-    # 5 x 5 x filters inputs), except on Omniglot, where rounding up gives the 2 x 2 map of their strided
-    # convolutions (28 -> 14 -> 7 -> 4 -> 2), and on images too small to survive four halvings.
+    # Pools round by the image's side: from 64 pixels down, as their 'VALID' max-pool does (miniImageNet
+    # 84 -> 42 -> 21 -> 10 -> 5: a head of 5 x 5 x filters inputs); below 64 up, so that Omniglot's 28 pixels
+    # give the 2 x 2 map of their strided convolutions (28 -> 14 -> 7 -> 4 -> 2) and 8-pixel digits survive.
     side = min(sample.shape[2:])
     return models.conv4(
         sample.shape[1],
@@ -531,7 +531,7 @@ def build_model(args: argparse.Namespace, source: Any) -> nn.Module:
         image_size=tuple(sample.shape[2:]),
         filters=args.filters,
         track_running_stats=False,
-        ceil_mode=args.task == "omniglot" or side < 16,
+        ceil_mode=side < 64,
     )
 
 

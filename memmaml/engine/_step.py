@@ -169,7 +169,7 @@ def inner_step(
     """
     loss, grads = gradient(loss_at, params)
     with torch.enable_grad() if record else torch.no_grad():
-        # a storage of its own: a 0-d loss may be a view of a batch-sized one (F.mse_loss's is), which every
+        # a storage of its own: a 0-d loss may share a batch-sized storage (F.mse_loss's does), which every
         # engine's loss history, one loss per step, would keep alive (a batch per step; 8 bytes with the copy)
         loss = loss.clone()
         updates, opt_state = optimizer.update(grads, opt_state, params, hyperparams)

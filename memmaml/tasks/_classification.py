@@ -226,8 +226,9 @@ def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
     """An image file as a float tensor ``(C, H, W)`` in ``[0, 1]``.
 
     Raises:
-        DatasetNotFoundError: the file cannot be read or decoded (truncated,
-            not an image); the one-line message names it.
+        DatasetNotFoundError: the file cannot be opened (gone, no permission)
+            or decoded (truncated, not an image); the one-line message names
+            it.
     """
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
@@ -236,6 +237,11 @@ def _load_image(path: Path, image_size: int | None, grayscale: bool) -> Tensor:
         with Image.open(path) as image:
             image = image.convert("L" if grayscale else "RGB")
             tensor = TF.pil_to_tensor(image)
+    except (FileNotFoundError, PermissionError) as exc:  # the file went away or cannot be opened: not its content
+        raise DatasetNotFoundError(
+            f"cannot open the image {path} ({type(exc).__name__}): it was listed when the source was built; "
+            "restore it or check its permissions"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:  # PIL's errors for truncated or foreign files
         raise DatasetNotFoundError(
             f"cannot read the image {path} ({type(exc).__name__}: {exc}): the file is truncated or not an "
@@ -316,6 +322,9 @@ class _ImageClassTasks(_ClassPoolTasks):
             "image_size": self.image_size,
             "grayscale": self.grayscale,
             "rotations": self.rotations,
+            # tasks drawn as NOTE [ Rotations are drawn per task ] says: a checkpoint made when rotations were
+            # drawn as classes of their own (no such key) does not resume under the other task distribution
+            **({"rotation_sampling": "per_task"} if self.rotations else {}),
             "transform": None if self.transform is None else repr(self.transform),
             "dtype": str(self.dtype),
         }

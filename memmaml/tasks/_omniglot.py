@@ -3,8 +3,10 @@
 NOTE [ Which Omniglot split ]
     The paper (Finn, Abbeel & Levine 2017, section 5.2) follows Vinyals et al.
     2016: 1,200 characters for training, "irrespective of alphabet", the
-    remaining 423 for testing, rotations by multiples of 90 degrees as new
-    classes, images at 28x28. Its code (github.com/cbfinn/maml,
+    remaining 423 for testing, rotations by multiples of 90 degrees (the
+    paper says as new classes; its code turns each character of a task by
+    one random multiple, drawn per task, which is what ``rotations=True``
+    does here), images at 28x28. Its code (github.com/cbfinn/maml,
     ``data_generator.py``) builds the split so: the characters of
     ``images_background`` and ``images_evaluation``, merged into one folder,
     listed with ``os.listdir`` (alphabets, then the characters of each),
