@@ -21,10 +21,16 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["memory_efficient_maml", "maml_from_scratch", "sine_wave_maml", "long_horizon_hypergradients"]
+NAMES = [
+    "memory_efficient_maml",
+    "maml_from_scratch",
+    "sine_wave_maml",
+    "long_horizon_hypergradients",
+    "exact_vs_approximate_hypergradients",
+]
 CELL_TIMEOUT_S = 300  # per cell; the notebooks take about a minute together in quick mode
 # notebooks that need scikit-learn (its digits data set): the "examples" and "test" extras install it
-NEEDS_SKLEARN = {"long_horizon_hypergradients"}
+NEEDS_SKLEARN = {"long_horizon_hypergradients", "exact_vs_approximate_hypergradients"}
 
 
 def _load_build():
