@@ -400,7 +400,7 @@ from memmaml.bench import Runner
 from memmaml.cli import compare_memory
 def run(self, *args, **kwargs):
     Path({str(started)!r}).touch()
-    time.sleep(60)
+    time.sleep(600)  # the finally below kills it; a loaded machine cannot outlast this
 Runner.run = run
 sys.exit(compare_memory.main(sys.argv[1:]))
 """
