@@ -13,9 +13,13 @@ that fails (or the probe) is recorded with its cause (its traceback and the
 end of its log too) and the others go on; Ctrl-C keeps what finished.
 Rerunning the same command with the same --out and workload at the same
 memmaml commit keeps the runs that succeeded and runs the rest again (those
-not run yet, and those that failed, timed out or ran out of memory), so an
-interrupted sweep resumes; runs recorded there of engines or n not given now
-are kept apart in results.json (other_records), out of the report. Results of
+not run yet, and those that failed, timed out or ran out of memory, whose
+records stay until the new run replaces them), so an interrupted sweep
+resumes; runs recorded there that this command does not make (engines or n
+not given now, or another engine chosen for uniform:best or binomial:auto, as
+after a change of --budget or --host-budget), failed or not, are kept apart in
+results.json (other_records), out of the report, for a later command that
+makes them. Results of
 another workload or commit in --out are moved to --out/previous/<UTC time>/,
 never overwritten. One sweep at a time
 may use an --out: a second one stops with exit status 2, naming the first.
@@ -315,9 +319,11 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, comman
             file=sys.stderr,
         )
         return INTERRUPTED
-    kept = sweep.pop("kept_runs")
+    kept, retried = sweep.pop("kept_runs"), sweep.pop("retried_runs")
     if kept:
         print(f"kept {kept} run(s) already recorded in {out / 'results.json'} (not run again)", file=sys.stderr)
+    if retried:
+        print(f"ran again {retried} run(s) of the earlier sweep that had not succeeded", file=sys.stderr)
     if sweep["other_records"]:
         print(
             f"{len(sweep['other_records'])} run(s) of engines or n not swept now kept apart in results.json "
@@ -365,25 +371,8 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
         return None, 0.0
     commit = now["memmaml_commit"][:10] if now.get("memmaml_commit") else now.get("memmaml_version")
     note = " over uncommitted changes, which the kept runs may not have had" if now.get("memmaml_dirty") else ""
-    retry = _unsuccessful(earlier)
-    again = f"; retrying {retry} run(s) that did not succeed" if retry else ""
-    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}{again}", file=sys.stderr)
+    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}", file=sys.stderr)
     return earlier, float(earlier.get("wall_seconds") or 0.0)
-
-
-def _unsuccessful(earlier: dict[str, Any]) -> int:
-    """Runs of an earlier sweep that ran and did not succeed (failed, timed out, out of memory), which a resumed
-    sweep runs again: the probe, memory runs and timing runs."""
-    probe = earlier.get("probe")
-    count = int(isinstance(probe, dict) and probe.get("status") != "ok")
-    for record in earlier.get("records") or []:
-        if not isinstance(record, dict):
-            continue
-        if record.get("status") not in ("ok", "skipped", "unavailable"):
-            count += 1
-        elif record.get("status") == "ok":
-            count += sum(1 for seconds in record.get("seconds_runs") or [] if seconds is None)
-    return count
 
 
 def _cause(sweep: dict[str, Any]) -> str:
