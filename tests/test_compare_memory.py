@@ -449,6 +449,40 @@ def test_a_second_sweep_into_the_same_folder_stops(tmp_path, monkeypatch, capsys
     assert compare_memory.main(argv) == 0 and running.calls == []  # the lock released: resumes (nothing to run)
 
 
+def test_a_lock_that_cannot_be_taken_is_one_out_error(tmp_path, monkeypatch, capsys):
+    """A lock file that cannot be opened (here a folder named .lock) or a filesystem without flock: exit status 2
+    and one line naming --out and the cause, no traceback, for the sweep and --render-only alike."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main(argv) == 0
+    (out / ".lock").unlink()
+    (out / ".lock").mkdir()
+    capsys.readouterr()
+    for command in (argv, ["--render-only", "--out", str(out)]):
+        with pytest.raises(SystemExit) as exit_info:
+            compare_memory.main(command)
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+        assert line.startswith(
+            f"memmaml-compare: error: argument --out: cannot open the lock file {str(out / '.lock')!r}: "
+        )
+        assert line.endswith("; choose another --out")
+    (out / ".lock").rmdir()
+
+    def no_flock(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_memory.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"memmaml-compare: error: argument --out: cannot lock {str(out / '.lock')!r}: Function not implemented; "
+        "choose another --out"
+    )
+
+
 def test_the_lock_holds_across_processes(tmp_path):
     """A sweep in another process holds the lock while it runs (here: it sleeps in its probe)."""
     out = tmp_path / "run"

@@ -599,3 +599,15 @@ def test_a_second_check_into_the_same_folder_stops(gpu_check, tmp_path, capsys, 
             gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
     assert exit_info.value.code == 2 and ran == [] and sorted(p.name for p in out.iterdir()) == [".lock"]
     assert f"{str(out)!r} is in use by another job (pid 4242: memmaml-gpu-check --smoke)" in capsys.readouterr().err
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_out_error(gpu_check, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "check"
+    (out / ".lock").mkdir(parents=True)
+    ran = _fake_check(monkeypatch, gpu_check)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
+    assert exit_info.value.code == 2 and ran == []
+    err = capsys.readouterr().err
+    assert f"error: argument --out: cannot open the lock file {str(out / '.lock')!r}: " in err
+    assert "Traceback" not in err

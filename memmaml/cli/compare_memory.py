@@ -42,6 +42,7 @@ from memmaml import default_host_budget
 from memmaml.bench import (
     PEER_INSTALL,
     FolderInUse,
+    FolderLockError,
     Method,
     Runner,
     Workload,
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(render(out))
         except FolderInUse as err:
             parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+        except FolderLockError as err:  # not another job: the lock file or the filesystem
+            parser.fail("--out", f"{err}; choose another --out")
         return 0
     if args.time_steps and set(args.time_steps) - set(args.steps):
         extra = sorted(set(args.time_steps) - set(args.steps))
@@ -255,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args, workload, peers, prog, command)
     except FolderInUse as err:
         parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+    except FolderLockError as err:  # not another job: the lock file or the filesystem
+        parser.fail("--out", f"{err}; choose another --out")
 
 
 def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, command: list[str]) -> int:

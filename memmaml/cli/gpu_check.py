@@ -75,6 +75,7 @@ from memmaml.bench import (
     GPU_PARTS,
     GPU_SIZES,
     FolderInUse,
+    FolderLockError,
     lock_folder,
     move_aside,
     plan_gpu_part,
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args, command)
     except FolderInUse as err:
         parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+    except FolderLockError as err:  # not another job: the lock file or the filesystem
+        parser.fail("--out", f"{err}; choose another --out")
 
 
 def _check(args: Any, command: list[str]) -> int:
