@@ -238,6 +238,8 @@ def _check(args: Any, command: list[str]) -> int:
     try:
         _run_parts(args, results, workload, command, start=start, threads=threads)
     except KeyboardInterrupt:  # the child was stopped (run_child); what finished is written, the rest is not run
+        if results["provenance"] is None:  # stopped in the probe: the report still names its code and command
+            results["provenance"] = provenance(args.device, command, workers=True)
         results.update(interrupted=True, total_seconds=time.monotonic() - start)
         write_gpu_report(results, out)
         print(
