@@ -369,6 +369,19 @@ def test_a_change_of_budget_keeps_the_runs_of_the_engine_chosen_before(tmp_path,
     assert [r for r in data["records"] if r["label"] != "naive"] == [first] and data["other_records"] == [second]
 
 
+def test_an_unreadable_earlier_results_file_is_moved_aside_with_its_own_message(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    for text, why in (("[1, 2]", "is not a sweep's results (a JSON list)"), ("{", "is not a readable results file (")):
+        out.mkdir(exist_ok=True)
+        (out / "results.json").write_text(text)
+        use(monkeypatch, FakeRuns())
+        assert compare_memory.main(argv) == 0
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if "moved with its reports" in line]
+        assert line.startswith(f"{out / 'results.json'} {why}") and "another" not in line
+    assert sorted((p / "results.json").read_text() for p in (out / "previous").iterdir()) == ["[1, 2]", "{"]
+
+
 def test_earlier_sweeps_are_moved_aside_every_generation(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]

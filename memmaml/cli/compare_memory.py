@@ -356,16 +356,24 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
         return None, 0.0
     try:
         earlier = json.loads(path.read_text())
-        then, now = earlier.get("provenance") or {}, payload["provenance"]
-        same = {
-            "workload": earlier.get("workload") == payload["workload"],
-            "threads": earlier.get("threads") == payload["threads"],
-            "commit": (then.get("memmaml_commit"), then.get("memmaml_version"))
-            == (now.get("memmaml_commit"), now.get("memmaml_version")),
-            "uncommitted changes": then.get("memmaml_dirty") == now.get("memmaml_dirty"),
-        }
-    except (ValueError, AttributeError) as err:
-        same = {f"a readable file ({err})": False}
+    except (OSError, ValueError) as err:
+        earlier, unreadable = None, f"is not a readable results file ({err})"
+    else:
+        unreadable = (
+            None if isinstance(earlier, dict) else f"is not a sweep's results (a JSON {type(earlier).__name__})"
+        )
+    if unreadable is not None:
+        moved = move_aside(out, RESULT_FILES)
+        print(f"{path} {unreadable}: moved with its reports to {moved}; starting afresh", file=sys.stderr)
+        return None, 0.0
+    then, now = earlier.get("provenance") or {}, payload["provenance"]
+    same = {
+        "workload": earlier.get("workload") == payload["workload"],
+        "threads": earlier.get("threads") == payload["threads"],
+        "commit": (then.get("memmaml_commit"), then.get("memmaml_version"))
+        == (now.get("memmaml_commit"), now.get("memmaml_version")),
+        "uncommitted changes": then.get("memmaml_dirty") == now.get("memmaml_dirty"),
+    }
     if not all(same.values()):
         differ = ", ".join(k for k, v in same.items() if not v)
         moved = move_aside(out, RESULT_FILES)
