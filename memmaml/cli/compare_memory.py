@@ -223,6 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_steps and set(args.time_steps) - set(args.steps):
         extra = sorted(set(args.time_steps) - set(args.steps))
         parser.fail("--time-steps", f"{extra[0]} is not one of --steps {','.join(map(str, args.steps))}")
+    peers: list[Method] = []
+    named: dict[Method, str] = {}  # each peer method and the --peers name that runs it
+    for name in args.peers:
+        for m in PEERS[name]:
+            method = Method(m.library, m.engine.format(k=args.peer_checkpoint_steps))
+            if method in named:  # the same run twice, and two rows of one method in the report
+                parser.fail(
+                    "--peers",
+                    f"{name!r} runs {method.library} {method.engine}, which {named[method]!r} runs too: "
+                    "name one of them",
+                )
+            named[method] = name
+            peers.append(method)
     given_device = args.device is not None
     args.device = args.device or t.default_device()
     try:
@@ -245,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         field = str(err).split()[0]
         parser.fail(FLAGS.get(field, "--model"), str(err))
     print(f"device: {args.device}" + ("" if given_device else " (the default here)"), file=sys.stderr)
-    peers = [
-        Method(m.library, m.engine.format(k=args.peer_checkpoint_steps)) for name in args.peers for m in PEERS[name]
-    ]
     for library in dict.fromkeys(m.library for m in peers):
         reason = unavailable(Method(library), args.optimizer)
         if reason:
