@@ -54,6 +54,19 @@ BAD = [
     ("compare", ["--steps", "1,2", "--time-steps", "2,02"], "--time-steps", "'2' is given twice in '2,02'"),
     ("compare", ["--peers", "higher,HIGHER"], "--peers", "'higher' is given twice in 'higher,HIGHER'"),
     ("compare", ["--engines", "uniform:5,uniform:05"], "--engines", "'uniform:5' is given twice"),
+    (
+        "compare",
+        ["--engines", "auto:1GiB,auto:1024MiB"],
+        "--engines",
+        "'auto:1024MiB' is given twice in 'auto:1GiB,auto:1024MiB' (the same engine as 'auto:1GiB')",
+    ),
+    ("compare", ["--engines", "auto:1GiB+offload,naive,auto:1073741824+offload"], "--engines", "given twice"),
+    (
+        "compare",
+        ["--peers", "torch_maml,torch_maml:checkpoint"],
+        "--peers",
+        "'torch_maml:checkpoint' runs torch_maml uniform:5, which 'torch_maml' runs too: name one of them",
+    ),
     # the GPU check
     ("gpu", ["--smoke", "--time-budget", "0"], "--time-budget", "must be a finite number > 0, got '0'"),
     ("gpu", ["--smoke", "--cap", "1GiB"], "--cap", "a --smoke run is uncapped at toy sizes; leave it out"),

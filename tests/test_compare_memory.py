@@ -303,10 +303,83 @@ def test_a_resumed_sweep_runs_again_what_did_not_succeed(tmp_path, monkeypatch, 
     use(monkeypatch, again)
     assert compare_memory.main(argv) == 0
     assert again.calls == [("uniform:2", 2, "memory"), ("uniform:2", 2, "time"), ("uniform:3", 2, "time")]
-    assert "retrying 2 run(s) that did not succeed" in capsys.readouterr().err
+    assert "ran again 2 run(s) of the earlier sweep that had not succeeded" in capsys.readouterr().err
     records = {r["label"]: r for r in json.loads((out / "results.json").read_text())["records"]}
     assert records["uniform:2"]["status"] == "ok" and "traceback" not in records["uniform:2"]
     assert records["uniform:3"]["seconds_runs"] == [pytest.approx(0.2)] and "time_failures" not in records["uniform:3"]
+
+
+def test_a_failed_run_keeps_its_record_until_its_retry_replaces_it(tmp_path, monkeypatch, capsys):
+    """A resumed sweep interrupted before it retries a failed run, or a rerun that does not name it, keeps the
+    failed record and its cause; a rerun that runs nothing again says so (the count is of runs made again)."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--steps", "2", "--repeats", "1", "--out", str(out)]
+    wide = ["--engines", "naive,uniform:2,uniform:3"]
+    use(monkeypatch, FakeRuns(fail=("uniform:2",), fail_time=("uniform:3",)))
+    assert compare_memory.main([*argv, *wide]) == 0
+
+    def failed(key):
+        data = json.loads((out / "results.json").read_text())
+        return [r for r in data[key] if r["status"] == "failed" and r["traceback"] == "Traceback ...boom"]
+
+    assert [r["label"] for r in failed("records")] == ["uniform:2"]
+    use(monkeypatch, FakeRuns(interrupt_after=0))  # Ctrl-C at the retry of uniform:2
+    assert compare_memory.main([*argv, *wide]) == compare_memory.INTERRUPTED
+    assert [r["label"] for r in failed("records")] == ["uniform:2"] and "boom" in failed("records")[0]["log_tail"]
+    assert "| uniform:2 | 2 |" in (out / "results.md").read_text()
+    capsys.readouterr()
+
+    narrow = FakeRuns()
+    use(monkeypatch, narrow)
+    assert compare_memory.main([*argv, "--engines", "naive", "--repeats", "0"]) == 0 and narrow.calls == []
+    assert "ran again" not in capsys.readouterr().err  # neither uniform:2 nor uniform:3's timing run was run
+    assert [r["label"] for r in failed("other_records")] == ["uniform:2"]
+    others = {r["label"]: r for r in json.loads((out / "results.json").read_text())["other_records"]}
+    assert others["uniform:3"]["seconds_runs"] == [None] and others["uniform:3"]["time_failures"]
+    again = FakeRuns()
+    use(monkeypatch, again)
+    assert compare_memory.main([*argv, *wide]) == 0  # named again: retried, and the failures replaced
+    assert again.calls == [("uniform:2", 2, "memory"), ("uniform:2", 2, "time"), ("uniform:3", 2, "time")]
+    assert "ran again 2 run(s) of the earlier sweep that had not succeeded" in capsys.readouterr().err
+    data = json.loads((out / "results.json").read_text())
+    assert all(r["status"] == "ok" and "time_failures" not in r for r in data["records"])
+    assert data["other_records"] == []
+
+
+def test_a_change_of_budget_keeps_the_runs_of_the_engine_chosen_before(tmp_path, monkeypatch, capsys):
+    """binomial:auto is chosen anew for another --budget; the run of the engine chosen before is kept apart, not
+    overwritten, and comes back when that budget is given again."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive,binomial:auto", "--steps", "8", "--repeats", "1", "--out", str(out)]
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main([*argv, "--budget", "1MiB"]) == 0
+    (first,) = [r for r in json.loads((out / "results.json").read_text())["records"] if r["label"] != "naive"]
+    tight = FakeRuns()
+    use(monkeypatch, tight)
+    assert compare_memory.main([*argv, "--budget", "54000"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    (second,) = [r for r in data["records"] if r["label"] != "naive"]
+    assert second["engine"] != first["engine"] and data["other_records"] == [first]
+    assert tight.calls == [(second["engine"], 8, "memory"), (second["engine"], 8, "time")]
+    assert "1 run(s) of engines or n not swept now kept apart" in capsys.readouterr().err
+    back = FakeRuns()
+    use(monkeypatch, back)
+    assert compare_memory.main([*argv, "--budget", "1MiB"]) == 0 and back.calls == []
+    data = json.loads((out / "results.json").read_text())
+    assert [r for r in data["records"] if r["label"] != "naive"] == [first] and data["other_records"] == [second]
+
+
+def test_an_unreadable_earlier_results_file_is_moved_aside_with_its_own_message(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    for text, why in (("[1, 2]", "is not a sweep's results (a JSON list)"), ("{", "is not a readable results file (")):
+        out.mkdir(exist_ok=True)
+        (out / "results.json").write_text(text)
+        use(monkeypatch, FakeRuns())
+        assert compare_memory.main(argv) == 0
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if "moved with its reports" in line]
+        assert line.startswith(f"{out / 'results.json'} {why}") and "another" not in line
+    assert sorted((p / "results.json").read_text() for p in (out / "previous").iterdir()) == ["[1, 2]", "{"]
 
 
 def test_earlier_sweeps_are_moved_aside_every_generation(tmp_path, monkeypatch, capsys):
@@ -389,6 +462,40 @@ def test_a_second_sweep_into_the_same_folder_stops(tmp_path, monkeypatch, capsys
     assert compare_memory.main(argv) == 0 and running.calls == []  # the lock released: resumes (nothing to run)
 
 
+def test_a_lock_that_cannot_be_taken_is_one_out_error(tmp_path, monkeypatch, capsys):
+    """A lock file that cannot be opened (here a folder named .lock) or a filesystem without flock: exit status 2
+    and one line naming --out and the cause, no traceback, for the sweep and --render-only alike."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
+    use(monkeypatch, FakeRuns())
+    assert compare_memory.main(argv) == 0
+    (out / ".lock").unlink()
+    (out / ".lock").mkdir()
+    capsys.readouterr()
+    for command in (argv, ["--render-only", "--out", str(out)]):
+        with pytest.raises(SystemExit) as exit_info:
+            compare_memory.main(command)
+        assert exit_info.value.code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+        assert line.startswith(
+            f"memmaml-compare: error: argument --out: cannot open the lock file {str(out / '.lock')!r}: "
+        )
+        assert line.endswith("; choose another --out")
+    (out / ".lock").rmdir()
+
+    def no_flock(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_memory.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"memmaml-compare: error: argument --out: cannot lock {str(out / '.lock')!r}: Function not implemented; "
+        "choose another --out"
+    )
+
+
 def test_the_lock_holds_across_processes(tmp_path):
     """A sweep in another process holds the lock while it runs (here: it sleeps in its probe)."""
     out = tmp_path / "run"
@@ -400,7 +507,7 @@ from memmaml.bench import Runner
 from memmaml.cli import compare_memory
 def run(self, *args, **kwargs):
     Path({str(started)!r}).touch()
-    time.sleep(60)
+    time.sleep(600)  # the finally below kills it; a loaded machine cannot outlast this
 Runner.run = run
 sys.exit(compare_memory.main(sys.argv[1:]))
 """

@@ -599,3 +599,36 @@ def test_a_second_check_into_the_same_folder_stops(gpu_check, tmp_path, capsys, 
             gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
     assert exit_info.value.code == 2 and ran == [] and sorted(p.name for p in out.iterdir()) == [".lock"]
     assert f"{str(out)!r} is in use by another job (pid 4242: memmaml-gpu-check --smoke)" in capsys.readouterr().err
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_out_error(gpu_check, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "check"
+    (out / ".lock").mkdir(parents=True)
+    ran = _fake_check(monkeypatch, gpu_check)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)])
+    assert exit_info.value.code == 2 and ran == []
+    err = capsys.readouterr().err
+    assert f"error: argument --out: cannot open the lock file {str(out / '.lock')!r}: " in err
+    assert "Traceback" not in err
+
+
+def test_a_check_stopped_in_its_probe_names_its_code_and_command(gpu_check, tmp_path, monkeypatch):
+    """Ctrl-C in the probe: the report still has the provenance (command, version, commit); a missing commit reads
+    as in compare_memory's report."""
+
+    def probe(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "probe_device", probe)
+    out = tmp_path / "check"
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out)]) == gpu_check.INTERRUPTED
+    data = json.loads((out / "results.json").read_text())
+    assert data["interrupted"] is True and data["provenance"]["memmaml_version"] == memmaml.__version__
+    text = (out / "results.md").read_text()
+    assert f"- command: `{data['provenance']['command']}`" in text and "--smoke --device cpu" in text
+    assert f"- memmaml {memmaml.__version__}" in text and "unknown commit" not in text
+
+    ran = _fake_check(monkeypatch, gpu_check)  # its probe records no commit, as an installed package
+    assert gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "installed")]) == 0 and ran
+    assert "- memmaml 0.2.0 (no git commit recorded); torch" in (tmp_path / "installed" / "results.md").read_text()

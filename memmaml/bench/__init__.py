@@ -17,7 +17,7 @@
   runs, the longest unroll per engine;
 * :func:`render` -- ``results.json`` to Markdown, CSV and a plot (:func:`read_results`
   checks the file first); :func:`write_json_atomic` -- a results file that is always whole;
-  :func:`lock_folder` -- one job per output folder (:class:`FolderInUse`);
+  :func:`lock_folder` -- one job per output folder (:class:`FolderInUse`, :class:`FolderLockError`);
   :func:`move_aside` -- earlier results kept in ``previous/<time>/``, never overwritten;
   :func:`provenance` -- commit, versions, device and command of every result;
 * the GPU check's parts (``GPU_PARTS``, ``GPU_SIZES``, the environment of their
@@ -46,7 +46,7 @@ from memmaml import host_available_bytes
 from ._device import GPU_CHILD_ENV
 from ._engines import Prediction, concrete_engine, engine_stats, predict
 from ._fit import Fit, answer_budget, fit_costs
-from ._folders import FolderInUse, lock_folder, move_aside
+from ._folders import FolderInUse, FolderLockError, lock_folder, move_aside
 from ._gpu import probe_device, run_gpu_part
 from ._gpu_plan import GPU_PARTS, GPU_SIZES, GpuPart, GpuSizes, fit_steps, plan_gpu_part, predict_seconds
 from ._gpu_report import write_gpu_report
@@ -62,6 +62,7 @@ __all__ = [
     "Built",
     "Fit",
     "FolderInUse",
+    "FolderLockError",
     "GPU_CHILD_ENV",
     "GPU_PARTS",
     "GPU_SIZES",

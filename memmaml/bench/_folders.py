@@ -25,13 +25,18 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["FolderInUse", "lock_folder", "move_aside"]
+__all__ = ["FolderInUse", "FolderLockError", "lock_folder", "move_aside"]
 
 #: the lock file in the folder
 LOCK = ".lock"
 
 
-class FolderInUse(RuntimeError):
+class FolderLockError(RuntimeError):
+    """The folder's lock cannot be taken (its lock file cannot be opened, or the filesystem refuses ``flock``);
+    ``str()`` names the lock file and the cause."""
+
+
+class FolderInUse(FolderLockError):
     """Another process holds the folder's lock; ``str()`` names the folder and the job that holds it."""
 
 
@@ -44,6 +49,8 @@ def lock_folder(folder: str | os.PathLike, job: str) -> Iterator[Path]:
 
     Raises:
         FolderInUse: another process holds the lock (checked at once, never waited for).
+        FolderLockError: the lock cannot be taken for another reason (``FOLDER/.lock`` is a
+            folder or unreadable, or the filesystem has no ``flock``).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,13 +59,18 @@ def lock_folder(folder: str | os.PathLike, job: str) -> Iterator[Path]:
     except ImportError:  # no flock (Windows): one job per folder is the user's to keep
         yield folder
         return
-    descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        descriptor = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise FolderLockError(f"cannot open the lock file {str(folder / LOCK)!r}: {err.strerror or err}") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip() or "another process"
             raise FolderInUse(f"{str(folder)!r} is in use by another job ({holder})") from None
+        except OSError as err:  # a filesystem without flock (some network mounts)
+            raise FolderLockError(f"cannot lock {str(folder / LOCK)!r}: {err.strerror or err}") from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"pid {os.getpid()}: {job}\n".encode(), 0)
         yield folder

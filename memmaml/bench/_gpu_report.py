@@ -38,12 +38,15 @@ def write_gpu_report(results: dict[str, Any], out: str | os.PathLike, *, with_pl
     write_json_atomic(out / "results.json", results, indent=1)
     label, env, prov = results["label"], results.get("environment") or {}, results.get("provenance") or {}
     dirty = " (uncommitted changes)" if prov.get("memmaml_dirty") else ""
-    commit = prov.get("memmaml_commit") or "unknown commit"
+    # outside a git checkout no commit is recorded: the version stands alone, as in compare_memory's report
+    commit = (
+        f" at {prov['memmaml_commit']}{dirty}" if prov.get("memmaml_commit") else f"{dirty} (no git commit recorded)"
+    )
     lines = [
         f"# memmaml GPU check — {label}",
         "",
         f"- command: `{prov.get('command', '—')}`",
-        f"- memmaml {prov.get('memmaml_version', '—')} at {commit}{dirty}; "
+        f"- memmaml {prov.get('memmaml_version', '—')}{commit}; "
         f"torch {prov.get('torch', '—')}, CUDA {prov.get('cuda', '—')}, cuDNN {env.get('cudnn', '—')}",
         f"- device: {env.get('name', results['device'])}; allocator cap: {_b(results['cap_bytes'])}; "
         f"CUDA context: {_b(env.get('context_bytes'))} ({env.get('context_method', 'none on CPU')}); after the "

@@ -14,10 +14,13 @@ resolved (the probe failed, or nothing of the family fits the budget).
 A sweep never loses a finished run: ``save`` is called with the records after
 the probe and after every run, and a sweep given the records of an earlier,
 interrupted one (``resume``) keeps its successful runs instead of running them
-again; a run that failed, timed out or ran out of memory is run again. The
-successful runs of ``resume`` that this sweep does not cover (other engines,
-other ``n``) are returned apart, as ``other_records``: kept for a later sweep
-that covers them, never among this sweep's ``records`` (which its report
+again; a run that failed, timed out or ran out of memory is run again, its
+record (with its cause) kept until the new run replaces it. A record is kept
+for the concrete engine it ran: the earlier runs that this sweep does not
+make (other engines, other ``n``, or another concrete engine chosen for
+``"uniform:best"`` or ``"binomial:auto"``, as after a change of budget),
+successful or not, are returned apart, as ``other_records``: kept for a later
+sweep that makes them, never among this sweep's ``records`` (which its report
 shows).
 
 A timing run's record is its own (the run's status and seconds under the
@@ -83,23 +86,26 @@ def run_sweep(
         resume: an earlier sweep's ``{"probe": ..., "records": [...],
             "other_records": [...]}`` of the same workload and code. Its probe
             is reused if it succeeded; each run of it that succeeded is kept
-            (a memory run when it names the engine that would run now, time
-            runs up to the number of repeats recorded), and every other run is
-            run again.
+            (a memory run when it names the concrete engine that would run
+            now, time runs up to the number of repeats recorded), and every
+            other run this sweep makes is run again.
         save: called with ``{"probe": ..., "records": [...], "other_records":
             [...]}`` after the probe and after every run.
 
     Returns:
         ``{"probe": ..., "records": [...], "other_records": [...],
-        "kept_runs": int}``: the probe's step costs, one record per engine and
-        ``n`` of this sweep (time runs are folded into it as
-        ``seconds_runs``), the successful runs of ``resume`` of engines or
-        ``n`` this sweep does not cover, and how many runs came from
-        ``resume``.
+        "kept_runs": int, "retried_runs": int}``: the probe's step costs, one
+        record per engine and ``n`` of this sweep (time runs are folded into
+        it as ``seconds_runs``), the runs of ``resume`` this sweep does not
+        make (see the module docstring), how many runs came from ``resume``
+        and how many runs of ``resume`` that did not succeed were run again.
     """
-    earlier = [*(resume or {}).get("records", []), *(resume or {}).get("other_records", [])]
-    previous = {(r["label"], r["steps"]): r for r in earlier if r.get("status") == "ok"}
-    kept = 0
+    previous: dict[tuple[str, int, str], dict[str, Any]] = {}  # every earlier record, by its concrete engine
+    for record in [*(resume or {}).get("records", []), *(resume or {}).get("other_records", [])]:
+        key = (record["label"], record["steps"], record["engine"])
+        if key not in previous or record.get("status") == "ok":
+            previous[key] = record
+    kept = retried = 0
 
     def report(stage: str, record: dict[str, Any] | None = None) -> None:
         if progress is not None:
@@ -110,19 +116,34 @@ def run_sweep(
         kept += 1
         report("probe (kept)", probe)
     else:
+        retried += bool(probe)
         probe = runner.run(Method("memmaml", "naive"), 1, track=False, measure_costs=True)
         report("probe", probe)
     costs = StepCosts(**probe["costs"]) if probe.get("status") == "ok" else None
     available = host_available_bytes() if runner.workload.device == "cpu" and host_check else None
     methods = [Method("memmaml", e) for e in engines] + list(peers)
-    covered = {(method.label, n) for n in steps for method in methods}
+    plans = {
+        (method.label, n): _plan(
+            method, n, costs, probe, (budget, host_budget), available, max_run_seconds, runner.workload.device
+        )
+        for n in steps
+        for method in methods
+    }
     records: Records = {}
 
     def state() -> dict[str, Any]:
-        # an earlier sweep's runs this one has not reached yet stay in its records until they are kept or
-        # replaced (an interrupted sweep loses none); those of engines or n not swept now are kept apart
-        pending = [r for key, r in previous.items() if key in covered and key not in records]
-        other = [r for key, r in previous.items() if key not in covered]
+        # an earlier sweep's record of a run this sweep makes (its configuration and the concrete engine chosen
+        # now) stays in its records until it is kept or replaced, whatever its status (an interrupted sweep loses
+        # no run and no failure's cause); the others that ran (engines or n not swept now, or another concrete
+        # engine than chosen now, as after a change of budget) are kept apart, never overwritten
+        pending, other = [], []
+        for (label, n, engine), record in previous.items():
+            plan = plans.get((label, n))
+            if plan is None or plan["engine"] != engine:
+                if record.get("status") not in ("skipped", "unavailable"):
+                    other.append(record)
+            elif (label, n) not in records:
+                pending.append(record)
         return {"probe": probe, "records": [*records.values(), *pending], "other_records": other}
 
     def store() -> None:
@@ -132,16 +153,18 @@ def run_sweep(
     store()
     for n in steps:
         for method in methods:
-            planned = _plan(
-                method, n, costs, probe, (budget, host_budget), available, max_run_seconds, runner.workload.device
-            )
-            earlier = previous.get((method.label, n))
-            if earlier is not None and earlier.get("engine") == planned["engine"]:
+            planned = plans[method.label, n]
+            earlier = previous.get((method.label, n, planned["engine"]))
+            if earlier is not None and earlier.get("status") == "ok":
                 records[method.label, n] = earlier
                 kept += 1
                 report(f"memory {method.label} n={n} (kept)", earlier)
                 continue
-            record = planned if "status" in planned else _run(runner, planned, track=True)
+            if "status" in planned:
+                record = planned
+            else:
+                retried += earlier is not None and earlier.get("status") not in ("skipped", "unavailable")
+                record = _run(runner, planned, track=True)
             records[method.label, n] = record
             _compare_gradients(records, n)
             store()
@@ -159,6 +182,7 @@ def run_sweep(
                     kept += 1
                     report(f"{stage} (kept)", target)
                     continue
+                retried += len(runs) > repeat  # a failed timing run of an earlier sweep
                 identity = {key: target[key] for key in IDENTITY}
                 timed = _run(runner, {**identity, "role": "time", "tracked": False}, track=False)
                 _fold_time(target, repeat, timed)
@@ -169,7 +193,7 @@ def run_sweep(
             Path(record["grad_path"]).unlink(missing_ok=True)
         record["grad_path"] = None
     store()
-    return {**state(), "kept_runs": kept}
+    return {**state(), "kept_runs": kept, "retried_runs": retried}
 
 
 def _plan(

@@ -275,10 +275,27 @@ def engine(text: str) -> str:
 
 
 def engine_list(text: str) -> list[str]:
-    """Engines (:func:`engine`) separated by commas; none twice."""
+    """Engines (:func:`engine`) separated by commas; none twice, in any spelling (``auto:1GiB`` and
+    ``auto:1024MiB`` are one engine)."""
     engines = [engine(item) for item in _items(text, "engines")]
-    _twice(engines, text)
+    seen: dict[str, str] = {}
+    for spelled in engines:
+        first = seen.get(_same_engine(spelled))
+        if first is not None:
+            same = "" if first == spelled else f" (the same engine as {first!r})"
+            raise argparse.ArgumentTypeError(f"{spelled!r} is given twice in {text!r}{same}")
+        seen[_same_engine(spelled)] = spelled
     return engines
+
+
+def _same_engine(canonical: str) -> str:
+    """``canonical`` (:func:`engine`) with an ``auto:`` size in bytes, so that two spellings of one engine compare
+    equal."""
+    body, offload = canonical.removesuffix("+offload"), canonical.endswith("+offload")
+    name, colon, argument = body.partition(":")
+    if name != "auto" or not colon:
+        return canonical
+    return f"auto:{parse_size(argument)}" + ("+offload" if offload else "")
 
 
 def default_device() -> str:

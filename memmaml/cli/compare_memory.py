@@ -13,9 +13,13 @@ that fails (or the probe) is recorded with its cause (its traceback and the
 end of its log too) and the others go on; Ctrl-C keeps what finished.
 Rerunning the same command with the same --out and workload at the same
 memmaml commit keeps the runs that succeeded and runs the rest again (those
-not run yet, and those that failed, timed out or ran out of memory), so an
-interrupted sweep resumes; runs recorded there of engines or n not given now
-are kept apart in results.json (other_records), out of the report. Results of
+not run yet, and those that failed, timed out or ran out of memory, whose
+records stay until the new run replaces them), so an interrupted sweep
+resumes; runs recorded there that this command does not make (engines or n
+not given now, or another engine chosen for uniform:best or binomial:auto, as
+after a change of --budget or --host-budget), failed or not, are kept apart in
+results.json (other_records), out of the report, for a later command that
+makes them. Results of
 another workload or commit in --out are moved to --out/previous/<UTC time>/,
 never overwritten. One sweep at a time
 may use an --out: a second one stops with exit status 2, naming the first.
@@ -38,6 +42,7 @@ from memmaml import default_host_budget
 from memmaml.bench import (
     PEER_INSTALL,
     FolderInUse,
+    FolderLockError,
     Method,
     Runner,
     Workload,
@@ -212,10 +217,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(render(out))
         except FolderInUse as err:
             parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+        except FolderLockError as err:  # not another job: the lock file or the filesystem
+            parser.fail("--out", f"{err}; choose another --out")
         return 0
     if args.time_steps and set(args.time_steps) - set(args.steps):
         extra = sorted(set(args.time_steps) - set(args.steps))
         parser.fail("--time-steps", f"{extra[0]} is not one of --steps {','.join(map(str, args.steps))}")
+    peers: list[Method] = []
+    named: dict[Method, str] = {}  # each peer method and the --peers name that runs it
+    for name in args.peers:
+        for m in PEERS[name]:
+            method = Method(m.library, m.engine.format(k=args.peer_checkpoint_steps))
+            if method in named:  # the same run twice, and two rows of one method in the report
+                parser.fail(
+                    "--peers",
+                    f"{name!r} runs {method.library} {method.engine}, which {named[method]!r} runs too: "
+                    "name one of them",
+                )
+            named[method] = name
+            peers.append(method)
     given_device = args.device is not None
     args.device = args.device or t.default_device()
     try:
@@ -238,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         field = str(err).split()[0]
         parser.fail(FLAGS.get(field, "--model"), str(err))
     print(f"device: {args.device}" + ("" if given_device else " (the default here)"), file=sys.stderr)
-    peers = [
-        Method(m.library, m.engine.format(k=args.peer_checkpoint_steps)) for name in args.peers for m in PEERS[name]
-    ]
     for library in dict.fromkeys(m.library for m in peers):
         reason = unavailable(Method(library), args.optimizer)
         if reason:
@@ -251,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args, workload, peers, prog, command)
     except FolderInUse as err:
         parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+    except FolderLockError as err:  # not another job: the lock file or the filesystem
+        parser.fail("--out", f"{err}; choose another --out")
 
 
 def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, command: list[str]) -> int:
@@ -315,9 +334,11 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, comman
             file=sys.stderr,
         )
         return INTERRUPTED
-    kept = sweep.pop("kept_runs")
+    kept, retried = sweep.pop("kept_runs"), sweep.pop("retried_runs")
     if kept:
         print(f"kept {kept} run(s) already recorded in {out / 'results.json'} (not run again)", file=sys.stderr)
+    if retried:
+        print(f"ran again {retried} run(s) of the earlier sweep that had not succeeded", file=sys.stderr)
     if sweep["other_records"]:
         print(
             f"{len(sweep['other_records'])} run(s) of engines or n not swept now kept apart in results.json "
@@ -345,16 +366,24 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
         return None, 0.0
     try:
         earlier = json.loads(path.read_text())
-        then, now = earlier.get("provenance") or {}, payload["provenance"]
-        same = {
-            "workload": earlier.get("workload") == payload["workload"],
-            "threads": earlier.get("threads") == payload["threads"],
-            "commit": (then.get("memmaml_commit"), then.get("memmaml_version"))
-            == (now.get("memmaml_commit"), now.get("memmaml_version")),
-            "uncommitted changes": then.get("memmaml_dirty") == now.get("memmaml_dirty"),
-        }
-    except (ValueError, AttributeError) as err:
-        same = {f"a readable file ({err})": False}
+    except (OSError, ValueError) as err:
+        earlier, unreadable = None, f"is not a readable results file ({err})"
+    else:
+        unreadable = (
+            None if isinstance(earlier, dict) else f"is not a sweep's results (a JSON {type(earlier).__name__})"
+        )
+    if unreadable is not None:
+        moved = move_aside(out, RESULT_FILES)
+        print(f"{path} {unreadable}: moved with its reports to {moved}; starting afresh", file=sys.stderr)
+        return None, 0.0
+    then, now = earlier.get("provenance") or {}, payload["provenance"]
+    same = {
+        "workload": earlier.get("workload") == payload["workload"],
+        "threads": earlier.get("threads") == payload["threads"],
+        "commit": (then.get("memmaml_commit"), then.get("memmaml_version"))
+        == (now.get("memmaml_commit"), now.get("memmaml_version")),
+        "uncommitted changes": then.get("memmaml_dirty") == now.get("memmaml_dirty"),
+    }
     if not all(same.values()):
         differ = ", ".join(k for k, v in same.items() if not v)
         moved = move_aside(out, RESULT_FILES)
@@ -365,25 +394,8 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
         return None, 0.0
     commit = now["memmaml_commit"][:10] if now.get("memmaml_commit") else now.get("memmaml_version")
     note = " over uncommitted changes, which the kept runs may not have had" if now.get("memmaml_dirty") else ""
-    retry = _unsuccessful(earlier)
-    again = f"; retrying {retry} run(s) that did not succeed" if retry else ""
-    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}{again}", file=sys.stderr)
+    print(f"resuming the sweep in {path} (same workload, memmaml {commit}){note}", file=sys.stderr)
     return earlier, float(earlier.get("wall_seconds") or 0.0)
-
-
-def _unsuccessful(earlier: dict[str, Any]) -> int:
-    """Runs of an earlier sweep that ran and did not succeed (failed, timed out, out of memory), which a resumed
-    sweep runs again: the probe, memory runs and timing runs."""
-    probe = earlier.get("probe")
-    count = int(isinstance(probe, dict) and probe.get("status") != "ok")
-    for record in earlier.get("records") or []:
-        if not isinstance(record, dict):
-            continue
-        if record.get("status") not in ("ok", "skipped", "unavailable"):
-            count += 1
-        elif record.get("status") == "ok":
-            count += sum(1 for seconds in record.get("seconds_runs") or [] if seconds is None)
-    return count
 
 
 def _cause(sweep: dict[str, Any]) -> str:

@@ -75,6 +75,7 @@ from memmaml.bench import (
     GPU_PARTS,
     GPU_SIZES,
     FolderInUse,
+    FolderLockError,
     lock_folder,
     move_aside,
     plan_gpu_part,
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args, command)
     except FolderInUse as err:
         parser.fail("--out", f"{err}: wait for it to end, or choose another --out")
+    except FolderLockError as err:  # not another job: the lock file or the filesystem
+        parser.fail("--out", f"{err}; choose another --out")
 
 
 def _check(args: Any, command: list[str]) -> int:
@@ -235,6 +238,8 @@ def _check(args: Any, command: list[str]) -> int:
     try:
         _run_parts(args, results, workload, command, start=start, threads=threads)
     except KeyboardInterrupt:  # the child was stopped (run_child); what finished is written, the rest is not run
+        if results["provenance"] is None:  # stopped in the probe: the report still names its code and command
+            results["provenance"] = provenance(args.device, command, workers=True)
         results.update(interrupted=True, total_seconds=time.monotonic() - start)
         write_gpu_report(results, out)
         print(
