@@ -93,12 +93,12 @@ def run_sweep(
             [...]}`` after the probe and after every run.
 
     Returns:
-        ``{"probe": ..., "records": [...], "other_records": [...],
-        "kept_runs": int, "retried_runs": int}``: the probe's step costs, one
-        record per engine and ``n`` of this sweep (time runs are folded into
-        it as ``seconds_runs``), the runs of ``resume`` this sweep does not
-        make (see the module docstring), how many runs came from ``resume``
-        and how many runs of ``resume`` that did not succeed were run again.
+        A dict of the probe's step costs (key ``probe``), one record per
+        engine and ``n`` of this sweep (``records``; time runs are folded into
+        each as ``seconds_runs``), the runs of ``resume`` this sweep does not
+        make (``other_records``; see the module docstring), how many runs came
+        from ``resume`` (``kept_runs``) and how many runs of ``resume`` that
+        did not succeed were run again (``retried_runs``).
     """
     previous: dict[tuple[str, int, str], dict[str, Any]] = {}  # every earlier record, by its concrete engine
     for record in [*(resume or {}).get("records", []), *(resume or {}).get("other_records", [])]:
