@@ -310,8 +310,9 @@ def test_a_resumed_sweep_runs_again_what_did_not_succeed(tmp_path, monkeypatch, 
 
 
 def test_a_failed_run_keeps_its_record_until_its_retry_replaces_it(tmp_path, monkeypatch, capsys):
-    """A resumed sweep interrupted before it retries a failed run, or a rerun that does not name it, keeps the
-    failed record and its cause; a rerun that runs nothing again says so (the count is of runs made again)."""
+    """A resumed sweep interrupted before it retries a failed run, one that skips it, or a rerun that does not
+    name it, keeps the failed record and its cause; a rerun that runs nothing again says so (the count is of runs
+    made again)."""
     out = tmp_path / "run"
     argv = [*TINY, "--steps", "2", "--repeats", "1", "--out", str(out)]
     wide = ["--engines", "naive,uniform:2,uniform:3"]
@@ -327,6 +328,11 @@ def test_a_failed_run_keeps_its_record_until_its_retry_replaces_it(tmp_path, mon
     assert compare_memory.main([*argv, *wide]) == compare_memory.INTERRUPTED
     assert [r["label"] for r in failed("records")] == ["uniform:2"] and "boom" in failed("records")[0]["log_tail"]
     assert "| uniform:2 | 2 |" in (out / "results.md").read_text()
+    capsys.readouterr()
+    skipping = FakeRuns()
+    use(monkeypatch, skipping)  # a run skipped now (predicted too long) is not run: the failure keeps its cause
+    compare_memory.main([*argv, "--engines", "naive,uniform:2", "--repeats", "0", "--max-run-seconds", "1e-9"])
+    assert skipping.calls == [] and [r["label"] for r in failed("records")] == ["uniform:2"]
     capsys.readouterr()
 
     narrow = FakeRuns()
@@ -361,7 +367,10 @@ def test_a_change_of_budget_keeps_the_runs_of_the_engine_chosen_before(tmp_path,
     (second,) = [r for r in data["records"] if r["label"] != "naive"]
     assert second["engine"] != first["engine"] and data["other_records"] == [first]
     assert tight.calls == [(second["engine"], 8, "memory"), (second["engine"], 8, "time")]
-    assert "1 run(s) of engines or n not swept now kept apart" in capsys.readouterr().err
+    assert (
+        "1 run(s) this command does not make (other engines or n, or another engine chosen for a budget) kept apart"
+        in capsys.readouterr().err
+    )
     back = FakeRuns()
     use(monkeypatch, back)
     assert compare_memory.main([*argv, "--budget", "1MiB"]) == 0 and back.calls == []
@@ -372,14 +381,20 @@ def test_a_change_of_budget_keeps_the_runs_of_the_engine_chosen_before(tmp_path,
 def test_an_unreadable_earlier_results_file_is_moved_aside_with_its_own_message(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     argv = [*TINY, "--engines", "naive", "--steps", "2", "--repeats", "0", "--out", str(out)]
-    for text, why in (("[1, 2]", "is not a sweep's results (a JSON list)"), ("{", "is not a readable results file (")):
+    cases = (
+        ("[1, 2]", "is not a sweep's results (a JSON list)"),
+        ("{", "is not a readable results file ("),
+        ('{"provenance": "x"}', "is not a sweep's results (no workload or provenance)"),  # was an AttributeError
+        ('{"workload": {}, "records": [{"label": "naive"}]}', "is not a sweep's results (its 'records' are not"),
+    )
+    for text, why in cases:
         out.mkdir(exist_ok=True)
         (out / "results.json").write_text(text)
         use(monkeypatch, FakeRuns())
         assert compare_memory.main(argv) == 0
         (line,) = [line for line in capsys.readouterr().err.splitlines() if "moved with its reports" in line]
         assert line.startswith(f"{out / 'results.json'} {why}") and "another" not in line
-    assert sorted((p / "results.json").read_text() for p in (out / "previous").iterdir()) == ["[1, 2]", "{"]
+    assert sorted((p / "results.json").read_text() for p in (out / "previous").iterdir()) == sorted(t for t, _ in cases)
 
 
 def test_earlier_sweeps_are_moved_aside_every_generation(tmp_path, monkeypatch, capsys):
@@ -412,7 +427,10 @@ def test_runs_of_another_configuration_are_kept_apart_from_the_report(tmp_path, 
     narrow = FakeRuns()
     use(monkeypatch, narrow)
     assert compare_memory.main([*argv, "--engines", "naive", "--steps", "2"]) == 0 and narrow.calls == []
-    assert "3 run(s) of engines or n not swept now kept apart" in capsys.readouterr().err
+    assert (
+        "3 run(s) this command does not make (other engines or n, or another engine chosen for a budget) kept apart"
+        in capsys.readouterr().err
+    )
     data = json.loads((out / "results.json").read_text())
     assert [(r["label"], r["steps"]) for r in data["records"]] == [("naive", 2)]
     other = {(r["label"], r["steps"]) for r in data["other_records"]}
@@ -476,7 +494,9 @@ def test_a_lock_that_cannot_be_taken_is_one_out_error(tmp_path, monkeypatch, cap
         with pytest.raises(SystemExit) as exit_info:
             compare_memory.main(command)
         assert exit_info.value.code == 2
-        (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1
+        (line,) = err.strip().splitlines()[-1:]
         assert line.startswith(
             f"memmaml-compare: error: argument --out: cannot open the lock file {str(out / '.lock')!r}: "
         )

@@ -177,8 +177,9 @@ def _markdown(data: dict[str, Any], records: list[dict[str, Any]], fit: Fit | No
         *(
             [
                 "",
-                f"{len(data['other_records'])} run(s) of an earlier sweep in this folder, of engines or n not "
-                "given in this command, are kept in results.json (`other_records`) and not shown here.",
+                f"{len(data['other_records'])} run(s) of an earlier sweep in this folder that this command does "
+                "not make (other engines or n, or another engine chosen for a budget) are kept in results.json "
+                "(`other_records`) and not shown here.",
             ]
             if data.get("other_records")
             else []

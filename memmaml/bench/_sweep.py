@@ -160,8 +160,9 @@ def run_sweep(
                 kept += 1
                 report(f"memory {method.label} n={n} (kept)", earlier)
                 continue
-            if "status" in planned:
-                record = planned
+            if "status" in planned:  # skipped or unavailable now: an earlier failure keeps its cause
+                ran = earlier is not None and earlier.get("status") not in ("skipped", "unavailable")
+                record = earlier if ran else planned
             else:
                 retried += earlier is not None and earlier.get("status") not in ("skipped", "unavailable")
                 record = _run(runner, planned, track=True)

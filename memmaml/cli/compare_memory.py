@@ -341,8 +341,8 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, comman
         print(f"ran again {retried} run(s) of the earlier sweep that had not succeeded", file=sys.stderr)
     if sweep["other_records"]:
         print(
-            f"{len(sweep['other_records'])} run(s) of engines or n not swept now kept apart in results.json "
-            "(other_records), not in the report",
+            f"{len(sweep['other_records'])} run(s) this command does not make (other engines or n, or another "
+            "engine chosen for a budget) kept apart in results.json (other_records), not in the report",
             file=sys.stderr,
         )
     payload["complete"] = True
@@ -353,6 +353,23 @@ def _sweep(args: Any, workload: Workload, peers: list[Method], prog: str, comman
         print(f"{prog}: error: no run succeeded: {_cause(sweep)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _not_a_sweep(data: Any) -> str | None:
+    """Why ``data`` (an earlier ``results.json``) is not a sweep's results, or ``None`` when its shape is one's:
+    an object with a ``provenance`` object and ``records`` / ``other_records`` lists of records that name their
+    label, n and engine (a GPU check's results, say, are not)."""
+    if not isinstance(data, dict):
+        return f"is not a sweep's results (a JSON {type(data).__name__})"
+    if not isinstance(data.get("provenance", {}), dict) or "workload" not in data:
+        return "is not a sweep's results (no workload or provenance)"
+    for key in ("records", "other_records"):
+        records = data.get(key, [])
+        if not isinstance(records, list) or not all(
+            isinstance(r, dict) and {"label", "steps", "engine"} <= r.keys() for r in records
+        ):
+            return f"is not a sweep's results (its {key!r} are not runs with a label, n and engine)"
+    return None
 
 
 def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
@@ -369,9 +386,7 @@ def _resumable(out: Path, payload: dict[str, Any]) -> tuple[dict[str, Any] | Non
     except (OSError, ValueError) as err:
         earlier, unreadable = None, f"is not a readable results file ({err})"
     else:
-        unreadable = (
-            None if isinstance(earlier, dict) else f"is not a sweep's results (a JSON {type(earlier).__name__})"
-        )
+        unreadable = _not_a_sweep(earlier)
     if unreadable is not None:
         moved = move_aside(out, RESULT_FILES)
         print(f"{path} {unreadable}: moved with its reports to {moved}; starting afresh", file=sys.stderr)
