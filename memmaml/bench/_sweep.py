@@ -50,6 +50,8 @@ Records = dict[tuple[str, int], dict[str, Any]]
 IDENTITY = ("label", "library", "engine", "steps")
 #: what a run that did not succeed keeps of its cause
 CAUSE = ("status", "error", "traceback", "log_tail")
+#: the statuses of a record whose run never started (nothing to keep, nothing run again)
+NOT_RUN = ("skipped", "unavailable")
 
 
 def run_sweep(
@@ -140,7 +142,7 @@ def run_sweep(
         for (label, n, engine), record in previous.items():
             plan = plans.get((label, n))
             if plan is None or plan["engine"] != engine:
-                if record.get("status") not in ("skipped", "unavailable"):
+                if record.get("status") not in NOT_RUN:
                     other.append(record)
             elif (label, n) not in records:
                 pending.append(record)
@@ -160,11 +162,11 @@ def run_sweep(
                 kept += 1
                 report(f"memory {method.label} n={n} (kept)", earlier)
                 continue
+            ran = earlier is not None and earlier.get("status") not in NOT_RUN  # and did not succeed
             if "status" in planned:  # skipped or unavailable now: an earlier failure keeps its cause
-                ran = earlier is not None and earlier.get("status") not in ("skipped", "unavailable")
                 record = earlier if ran else planned
             else:
-                retried += earlier is not None and earlier.get("status") not in ("skipped", "unavailable")
+                retried += ran
                 record = _run(runner, planned, track=True)
             records[method.label, n] = record
             _compare_gradients(records, n)
