@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -232,11 +232,15 @@ def implicit_hypergradient(
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_mapping(name: str, value: Any, empty: str) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of names to tensors, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} is empty: {empty}")
+
+
 def _check_params(params: Mapping[str, Tensor]) -> None:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of names to tensors, got {type(params).__name__}")
-    if not params:
-        raise ValueError("params is empty: there is nothing to be stationary")
+    _check_mapping("params", params, "there is nothing to be stationary")
     for name, value in params.items():
         if not isinstance(value, Tensor) or not value.is_floating_point():
             got = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
@@ -244,10 +248,7 @@ def _check_params(params: Mapping[str, Tensor]) -> None:
 
 
 def _check_hyperparams(hyperparams: Mapping[str, Tensor]) -> None:
-    if not isinstance(hyperparams, Mapping):
-        raise TypeError(f"hyperparams must be a mapping of names to tensors, got {type(hyperparams).__name__}")
-    if not hyperparams:
-        raise ValueError("hyperparams is empty: there is nothing to take the hypergradient with respect to")
+    _check_mapping("hyperparams", hyperparams, "there is nothing to take the hypergradient with respect to")
     for name, value in hyperparams.items():
         if not isinstance(value, Tensor):
             raise TypeError(
