@@ -373,10 +373,17 @@ def _baseline(problem, seed: int, steps: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- part 3: 100,000 steps
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots``; naive's per-step time at
-    ``--reference-steps`` (interleaved with the same plan there), and the peaks of the plan at both lengths."""
+    ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there), and the peaks of
+    the plan at ``--reference-steps`` and at ``--steps``."""
     problem = problems()["digits-lr-wd"]
     schedule = f"binomial:{args.slots}"
-    config = {"steps": args.steps, "slots": args.slots, "reference_steps": args.reference_steps, "dtype": str(DT)}
+    config = {
+        "steps": args.steps,
+        "slots": args.slots,
+        "reference_steps": args.reference_steps,
+        "naive_steps": args.naive_steps,
+        "dtype": str(DT),
+    }
     path = Path(args.out) / "long_run.json"
     data = _load(path, config)
     records = data["records"]
@@ -397,32 +404,35 @@ def run_long(args: argparse.Namespace) -> None:
             "wd": grads[1].item(),
         }
 
-    if "reference" not in records:
+    def interleaved(steps, track):
+        """Naive and the plan at ``steps``, timed in ``--repeats`` interleaved passes (load from other jobs hits
+        both alike; the fastest is kept), with their peaks from one tracked pass each when ``track``."""
         engines = {"naive": None, schedule: schedule}
         runs = {name: [] for name in engines}
-        for _ in range(args.repeats):  # interleaved: load from other jobs hits both alike
+        for _ in range(args.repeats):
             for name, engine in engines.items():
-                runs[name].append(hypergradient_with(args.reference_steps, engine, False))
+                runs[name].append(hypergradient_with(steps, engine, False))
         reference = {}
         for name, engine in engines.items():
             best = min(runs[name], key=lambda r: r["time_s"])
-            tracked = hypergradient_with(args.reference_steps, engine, True)
-            reference[name] = {
-                **best,
-                "peak_bytes": tracked["peak_bytes"],
-                "all_times_s": [r["time_s"] for r in runs[name]],
-            }
+            peak = hypergradient_with(steps, engine, True)["peak_bytes"] if track else None
+            reference[name] = {**best, "peak_bytes": peak, "all_times_s": [r["time_s"] for r in runs[name]]}
         naive, binomial = (reference[name]["lr"] + [reference[name]["wd"]] for name in engines)
         reference["max_relative_difference"] = max(abs(a - b) for a, b in zip(binomial, naive)) / max(map(abs, naive))
-        records["reference"] = reference
-        _save(path, data)
         print(
-            f"reference T = {args.reference_steps}: "
-            + ", ".join(
-                f"{name} {reference[name]['time_s'] / args.reference_steps * 1e3:.2f} ms/step" for name in engines
-            ),
+            f"T = {steps}: "
+            + ", ".join(f"{name} {reference[name]['time_s'] / steps * 1e3:.2f} ms/step" for name in engines),
             flush=True,
         )
+        return reference
+
+    if "reference" not in records:
+        records["reference"] = interleaved(args.reference_steps, True)
+        _save(path, data)
+    if args.naive_steps and "reference_long" not in records:
+        # naive's time per step at the longest T timed: its graph grows with T, and so may its time per step
+        records["reference_long"] = interleaved(args.naive_steps, False)
+        _save(path, data)
     if "long_time" not in records:
         records["long_time"] = hypergradient_with(args.steps, schedule, False)
         _save(path, data)
@@ -469,7 +479,10 @@ def main(argv: list[str] | None = None) -> None:
     long = sub.add_parser("long", help="the exact hypergradient of problem (a) through 100,000 steps")
     long.add_argument("--steps", type=int, default=100_000)
     long.add_argument("--slots", type=int, default=447, help="binomial slots (447: each step replayed at most once)")
-    long.add_argument("--reference-steps", type=int, default=1000)
+    long.add_argument("--reference-steps", type=int, default=1000, help="T of the memory reference (and a timing)")
+    long.add_argument(
+        "--naive-steps", type=int, default=10_000, help="a longer T naive is timed at (0: none; default: %(default)s)"
+    )
     long.add_argument("--repeats", type=int, default=3)
     sub.add_parser("render", help="results.md from the JSON files")
     args = parser.parse_args(argv)

@@ -203,13 +203,15 @@ class Executor:
         work = self.stats.replayed_steps + self.stats.reversed_steps - (0 if kept is None else len(kept.losses))
         ops = self.plan.backward
         with progress_bar(self.progress, work, "memmaml replay") as bar:
-            for position, op in enumerate(ops):
+            position = 0
+            while position < len(ops):
+                op = ops[position]
                 if isinstance(op, Drop):
                     store.pop(op.index)
                 elif isinstance(op, Advance):
-                    state = store.get(op.start)
-                    _prefetch_next(store, ops, position)
-                    store.put(op.stop, self._advance(state, op, extras, bar))
+                    chain = _chain(ops, position)
+                    self._advance(store.get(op.start), chain, extras, bar, store, ops, position)
+                    position += len(chain) - 1
                 elif isinstance(op, Reverse):
                     if kept is not None:  # the first Reverse: the forward pass kept its graph
                         segment, kept = kept, None
@@ -222,6 +224,7 @@ class Executor:
                     for index, grad in enumerate(grads):
                         if grad is not None:
                             extra_grads[index] = grad if extra_grads[index] is None else extra_grads[index] + grad
+                position += 1
         return cot, extra_grads
 
     def _forward_store(self) -> Store:
@@ -230,22 +233,49 @@ class Executor:
         store.states[0] = self.initial_state
         extras = self.extras_with([t.detach() for t in self.extra_inputs])
         saves = sorted(self.plan.forward_saves)
-        for start, stop in itertools.pairwise(saves):
-            store.put(stop, self._advance(store.get(start), Advance(start, stop), extras, None))
+        if len(saves) > 1:
+            chain = [Advance(start, stop) for start, stop in itertools.pairwise(saves)]
+            self._advance(store.get(saves[0]), chain, extras, None, store)
         return store
 
-    def _advance(self, state: StoredState, op: Advance, extras: Extras, bar) -> StoredState:
+    def _advance(
+        self,
+        state: StoredState,
+        chain: Sequence[Advance],
+        extras: Extras,
+        bar,
+        store: Store,
+        ops: Sequence[Any] = (),
+        position: int = 0,
+    ) -> None:
+        """Run ``chain``, ``Advance`` operations each starting where the one before stopped, from ``state``
+        without a graph, and put the state each one stops at in ``store``. ``chain`` is ``ops[position:...]``
+        when given (for the prefetch).
+
+        NOTE [ One replay context for consecutive advances ]
+            A binomial plan's replays are mostly runs of one-step advances, each storing its state for the
+            reversal that follows. Running such a run in one replay context, continuing from the state just
+            stored rather than restoring it, computes the same: the generator continues from the state the
+            next advance would restore, the training flags and autocast state stay as restored, and the
+            working buffers go on from the values stored (the stored state keeps a copy, since the next steps
+            update the working ones in place). Entering the context once per step cost about as much as a
+            small model's step (60 us on a CPU), and with offload each stored state was copied back.
+        """
         context = self.context
         buffers = context.buffers_snapshot(state.buffers)
         leaves = state.leaves
         with context.restored(state.rng):
-            for i in range(op.start, op.stop):
-                leaves, _ = self.step(i, leaves, self.spec, extras, buffers, "nograph")
-                self._check(i + 1, leaves, buffers)
-                if bar is not None:
-                    bar.update()
-            rng = context.snapshot_rng()
-        return StoredState(leaves, buffers, rng)
+            for offset, op in enumerate(chain):
+                if ops:
+                    _prefetch_next(store, ops, position + offset)
+                for i in range(op.start, op.stop):
+                    leaves, _ = self.step(i, leaves, self.spec, extras, buffers, "nograph")
+                    self._check(i + 1, leaves, buffers)
+                    if bar is not None:
+                        bar.update()
+                last = offset == len(chain) - 1
+                kept_buffers = buffers if last or buffers is None else context.buffers_snapshot(buffers)
+                store.put(op.stop, StoredState(leaves, kept_buffers, context.snapshot_rng()))
 
     def _replay(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor], bar) -> _Segment:
         """Steps ``op.start .. op.stop-1`` again, with their graph, from stored ``state``."""
@@ -286,6 +316,18 @@ class Executor:
         )
         new_cot = [grads.pop(0) if t.requires_grad else None for t in segment.inputs]
         return new_cot, grads
+
+
+def _chain(ops: Sequence[Any], position: int) -> list[Advance]:
+    """The ``Advance`` at ``ops[position]`` and those directly after it that each start where the one before
+    stopped (NOTE [ One replay context for consecutive advances ])."""
+    chain = [ops[position]]
+    for following in range(position + 1, len(ops)):
+        op = ops[following]
+        if not isinstance(op, Advance) or op.start != chain[-1].stop:
+            break
+        chain.append(op)
+    return chain
 
 
 def _prefetch_next(store: Store, ops: Sequence[Any], position: int) -> None:

@@ -72,13 +72,21 @@ class Ambient:
 
     @contextlib.contextmanager
     def restored(self) -> Iterator[None]:
-        """Autocast and cuDNN flags as captured, with the autocast weight cache off (it changes no value)."""
+        """Autocast and cuDNN flags as captured, with the autocast weight cache off (it changes no value).
+
+        Runs once per replayed segment, so it changes only what differs: a device type whose autocast is off
+        now and was off at capture is left alone (the cache matters only when autocast is on), and so are
+        cuDNN flags that already match."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_cudnn_flags_set(self.cudnn))
+            if _cudnn_flags() != self.cudnn:
+                stack.enter_context(_cudnn_flags_set(self.cudnn))
             for device_type, enabled, dtype in self.autocast:
-                stack.enter_context(
-                    torch.autocast(device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False)
-                )
+                if enabled or torch.is_autocast_enabled(device_type):
+                    stack.enter_context(
+                        torch.autocast(
+                            device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False
+                        )
+                    )
             yield
 
 
@@ -117,6 +125,12 @@ def check_cudnn_rnn_dropout(model: nn.Module, device_types: Iterable[str]) -> No
             )
 
 
+def _set_flags(modules: list[nn.Module], flags: list[bool]) -> None:
+    for module, flag in zip(modules, flags):
+        if module.training != flag:
+            module.training = flag
+
+
 class ReplayContext:
     """Captures, when the inner loop starts, what its replays must restore; see NOTE [ Replay must be exact ].
 
@@ -130,7 +144,8 @@ class ReplayContext:
     def __init__(self, model: nn.Module, tensors: Iterable[Tensor], *, preserve_rng_state: bool) -> None:
         tensors = [*tensors, *model.parameters(), *model.buffers()]
         self.model = model
-        self.training_flags = [m.training for m in model.modules()]
+        self.modules = list(model.modules())
+        self.training_flags = [m.training for m in self.modules]
         self.buffer_names = [name for name, _ in model.named_buffers()]
         self.preserve_rng_state = preserve_rng_state
         self.cuda_devices: list[int] = []
@@ -148,21 +163,23 @@ class ReplayContext:
 
     @contextlib.contextmanager
     def restored(self, rng: Rng | None) -> Iterator[None]:
-        """Restore the RNG state ``rng``, the inner loop's training flags and its autocast state; undo all three."""
-        modules = list(self.model.modules())
-        saved_flags = [m.training for m in modules]
-        with torch.random.fork_rng(devices=self.cuda_devices, enabled=rng is not None), self.ambient.restored():
+        """Restore the RNG state ``rng``, the inner loop's training flags and its autocast state; undo all three.
+
+        A training flag is assigned only where it differs (``nn.Module.__setattr__`` is slow, and this runs
+        once per replayed segment)."""
+        saved_flags = [m.training for m in self.modules]
+        with contextlib.ExitStack() as stack:
             if rng is not None:
+                stack.enter_context(torch.random.fork_rng(devices=self.cuda_devices))
                 torch.set_rng_state(rng[0])
                 for device, state in zip(self.cuda_devices, rng[1]):
                     torch.cuda.set_rng_state(state, device)
-            for module, flag in zip(modules, self.training_flags):
-                module.training = flag
+            stack.enter_context(self.ambient.restored())
+            _set_flags(self.modules, self.training_flags)
             try:
                 yield
             finally:
-                for module, flag in zip(modules, saved_flags):
-                    module.training = flag
+                _set_flags(self.modules, saved_flags)
 
     def buffers_snapshot(self, buffers: Mapping[str, Tensor] | None = None) -> dict[str, Tensor] | None:
         """Copies of ``buffers`` (default: the model's own), or ``None`` for a model without buffers."""
