@@ -98,3 +98,50 @@ def test_a_state_that_changes_structure_is_refused(schedule):
             params=dict(model.named_parameters()),
             schedule=schedule,
         )
+
+
+class _SameFields(NamedTuple):
+    momentum_buffer: dict
+
+
+def test_another_type_or_a_dict_subclass_is_not_flattened_fast():
+    from collections import OrderedDict
+
+    params = _params()
+    state = memmaml.SGD(0.1, momentum=0.9).init(params)
+    layout = _StateLayout.of(pytree.tree_flatten((params, state))[1])
+    assert layout.flatten(params, _SameFields(state.momentum_buffer)) is None
+    assert layout.flatten(params, state._replace(momentum_buffer=OrderedDict(state.momentum_buffer))) is None
+
+
+class _Checked:
+    """A state registered with pytree whose constructor checks its contents: the layout must not rebuild it."""
+
+    def __init__(self, buffers):
+        assert all(isinstance(b, torch.Tensor) for b in buffers.values())
+        self.buffers = buffers
+
+
+pytree.register_pytree_node(
+    _Checked, lambda s: (list(s.buffers.values()), list(s.buffers)), lambda v, c: _Checked(dict(zip(c, v)))
+)
+
+
+class _CheckedSGD(InnerOptimizer):
+    _defaults = {"lr": 0.1}
+
+    def init(self, params):
+        return _Checked({name: torch.zeros_like(p) for name, p in params.items()})
+
+    def _update(self, grads, opt_state, params, hp):
+        return {name: -hp["lr"] * g for name, g in grads.items()}, _Checked(dict(grads))
+
+
+@pytest.mark.parametrize("schedule", [None, "uniform:2"])
+def test_a_registered_state_type_goes_through_pytree(schedule):
+    model = torch.nn.Linear(2, 1, dtype=DT)
+    batches = [torch.randn(4, 2, dtype=DT) for _ in range(3)]
+    params = dict(model.named_parameters())
+    spec = pytree.tree_flatten((params, _CheckedSGD().init(params)))[1]
+    assert _StateLayout.of(spec) is None
+    memmaml.unroll(model, lambda m, x: m(x).pow(2).mean(), batches, _CheckedSGD(), params=params, schedule=schedule)

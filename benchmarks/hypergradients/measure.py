@@ -381,7 +381,6 @@ def run_long(args: argparse.Namespace) -> None:
         "steps": args.steps,
         "slots": args.slots,
         "reference_steps": args.reference_steps,
-        "naive_steps": args.naive_steps,
         "dtype": str(DT),
     }
     path = Path(args.out) / "long_run.json"
@@ -429,9 +428,10 @@ def run_long(args: argparse.Namespace) -> None:
     if "reference" not in records:
         records["reference"] = interleaved(args.reference_steps, True)
         _save(path, data)
-    if args.naive_steps and "reference_long" not in records:
+    if args.naive_steps and records.get("reference_long", {}).get("steps") != args.naive_steps:
         # naive's time per step at the longest T timed: its graph grows with T, and so may its time per step
-        records["reference_long"] = interleaved(args.naive_steps, False)
+        # (its T is not part of the configuration: another --naive-steps redoes this part alone)
+        records["reference_long"] = {"steps": args.naive_steps, **interleaved(args.naive_steps, False)}
         _save(path, data)
     if "long_time" not in records:
         records["long_time"] = hypergradient_with(args.steps, schedule, False)

@@ -185,7 +185,7 @@ def long_lines(data: dict[str, Any]) -> list[str]:
         ]
         longer = records.get("reference_long")
         if longer:
-            naive_steps = config["naive_steps"]
+            naive_steps = longer["steps"]
             longer_naive = longer["naive"]["time_s"] / naive_steps
             longer_plan = longer[schedule]["time_s"] / naive_steps
             lines.append(
@@ -199,7 +199,7 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             step = long_time["time_s"] / steps
             against = f"**{step / naive_step:.2f}× naive's per-step time** at T = {ref_steps:,}"
             if longer:
-                against += f", **{step / longer_naive:.2f}×** naive's at T = {config['naive_steps']:,}"
+                against += f", **{step / longer_naive:.2f}×** naive's at T = {longer['steps']:,}"
             lines.append(
                 f"* T = {steps:,}: {long_time['time_s']:.0f} s CPU ({long_time['wall_s']:.0f} s wall), "
                 f"{step * 1e3:.2f} ms/step = {against}."

@@ -258,7 +258,9 @@ class Executor:
             stored rather than restoring it, computes the same: the generator continues from the state the
             next advance would restore, the training flags and autocast state stay as restored, and the
             working buffers go on from the values stored (the stored state keeps a copy, since the next steps
-            update the working ones in place). Entering the context once per step cost about as much as a
+            update the working ones in place). That copy is needed with offload too: on CUDA ``put`` copies
+            to the host asynchronously on a side stream, and the next steps' in-place buffer updates on the
+            compute stream would race with it. Entering the context once per step cost a few percent of a
             small model's step (60 us on a CPU), and with offload each stored state was copied back.
         """
         context = self.context

@@ -75,19 +75,28 @@ class Ambient:
         """Autocast and cuDNN flags as captured, with the autocast weight cache off (it changes no value).
 
         Runs once per replayed segment, so it changes only what differs: a device type whose autocast is off
-        now and was off at capture is left alone (the cache matters only when autocast is on), and so are
-        cuDNN flags that already match."""
-        with contextlib.ExitStack() as stack:
-            if _cudnn_flags() != self.cudnn:
-                stack.enter_context(_cudnn_flags_set(self.cudnn))
-            for device_type, enabled, dtype in self.autocast:
-                if enabled or torch.is_autocast_enabled(device_type):
-                    stack.enter_context(
-                        torch.autocast(
-                            device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False
+        now and was off at capture is left alone, and cuDNN flags that already match are not set. The weight
+        cache is turned off in every case (a loss function may open an autocast block of its own), and the
+        caller's cuDNN flags are back at exit whatever the steps did to them."""
+        cache = torch.is_autocast_cache_enabled()
+        cudnn = _cudnn_flags()
+        torch.set_autocast_cache_enabled(False)
+        try:
+            with contextlib.ExitStack() as stack:
+                if cudnn != self.cudnn:
+                    torch.backends.cudnn.set_flags(*self.cudnn)
+                for device_type, enabled, dtype in self.autocast:
+                    if enabled or torch.is_autocast_enabled(device_type):
+                        stack.enter_context(
+                            torch.autocast(
+                                device_type, dtype=dtype if enabled else None, enabled=enabled, cache_enabled=False
+                            )
                         )
-                    )
-            yield
+                yield
+        finally:
+            torch.set_autocast_cache_enabled(cache)
+            if _cudnn_flags() != cudnn:
+                torch.backends.cudnn.set_flags(*cudnn)
 
 
 def _cudnn_flags() -> tuple:
@@ -95,15 +104,6 @@ def _cudnn_flags() -> tuple:
 
     ``torch.backends.cudnn.flags()`` would also reset the flags it is not given to their defaults."""
     return torch.backends.cudnn.set_flags(None, None, None, None, None, None, None)
-
-
-@contextlib.contextmanager
-def _cudnn_flags_set(flags: tuple) -> Iterator[None]:
-    previous = torch.backends.cudnn.set_flags(*flags)
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.set_flags(*previous)
 
 
 def check_cudnn_rnn_dropout(model: nn.Module, device_types: Iterable[str]) -> None:
@@ -144,6 +144,8 @@ class ReplayContext:
     def __init__(self, model: nn.Module, tensors: Iterable[Tensor], *, preserve_rng_state: bool) -> None:
         tensors = [*tensors, *model.parameters(), *model.buffers()]
         self.model = model
+        # the modules as they are now: a module added or removed after the call is not a step's (and is
+        # neither set nor reset); the flags pair with this list by position
         self.modules = list(model.modules())
         self.training_flags = [m.training for m in self.modules]
         self.buffer_names = [name for name, _ in model.named_buffers()]

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -237,6 +238,18 @@ def progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=False)
 
 
+def _children(spec: Any) -> list[Any]:
+    children = getattr(spec, "children", None)  # torch 2.14; children_specs before (deprecated there)
+    return list(children()) if callable(children) else list(spec.children_specs)
+
+
+def _dict_of_leaves(spec: Any) -> list[str] | None:
+    """The keys of a spec that is a plain dict of leaves, else ``None``."""
+    if spec.type is not dict or not all(child.is_leaf() for child in _children(spec)):
+        return None
+    return list(spec.context)
+
+
 class _StateLayout:
     """Flattens and unflattens a state ``(params, opt_state)`` into the leaves ``torch.utils._pytree`` would give,
     without pytree's walk of the structure on every call (about 40 us a step on a CPU: a twentieth of a small
@@ -253,25 +266,21 @@ class _StateLayout:
 
     @classmethod
     def of(cls, spec: Any) -> _StateLayout | None:
-        positions = list(range(spec.num_leaves))
-        params, state = pytree.tree_unflatten(positions, spec)
-        state_type = type(state)
-        if type(params) is not dict or not hasattr(state_type, "_fields") or state_type in pytree.SUPPORTED_NODES:
+        """The layout of ``spec`` (a ``TreeSpec`` of ``(params, opt_state)``), read from the spec alone (nothing
+        of the user's is rebuilt), or ``None`` when it is not of the supported kind."""
+        if spec.type is not tuple or len(_children(spec)) != 2:
+            return None
+        params, state = _children(spec)
+        names = _dict_of_leaves(params)
+        if names is None or state.type is not namedtuple:
             return None
         fields: list[list[str] | None] = []
-        for value in state:
-            if type(value) is dict:
-                fields.append(list(value))
-            elif type(value) is int:  # a leaf: its position
-                fields.append(None)
-            else:
+        for field in _children(state):
+            keys = None if field.is_leaf() else _dict_of_leaves(field)
+            if keys is None and not field.is_leaf():
                 return None
-        layout = cls(list(params), state_type, fields)
-        # the leaf order must be pytree's: checked once, on the positions
-        leaves = list(params.values()) + [
-            p for value in state for p in (value.values() if type(value) is dict else [value])
-        ]
-        return layout if leaves == positions and all(type(p) is int for p in leaves) else None
+            fields.append(keys)
+        return cls(names, state.context, fields)
 
     def unflatten(self, leaves: Sequence[Any]) -> tuple[Params, Any]:
         it = iter(leaves)

@@ -120,9 +120,6 @@ class SGD(InnerOptimizer):
 
     def _update(self, grads, opt_state, params, hp):
         updates, buffers = {}, {}
-        # -lr once for all parameters unless it is per parameter: the same values, and for a tensor lr one
-        # negation (and graph node) per step rather than one per parameter
-        shared_step = None if isinstance(hp["lr"], Mapping) else -hp["lr"]
         for name, param in params.items():
             g = _with_weight_decay(grads[name], param, for_parameter(hp["weight_decay"], name))
             if self._has_momentum:
@@ -130,8 +127,7 @@ class SGD(InnerOptimizer):
                 buf = momentum * opt_state.momentum_buffer[name] + g
                 buffers[name] = buf
                 g = g + momentum * buf if self.nesterov else buf
-            step = -for_parameter(hp["lr"], name) if shared_step is None else shared_step
-            updates[name] = step * g
+            updates[name] = -for_parameter(hp["lr"], name) * g
         return updates, SGDState(buffers)
 
 

@@ -507,7 +507,8 @@ naive_per_step = reference["naive"]["time_s"] / reference_steps
 long_per_step = records["long_time"]["time_s"] / steps
 memory_ratio = records["long_memory"]["peak_bytes"] / reference[schedule]["peak_bytes"]
 time_ratio = long_per_step / naive_per_step
-longer, naive_steps = records["reference_long"], config["naive_steps"]
+longer = records["reference_long"]
+naive_steps = longer["steps"]
 longer_naive = longer["naive"]["time_s"] / naive_steps
 display(Markdown(f"""Measured on this CPU (2 cores, torch 2.14.1, one thread, float64):
 
