@@ -93,6 +93,17 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _horizon(text: str) -> int:
+    """A T for problem (a): a positive multiple of its 10 learning-rate blocks (0 too, for --naive-steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0 or value % 10:
+        raise argparse.ArgumentTypeError(f"expected a non-negative multiple of 10, got {value}")
+    return value
+
+
 def _names(choices):
     def parse(text: str) -> list[str]:
         values = text.split(",")
@@ -377,12 +388,7 @@ def run_long(args: argparse.Namespace) -> None:
     the plan at ``--reference-steps`` and at ``--steps``."""
     problem = problems()["digits-lr-wd"]
     schedule = f"binomial:{args.slots}"
-    config = {
-        "steps": args.steps,
-        "slots": args.slots,
-        "reference_steps": args.reference_steps,
-        "dtype": str(DT),
-    }
+    config = {"steps": args.steps, "slots": args.slots, "reference_steps": args.reference_steps, "dtype": str(DT)}
     path = Path(args.out) / "long_run.json"
     data = _load(path, config)
     records = data["records"]
@@ -481,7 +487,10 @@ def main(argv: list[str] | None = None) -> None:
     long.add_argument("--slots", type=int, default=447, help="binomial slots (447: each step replayed at most once)")
     long.add_argument("--reference-steps", type=int, default=1000, help="T of the memory reference (and a timing)")
     long.add_argument(
-        "--naive-steps", type=int, default=10_000, help="a longer T naive is timed at (0: none; default: %(default)s)"
+        "--naive-steps",
+        type=_horizon,
+        default=10_000,
+        help="a longer T naive is timed at (0: none; default: %(default)s)",
     )
     long.add_argument("--repeats", type=int, default=3)
     sub.add_parser("render", help="results.md from the JSON files")

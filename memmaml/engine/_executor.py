@@ -276,7 +276,7 @@ class Executor:
                     if bar is not None:
                         bar.update()
                 last = offset == len(chain) - 1
-                kept_buffers = buffers if last or buffers is None else context.buffers_snapshot(buffers)
+                kept_buffers = buffers if last else context.buffers_snapshot(buffers)  # None without buffers
                 store.put(op.stop, StoredState(leaves, kept_buffers, context.snapshot_rng()))
 
     def _replay(self, state: StoredState, op: Reverse, extras: Extras, extra_leaves: list[Tensor], bar) -> _Segment:

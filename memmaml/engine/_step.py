@@ -276,8 +276,11 @@ class _StateLayout:
             return None
         fields: list[list[str] | None] = []
         for field in _children(state):
-            keys = None if field.is_leaf() else _dict_of_leaves(field)
-            if keys is None and not field.is_leaf():
+            if field.is_leaf():
+                fields.append(None)
+                continue
+            keys = _dict_of_leaves(field)
+            if keys is None:
                 return None
             fields.append(keys)
         return cls(names, state.context, fields)
