@@ -93,15 +93,31 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _horizon(text: str) -> int:
-    """A T for problem (a): a positive multiple of its 10 learning-rate blocks (0 too, for --naive-steps)."""
+def _integer(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0 or value % 10:
-        raise argparse.ArgumentTypeError(f"expected a non-negative multiple of 10, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least {least}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _horizon(text: str, least: int = 10) -> int:
+    """A T for problem (a): a positive multiple of its 10 learning-rate blocks."""
+    value = _integer(text, least)
+    if value % 10:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 10, got {value}")
+    return value
+
+
+def _horizon_or_none(text: str) -> int:
+    """A T for problem (a), or 0 (for --naive-steps: none)."""
+    return _horizon(text, 0)
 
 
 def _names(choices):
@@ -475,24 +491,28 @@ def main(argv: list[str] | None = None) -> None:
     errors = sub.add_parser("errors", help="error, time and memory of every method against the exact hypergradient")
     errors.add_argument("--problems", type=_names(names), default=names)
     errors.add_argument("--horizons", type=_ints, default=[10, 100, 1000, 10000])
-    errors.add_argument("--repeats", type=int, default=3, help="interleaved timing passes for T <= 1,000 (1 above)")
-    errors.add_argument("--naive-max", type=int, default=1000, help="largest T checked against naive")
+    errors.add_argument(
+        "--repeats", type=_positive, default=3, help="interleaved timing passes for T <= 1,000 (1 above)"
+    )
+    errors.add_argument("--naive-max", type=_positive, default=1000, help="largest T checked against naive")
     downstream = sub.add_parser("downstream", help="outer loops driven by each method")
     downstream.add_argument("--problems", type=_names(names), default=names)
-    downstream.add_argument("--steps", type=int, default=100)
-    downstream.add_argument("--outer-steps", type=int, default=30)
-    downstream.add_argument("--seeds", type=int, default=5)
+    downstream.add_argument("--steps", type=_positive, default=100)
+    downstream.add_argument("--outer-steps", type=_positive, default=30)
+    downstream.add_argument("--seeds", type=_positive, default=5)
     long = sub.add_parser("long", help="the exact hypergradient of problem (a) through 100,000 steps")
-    long.add_argument("--steps", type=int, default=100_000)
-    long.add_argument("--slots", type=int, default=447, help="binomial slots (447: each step replayed at most once)")
-    long.add_argument("--reference-steps", type=int, default=1000, help="T of the memory reference (and a timing)")
+    long.add_argument("--steps", type=_horizon, default=100_000)
+    long.add_argument(
+        "--slots", type=_positive, default=447, help="binomial slots (447: each step replayed at most once)"
+    )
+    long.add_argument("--reference-steps", type=_horizon, default=1000, help="T of the memory reference (and a timing)")
     long.add_argument(
         "--naive-steps",
-        type=_horizon,
+        type=_horizon_or_none,
         default=10_000,
         help="a longer T naive is timed at (0: none; default: %(default)s)",
     )
-    long.add_argument("--repeats", type=int, default=3)
+    long.add_argument("--repeats", type=_positive, default=3)
     sub.add_parser("render", help="results.md from the JSON files")
     args = parser.parse_args(argv)
     PROVENANCE.update(provenance())
