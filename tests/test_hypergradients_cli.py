@@ -1,5 +1,5 @@
-"""The hypergradients benchmark's command line refuses bad values before any work: argparse's one error line,
-exit status 2, and no --out folder made."""
+"""The hypergradients benchmark's command line refuses bad values before any work: argparse's usage line and
+one error line naming the flag, exit status 2, and no --out folder made."""
 
 import importlib.util
 import sys
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hypergradients" / "measure.py"
+RUNNERS = ("run_errors", "run_downstream", "run_long", "render", "_warm_up")
 
 
-@pytest.fixture(scope="module")
-def measure():
+@pytest.fixture
+def measure(monkeypatch):
     spec = importlib.util.spec_from_file_location("hypergradients_measure", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     path = list(sys.path)
@@ -20,6 +21,11 @@ def measure():
     finally:
         sys.path[:] = path
         sys.modules.pop("problems", None)
+    started = []
+    for name in RUNNERS:  # a value that gets past the checks must not start a benchmark
+        monkeypatch.setattr(module, name, lambda *args, _name=name: started.append(_name))
+    monkeypatch.setattr(module.torch, "set_num_threads", lambda n: None)  # main's setting is the process's
+    module.started = started
     return module
 
 
@@ -31,12 +37,18 @@ def measure():
         (["long", "--steps", "1e5"], "--steps"),
         (["long", "--reference-steps", "-10"], "--reference-steps"),
         (["long", "--naive-steps", "25"], "--naive-steps"),
+        (["long", "--naive-steps", "-10"], "--naive-steps"),
         (["long", "--slots", "0"], "--slots"),
         (["long", "--repeats", "x"], "--repeats"),
+        (["long", "--long-repeats", "0"], "--long-repeats"),
         (["errors", "--horizons", "10,,100"], "--horizons"),
+        (["errors", "--horizons", "10,15"], "--horizons"),
         (["errors", "--problems", "nope"], "--problems"),
         (["errors", "--naive-max", "-1"], "--naive-max"),
+        (["errors", "--repeats", "0"], "--repeats"),
         (["downstream", "--seeds", "0"], "--seeds"),
+        (["downstream", "--outer-steps", "-3"], "--outer-steps"),
+        (["downstream", "--steps", "25"], "--steps"),
     ],
 )
 def test_a_bad_value_is_one_error_line(measure, args, flag, tmp_path, capsys):
@@ -45,7 +57,29 @@ def test_a_bad_value_is_one_error_line(measure, args, flag, tmp_path, capsys):
         measure.main(["--out", str(out), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("measure.py") or "error:" in line]
+    errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"argument {flag}" in errors[0], err
-    assert "Traceback" not in err
-    assert not out.exists()
+    assert err.startswith("usage:") and "Traceback" not in err
+    assert not out.exists() and not measure.started
+
+
+def test_an_out_that_is_a_file_is_refused(measure, tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("kept")
+    with pytest.raises(SystemExit) as exit_info:
+        measure.main(["--out", str(out), "render"])
+    assert exit_info.value.code == 2 and "argument --out" in capsys.readouterr().err
+    assert out.read_text() == "kept" and not measure.started
+
+
+@pytest.mark.parametrize(
+    "args, runner",
+    [
+        (["long", "--naive-steps", "0", "--steps", "20"], "run_long"),
+        (["downstream", "--problems", "sinusoid-maml", "--steps", "15"], "run_downstream"),
+        (["errors", "--horizons", "10,20"], "run_errors"),
+    ],
+)
+def test_good_values_reach_the_runner(measure, args, runner, tmp_path):
+    measure.main(["--out", str(tmp_path / "out"), *args])
+    assert measure.started == [runner]

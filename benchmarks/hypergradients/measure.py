@@ -93,7 +93,7 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _integer(text: str, least: int) -> int:
+def _integer(text: str, least: float) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -109,9 +109,10 @@ def _positive(text: str) -> int:
 
 def _horizon(text: str, least: int = 10) -> int:
     """A T for problem (a): a positive multiple of its 10 learning-rate blocks."""
-    value = _integer(text, least)
-    if value % 10:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 10, got {value}")
+    value = _integer(text, -math.inf)
+    if value < least or value % 10:
+        kind = "positive" if least else "non-negative"
+        raise argparse.ArgumentTypeError(f"expected a {kind} multiple of 10 (the learning-rate blocks), got {value}")
     return value
 
 
@@ -456,9 +457,10 @@ def run_long(args: argparse.Namespace) -> None:
         # (its T is not part of the configuration: another --naive-steps redoes this part alone)
         records["reference_long"] = {"steps": args.naive_steps, **interleaved(args.naive_steps, False)}
         _save(path, data)
-    if "long_time" not in records:
-        # the plan at --steps, --long-repeats times, with naive at --naive-steps timed before, between and after:
-        # a shared machine's load changes over minutes, so the fastest of each is compared, as at the shorter T
+    long_time = records.get("long_time", {})
+    if long_time.get("naive_steps") != args.naive_steps or len(long_time.get("all_times_s", [])) != args.long_repeats:
+        # the plan at --steps, --long-repeats times, with naive at --naive-steps timed before, between and after
+        # (a shared machine's load changes over minutes: the report pairs each run with the naive runs around it)
         runs, naive_times = [], []
         for _ in range(args.long_repeats):
             if args.naive_steps:
@@ -498,40 +500,54 @@ def render(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--out", default=str(HERE), help="folder of the JSON files and results.md (default: %(default)s)"
-    )
+    def subparser(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=formatter)
+
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=formatter)
+    parser.add_argument("--out", default=str(HERE), help="folder of the JSON files and results.md")
     sub = parser.add_subparsers(dest="part", required=True)
     names = list(problems())
-    errors = sub.add_parser("errors", help="error, time and memory of every method against the exact hypergradient")
-    errors.add_argument("--problems", type=_names(names), default=names)
-    errors.add_argument("--horizons", type=_ints, default=[10, 100, 1000, 10000])
+    errors = subparser("errors", "error, time and memory of every method against the exact hypergradient")
+    errors.add_argument("--problems", type=_names(names), default=",".join(names), help="comma-separated problems")
+    errors.add_argument("--horizons", type=_ints, default="10,100,1000,10000", help="comma-separated T")
     errors.add_argument(
         "--repeats", type=_positive, default=3, help="interleaved timing passes for T <= 1,000 (1 above)"
     )
     errors.add_argument("--naive-max", type=_positive, default=1000, help="largest T checked against naive")
-    downstream = sub.add_parser("downstream", help="outer loops driven by each method")
-    downstream.add_argument("--problems", type=_names(names), default=names)
-    downstream.add_argument("--steps", type=_positive, default=100)
-    downstream.add_argument("--outer-steps", type=_positive, default=30)
-    downstream.add_argument("--seeds", type=_positive, default=5)
-    long = sub.add_parser("long", help="the exact hypergradient of problem (a) through 100,000 steps")
-    long.add_argument("--steps", type=_horizon, default=100_000)
+    downstream = subparser("downstream", "outer loops driven by each method")
+    downstream.add_argument("--problems", type=_names(names), default=",".join(names), help="comma-separated problems")
+    downstream.add_argument("--steps", type=_positive, default=100, help="inner steps T")
+    downstream.add_argument("--outer-steps", type=_positive, default=30, help="outer steps per run")
+    downstream.add_argument("--seeds", type=_positive, default=5, help="runs per method")
+    long = subparser("long", "the exact hypergradient of problem (a) through 100,000 steps")
+    long.add_argument("--steps", type=_horizon, default=100_000, help="T of the long run")
     long.add_argument(
-        "--slots", type=_positive, default=447, help="binomial slots (447: each step replayed at most once)"
+        "--slots",
+        type=_positive,
+        default=447,
+        help="binomial slots (446 or more replay each of 100,000 steps at most once)",
     )
     long.add_argument("--reference-steps", type=_horizon, default=1000, help="T of the memory reference (and a timing)")
     long.add_argument(
-        "--naive-steps",
-        type=_horizon_or_none,
-        default=10_000,
-        help="a longer T naive is timed at (0: none; default: %(default)s)",
+        "--naive-steps", type=_horizon_or_none, default=10_000, help="a longer T naive is timed at (0: none)"
     )
-    long.add_argument("--repeats", type=_positive, default=3, help="interleaved timing passes at the shorter T")
-    long.add_argument("--long-repeats", type=_positive, default=2, help="timed runs at --steps (default: %(default)s)")
-    sub.add_parser("render", help="results.md from the JSON files")
+    long.add_argument(
+        "--repeats", type=_positive, default=3, help="interleaved timing passes at --reference-steps and --naive-steps"
+    )
+    long.add_argument("--long-repeats", type=_positive, default=2, help="timed runs at --steps")
+    subparser("render", "results.md from the JSON files")
     args = parser.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"argument --out: {args.out} exists and is not a folder")
+    # problem (a) has 10 learning-rate blocks: its T must be a multiple of 10 (checked before any work)
+    if args.part in ("errors", "downstream") and "digits-lr-wd" in args.problems:
+        bad = [t for t in (args.horizons if args.part == "errors" else [args.steps]) if t % 10]
+        if bad:
+            flag = "--horizons" if args.part == "errors" else "--steps"
+            sub.choices[args.part].error(
+                f"argument {flag}: problem digits-lr-wd needs multiples of its 10 learning-rate blocks, got {bad}"
+            )
     PROVENANCE.update(provenance())
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
