@@ -460,22 +460,35 @@ def run_long(args: argparse.Namespace) -> None:
     long_time = records.get("long_time", {})
     if long_time.get("naive_steps") != args.naive_steps or len(long_time.get("all_times_s", [])) != args.long_repeats:
         # the plan at --steps, --long-repeats times, with naive at --naive-steps timed before, between and after
-        # (a shared machine's load changes over minutes: the report pairs each run with the naive runs around it)
-        runs, naive_times = [], []
-        for _ in range(args.long_repeats):
-            if args.naive_steps:
-                naive_times.append(hypergradient_with(args.naive_steps, None, False)["time_s"])
-            runs.append(hypergradient_with(args.steps, schedule, False))
-            print(f"{args.steps} steps: {runs[-1]['time_s']:.0f} s CPU", flush=True)
-        if args.naive_steps:
-            naive_times.append(hypergradient_with(args.naive_steps, None, False)["time_s"])
-        best = min(runs, key=lambda r: r["time_s"])
+        # (a shared machine's load changes over minutes: the report pairs each run with the naive runs around it);
+        # each finished run is saved at once, and a rerun goes on from them
+        partial = records.get("long_time_partial")
+        if not partial or partial["naive_steps"] != args.naive_steps or len(partial["runs"]) > args.long_repeats:
+            partial = {"naive_steps": args.naive_steps, "runs": [], "naive_times_s": []}
+        elif partial["runs"] or partial["naive_times_s"]:
+            print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
+
+        def time_naive() -> None:
+            if args.naive_steps and len(partial["naive_times_s"]) == len(partial["runs"]):
+                partial["naive_times_s"].append(hypergradient_with(args.naive_steps, None, False)["time_s"])
+                records["long_time_partial"] = partial
+                _save(path, data)
+
+        while len(partial["runs"]) < args.long_repeats:
+            time_naive()
+            partial["runs"].append(hypergradient_with(args.steps, schedule, False))
+            records["long_time_partial"] = partial
+            _save(path, data)
+            print(f"{args.steps} steps: {partial['runs'][-1]['time_s']:.0f} s CPU", flush=True)
+        time_naive()
+        runs = partial["runs"]
         records["long_time"] = {
-            **best,
+            **min(runs, key=lambda r: r["time_s"]),
             "all_times_s": [r["time_s"] for r in runs],
             "naive_steps": args.naive_steps,
-            "naive_times_s": naive_times,
+            "naive_times_s": partial["naive_times_s"],
         }
+        records.pop("long_time_partial", None)
         _save(path, data)
     if "long_memory" not in records:
         records["long_memory"] = hypergradient_with(args.steps, schedule, True)
