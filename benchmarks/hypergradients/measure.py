@@ -463,8 +463,14 @@ def run_long(args: argparse.Namespace) -> None:
         # (a shared machine's load changes over minutes: the report pairs each run with the naive runs around it);
         # each finished run is saved at once, and a rerun goes on from them
         partial = records.get("long_time_partial")
-        if not partial or partial["naive_steps"] != args.naive_steps or len(partial["runs"]) > args.long_repeats:
-            partial = {"naive_steps": args.naive_steps, "runs": [], "naive_times_s": []}
+        commit = PROVENANCE.get("memmaml_commit")
+        if (
+            not partial
+            or partial["naive_steps"] != args.naive_steps
+            or partial.get("commit") != commit
+            or len(partial["runs"]) > args.long_repeats
+        ):
+            partial = {"naive_steps": args.naive_steps, "commit": commit, "runs": [], "naive_times_s": []}
         elif partial["runs"] or partial["naive_times_s"]:
             print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
 
@@ -488,7 +494,8 @@ def run_long(args: argparse.Namespace) -> None:
             "naive_steps": args.naive_steps,
             "naive_times_s": partial["naive_times_s"],
         }
-        records.pop("long_time_partial", None)
+        _save(path, data)
+    if records.pop("long_time_partial", None) is not None:  # done, or left from other flags: not to be resumed
         _save(path, data)
     if "long_memory" not in records:
         records["long_memory"] = hypergradient_with(args.steps, schedule, True)
