@@ -2,6 +2,7 @@
 one error line naming the flag, exit status 2, and no --out folder made."""
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -83,3 +84,54 @@ def test_an_out_that_is_a_file_is_refused(measure, tmp_path, capsys):
 def test_good_values_reach_the_runner(measure, args, runner, tmp_path):
     measure.main(["--out", str(tmp_path / "out"), *args])
     assert measure.started == [runner]
+
+
+class _Stop(Exception):
+    pass
+
+
+_CLOCK = itertools.count()  # "times" that only grow, across calls: they show the order things ran in
+
+
+def _timed(measure, partial, repeats, *, naive=True, stop_after_keeps=None):
+    """Run ``time_paired`` with a clock for timings; stop (as a killed process would) after that many saves."""
+    clock = _CLOCK
+    keeps = []
+
+    def keep():
+        keeps.append(1)
+        if stop_after_keeps is not None and len(keeps) >= stop_after_keeps:
+            raise _Stop
+
+    try:
+        measure.time_paired(
+            partial,
+            repeats,
+            (lambda: float(next(clock))) if naive else None,
+            lambda: {"time_s": float(next(clock))},
+            keep,
+        )
+    except _Stop:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3, 4, 5])
+def test_long_runs_resume_with_a_naive_run_around_each(measure, stop):
+    partial = {"runs": [], "naive_times_s": []}
+    assert not _timed(measure, partial, 2, stop_after_keeps=stop)  # stopped at one save point of five
+    assert _timed(measure, partial, 2)  # the rerun goes on from what was saved
+    assert len(partial["runs"]) == 2 and len(partial["naive_times_s"]) == 3
+    # a resumed pair keeps the order naive, run, naive, run, naive
+    naive, runs = partial["naive_times_s"], [r["time_s"] for r in partial["runs"]]
+    assert naive[0] < runs[0] < naive[1] < runs[1] < naive[2]
+
+
+def test_long_runs_without_naive_and_more_repeats(measure, capsys):
+    partial = {"runs": [], "naive_times_s": []}
+    assert _timed(measure, partial, 2, naive=False)
+    assert len(partial["runs"]) == 2 and partial["naive_times_s"] == []
+    partial = {"runs": [], "naive_times_s": []}
+    assert _timed(measure, partial, 1)
+    assert _timed(measure, partial, 3)  # raised --long-repeats: the closing naive run is the next one's before
+    assert len(partial["runs"]) == 3 and len(partial["naive_times_s"]) == 4

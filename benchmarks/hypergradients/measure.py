@@ -25,6 +25,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +400,31 @@ def _baseline(problem, seed: int, steps: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- part 3: 100,000 steps
+def time_paired(
+    partial: dict[str, Any],
+    repeats: int,
+    time_naive: Callable[[], float] | None,
+    run_plan: Callable[[], dict[str, Any]],
+    keep: Callable[[], None],
+) -> list[dict[str, Any]]:
+    """``repeats`` runs of ``run_plan`` with ``time_naive`` timed before each and after the last (none when it is
+    ``None``), appended to ``partial["runs"]`` and ``partial["naive_times_s"]``, going on from what they already
+    hold; ``keep()`` after each finished run. Returns the runs."""
+
+    def naive() -> None:
+        if time_naive is not None and len(partial["naive_times_s"]) == len(partial["runs"]):
+            partial["naive_times_s"].append(time_naive())
+            keep()
+
+    while len(partial["runs"]) < repeats:
+        naive()
+        partial["runs"].append(run_plan())
+        keep()
+        print(f"long run {len(partial['runs'])} of {repeats}: {partial['runs'][-1]['time_s']:.0f} s CPU", flush=True)
+    naive()
+    return partial["runs"]
+
+
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots`` (timed ``--long-repeats`` times, naive
     at ``--naive-steps`` timed before, between and after); naive's per-step time at ``--reference-steps`` and at
@@ -474,20 +500,17 @@ def run_long(args: argparse.Namespace) -> None:
         elif partial["runs"] or partial["naive_times_s"]:
             print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
 
-        def time_naive() -> None:
-            if args.naive_steps and len(partial["naive_times_s"]) == len(partial["runs"]):
-                partial["naive_times_s"].append(hypergradient_with(args.naive_steps, None, False)["time_s"])
-                records["long_time_partial"] = partial
-                _save(path, data)
-
-        while len(partial["runs"]) < args.long_repeats:
-            time_naive()
-            partial["runs"].append(hypergradient_with(args.steps, schedule, False))
+        def keep() -> None:
             records["long_time_partial"] = partial
             _save(path, data)
-            print(f"{args.steps} steps: {partial['runs'][-1]['time_s']:.0f} s CPU", flush=True)
-        time_naive()
-        runs = partial["runs"]
+
+        runs = time_paired(
+            partial,
+            args.long_repeats,
+            (lambda: hypergradient_with(args.naive_steps, None, False)["time_s"]) if args.naive_steps else None,
+            lambda: hypergradient_with(args.steps, schedule, False),
+            keep,
+        )
         records["long_time"] = {
             **min(runs, key=lambda r: r["time_s"]),
             "all_times_s": [r["time_s"] for r in runs],
