@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["AdaptedModule", "has_tied_weights"]
+__all__ = ["AdaptedModule", "Places", "has_tied_weights", "tensor_places"]
+
+#: where each named tensor of a module is held: ``(the _parameters or _buffers dict of its submodule, its key
+#: there, its full name)`` (see :func:`tensor_places`)
+Places = list[tuple[dict[str, Any], str, str]]
 
 
 def has_tied_weights(module: nn.Module) -> bool:
@@ -20,6 +25,62 @@ def has_tied_weights(module: nn.Module) -> bool:
                 return True
             seen.add(id(tensor))
     return False
+
+
+def tensor_places(module: nn.Module, names: Iterable[str]) -> Places | None:
+    """Where ``module`` holds each of the tensors ``names``, or ``None`` when a name is not a plain entry of a
+    submodule's ``_parameters`` or ``_buffers`` (a parametrized weight, an attribute, a missing name), two names
+    share an entry, or ``module`` is one ``functional_call`` refuses (scripted, ``DataParallel``).
+
+    NOTE [ Swapping tensors in place of functional_call ]
+        ``functional_call(module, params, tie_weights=False, strict=False)`` resolves every name to its
+        submodule and swaps the tensor into that submodule's ``_parameters`` or ``_buffers`` dict for the call,
+        then swaps the originals back and writes what the dicts hold at the end into ``params``. An inner step
+        calls the same module with the same names thousands of times, and on a small model resolving them again
+        each time is a visible part of the step (about 0.1 ms of a 0.45 ms step of a 2,410-parameter MLP on a
+        CPU). The places are resolved once per unroll instead (the module's structure does not change during
+        one), and :class:`AdaptedModule` swaps the entries directly, with the same effect; every case the
+        direct swap does not cover (tied weights, names that resolve elsewhere) goes through
+        ``functional_call``.
+    """
+    if isinstance(module, (torch.jit.ScriptModule, nn.DataParallel)):
+        return None
+    places: Places = []
+    seen: set[tuple[int, str]] = set()
+    for name in names:
+        prefix, _, key = name.rpartition(".")
+        try:
+            owner = module.get_submodule(prefix)
+        except AttributeError:
+            return None
+        if key in owner._parameters:
+            store: dict[str, Any] = owner._parameters
+        elif key in owner._buffers:
+            store = owner._buffers
+        else:
+            return None
+        if (id(store), key) in seen:
+            return None
+        seen.add((id(store), key))
+        places.append((store, key, name))
+    return places
+
+
+def _swapped_call(module: nn.Module, places: Places, params: dict[str, Tensor], args: Any, kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with the tensors of ``params`` (whose names are those of ``places``) swapped
+    into their places, as ``functional_call(module, params, args, kwargs, tie_weights=False, strict=False)``
+    computes (NOTE [ Swapping tensors in place of functional_call ])."""
+    originals: list[Any] = []
+    try:
+        for store, key, name in places:
+            originals.append(store[key])
+            store[key] = params[name]
+        return module(*args, **kwargs)
+    finally:
+        for (store, key, name), original in zip(places, originals):
+            if key in store:  # a module that reassigned a buffer in its forward pass: params gets the new one
+                params[name] = store[key]
+            store[key] = original
 
 
 class AdaptedModule(nn.Module):
@@ -53,11 +114,25 @@ class AdaptedModule(nn.Module):
 
     def __init__(self, module: nn.Module, params: dict[str, Tensor], *, tie_weights: bool = True) -> None:
         super().__init__()
-        object.__setattr__(self, "module", module)  # not a submodule: it owns no parameters here
-        self.params = dict(params)
-        self.tie_weights = tie_weights
+        # plain attributes, set past nn.Module.__setattr__ (which would store them the same way, more slowly: an
+        # inner step makes a view per step); module is not a submodule, so it owns no parameters here
+        self.__dict__.update(module=module, params=dict(params), tie_weights=tie_weights, _places=None)
+
+    @classmethod
+    def _at(
+        cls, module: nn.Module, params: dict[str, Tensor], places: Places | None, tie_weights: bool
+    ) -> AdaptedModule:
+        """The view an inner step calls: ``places`` is :func:`tensor_places` of ``module`` for ``params``'s names,
+        resolved once per unroll (``None``: through ``functional_call``; NOTE [ Swapping tensors in place of
+        functional_call ])."""
+        view = cls(module, params, tie_weights=tie_weights)
+        view.__dict__["_places"] = places
+        return view
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        places, params = self._places, self.params
+        if places is not None and len(places) == len(params) and all(name in params for _, _, name in places):
+            return _swapped_call(self.module, places, params, args, kwargs)
         return functional_call(self.module, self.params, args, kwargs, tie_weights=self.tie_weights, strict=False)
 
     def named_parameters(

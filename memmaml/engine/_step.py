@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..optim import InnerOptimizer, at_step, per_step_length
-from ._adapted import AdaptedModule, has_tied_weights
+from ._adapted import AdaptedModule, Places, has_tied_weights, tensor_places
 
 __all__ = [
     "Extras",
@@ -357,6 +357,16 @@ class InnerStep:
         self.check_finite = check_finite
         self._spec: Any = None  # the spec _layout was made for
         self._layout: _StateLayout | None = None
+        # where the model holds the tensors a step passes, by their names (NOTE [ Swapping tensors in place of
+        # functional_call ]); None for tied weights, which go through functional_call
+        self._places: dict[tuple[str, ...], Places | None] = {}
+
+    def _places_of(self, names: tuple[str, ...]) -> Places | None:
+        if self.tie_weights:
+            return None
+        if names not in self._places:
+            self._places[names] = tensor_places(self.model, names)
+        return self._places[names]
 
     @staticmethod
     def _check_loss(step: int, loss: Any) -> None:
@@ -387,7 +397,8 @@ class InnerStep:
         batch, step = batches[step], step + self.first_step  # from here on, the step's index in the unroll
 
         def loss_at(adapted: Params) -> Tensor:
-            view = AdaptedModule(self.model, {**static, **adapted, **(buffers or {})}, tie_weights=self.tie_weights)
+            tensors = {**static, **adapted, **(buffers or {})}
+            view = AdaptedModule._at(self.model, tensors, self._places_of(tuple(tensors)), self.tie_weights)
             loss = self.loss_function(view, batch, **loss_kwargs)
             self._check_loss(step, loss)
             return loss
