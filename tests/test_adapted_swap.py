@@ -2,6 +2,8 @@
 ``torch.func.functional_call`` computes, restores the module whatever happens, and every case it does not cover
 goes through ``functional_call``."""
 
+import copy
+
 import pytest
 import torch
 from helpers import DTYPE, mlp, mse, regression_batches
@@ -199,22 +201,60 @@ def test_engine_meta_gradient_is_the_same_with_and_without_the_swap(make, schedu
     assert all(torch.equal(a, b) for a, b in zip(fast_buffers, slow_buffers))
 
 
-def test_engine_takes_the_swap_for_an_untied_model_and_not_for_a_tied_one():
-    batches = regression_batches(2)
-    seen = {}
+@pytest.mark.parametrize("schedule", [None, "binomial:2"])
+def test_engine_takes_the_swap_for_an_untied_model_and_not_for_a_tied_one(schedule):
+    """Every set of names the engine passes resolves for an untied model: the parameters alone and, with batch
+    norm, the parameters with the buffers, in the forward pass and in the replays of a checkpointed one."""
+    batches = regression_batches(4)
+    seen: dict[int, dict] = {}
     original = InnerStep._places_of
 
     def spy(self, names):
-        seen[id(self.model)] = original(self, names)
-        return seen[id(self.model)]
+        places = original(self, names)
+        seen.setdefault(id(self.model), {})[names] = places
+        return places
 
-    untied, tied = mlp(), _tied_model()
+    untied, normed, tied = mlp(), mlp(batchnorm=True), _tied_model()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(InnerStep, "_places_of", spy)
-        memmaml.MAML(untied, mse, memmaml.SGD(0.1))(batches)
-        memmaml.MAML(tied, mse, memmaml.SGD(0.1))(batches)
-    assert seen[id(untied)] is not None and len(seen[id(untied)]) == 6
-    assert seen[id(tied)] is None
+        for model in (untied, normed, tied):
+            out = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule=schedule)(batches)
+            mse(out.model, regression_batches(1, seed=9)[0]).backward()
+    assert [len(places) for places in seen[id(untied)].values()] == [6]
+    parameters = tuple(n for n, _ in normed.named_parameters())
+    buffers = tuple(n for n, _ in normed.named_buffers())
+    resolved = seen[id(normed)]
+    with_buffers = {names for names in resolved if set(names) == set(parameters + buffers)}
+    assert len(with_buffers) == (0 if schedule is None else 1)  # replays pass the stored running statistics
+    assert all(places is not None and len(places) == len(names) for names, places in resolved.items())
+    assert all(places is None for places in seen[id(tied)].values())
+
+
+def test_a_model_changed_between_forward_and_backward_is_resolved_again():
+    """A layer replaced by an equal copy after the forward pass: the replays of the backward pass swap into the
+    new layer (the places are resolved again), and the meta-gradient is the one of the unchanged model."""
+    batches, query = regression_batches(4), regression_batches(1, seed=9)[0]
+
+    def grads(replace):
+        model = mlp()
+        out = memmaml.MAML(model, mse, memmaml.SGD(0.1), schedule="binomial:1")(batches)
+        loss, initial = mse(out.model, query), list(model.parameters())
+        if replace:
+            model[0] = copy.deepcopy(model[0])
+        return torch.autograd.grad(loss, initial)
+
+    assert all(torch.equal(a, b) for a, b in zip(grads(False), grads(True)))
+
+
+def test_a_view_without_places_in_its_state_loads_and_computes():
+    """A view saved before views had places (its state lacks the entry) loads and calls functional_call."""
+    model, x = mlp(), _inputs()
+    params = _others(model)
+    state = AdaptedModule(model, params, tie_weights=False).__dict__.copy()
+    del state["_places"]
+    loaded = AdaptedModule.__new__(AdaptedModule)
+    loaded.__setstate__(state)
+    assert torch.equal(loaded(x), functional_call(model, params, (x,)))
 
 
 def test_engine_with_a_parametrized_weight_matches_an_independent_unroll():

@@ -193,6 +193,7 @@ class Executor:
         # states are freed as the plan drops them, so the backward pass holds what the schedule says;
         # the input state is kept aside, and a second backward pass (retain_graph=True) first
         # rebuilds the forward pass's stored states from it
+        self.step.forget_places()  # the user may have changed the model since the forward pass
         store = self._forward_store() if self.consumed else self.store
         self.store, self.consumed = Store(store.offload, store.streams), True
         kept, self.kept = self.kept, None  # a second backward pass replays the last segment too

@@ -368,6 +368,10 @@ class InnerStep:
             self._places[names] = tensor_places(self.model, names)
         return self._places[names]
 
+    def forget_places(self) -> None:
+        """Resolve the places again on the next call: the module may have changed since they were resolved."""
+        self._places.clear()
+
     @staticmethod
     def _check_loss(step: int, loss: Any) -> None:
         if not isinstance(loss, Tensor) or loss.dim() != 0 or not loss.is_floating_point():
