@@ -413,11 +413,6 @@ print("exact (binomial:20) against naive, max relative difference:\n  " + "\n  "
 # themselves: first-order replays every step though it needs no second derivatives (on the MAML
 # problems, `first_order=True` with no schedule keeps no second-order graph and costs about one
 # forward-and-backward pass per step).
-#
-# The peaks were measured before each step's loss got a storage of its own in the loss history:
-# on the sinusoid (mean-squared error over 10 points) the history then held 80 bytes a step
-# instead of 8, about 0.7 MB more at $T = 10{,}000$ than the code now keeps; the digits problems'
-# cross-entropy already kept 8.
 
 
 # %%
