@@ -494,7 +494,10 @@ plt.show()
 # and $10{,}000$ naive and the plan are timed interleaved; the 100,000-step run is repeated,
 # with naive at $T = 10{,}000$ timed before, between and after the repeats, and each long run is
 # compared with the mean of the naive runs around it (a shared machine's load changes over the
-# minutes a run takes).
+# minutes a run takes). Only those paired ratios and the interleaved ones compare runs made
+# under the same load: the ratio against naive at $T = 1{,}000$ compares runs made many minutes
+# apart, and the speed of the machine these results come from changed by up to 2× within
+# minutes.
 
 
 # %%
