@@ -135,3 +135,28 @@ def test_long_runs_without_naive_and_more_repeats(measure, capsys):
     assert _timed(measure, partial, 1)
     assert _timed(measure, partial, 3)  # raised --long-repeats: the closing naive run is the next one's before
     assert len(partial["runs"]) == 3 and len(partial["naive_times_s"]) == 4
+
+
+def test_the_report_shows_reference_passes_that_were_timed_again():
+    """A reference pass timed again keeps the earlier one beside it in the report, with its own ratio."""
+    import copy
+    import json
+
+    spec = importlib.util.spec_from_file_location("hypergradients_report", SCRIPT.with_name("report.py"))
+    report = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
+    try:
+        sys.path.insert(0, str(SCRIPT.parent))
+        spec.loader.exec_module(report)
+    finally:
+        sys.path[:] = path
+    data = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    records, schedule = data["records"], f"binomial:{data['config']['slots']}"
+    records["reference_first_pass"] = {"steps": 1000, **copy.deepcopy(records["reference"])}
+    records["reference_first_pass"]["naive"]["time_s"] = 2.0
+    records["reference_first_pass"][schedule]["time_s"] = 5.0
+    records.pop("reference_long_first_pass", None)
+    (line,) = [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
+    assert "T = 1,000: naive 2.00 ms/step, `binomial:447` 5.00 ms/step (2.50×)." in line
+    del records["reference_first_pass"]
+    assert not [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
