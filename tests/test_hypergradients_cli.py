@@ -155,8 +155,11 @@ def test_the_report_shows_reference_passes_that_were_timed_again():
     records["reference_first_pass"] = {"steps": 1000, **copy.deepcopy(records["reference"])}
     records["reference_first_pass"]["naive"]["time_s"] = 2.0
     records["reference_first_pass"][schedule]["time_s"] = 5.0
-    records.pop("reference_long_first_pass", None)
+    records["reference_long_first_pass"] = {**copy.deepcopy(records["reference_long"]), "steps": 10_000}
+    records["reference_long_first_pass"]["naive"]["time_s"] = 12.0
+    records["reference_long_first_pass"][schedule]["time_s"] = 30.0
     (line,) = [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
-    assert "T = 1,000: naive 2.00 ms/step, `binomial:447` 5.00 ms/step (2.50×)." in line
-    del records["reference_first_pass"]
+    assert "T = 1,000: naive 2.00 ms/step, `binomial:447` 5.00 ms/step (2.50×); " in line
+    assert "T = 10,000: naive 1.20 ms/step, `binomial:447` 3.00 ms/step (2.50×)." in line
+    del records["reference_first_pass"], records["reference_long_first_pass"]
     assert not [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]

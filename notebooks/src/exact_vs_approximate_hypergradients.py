@@ -496,8 +496,8 @@ plt.show()
 # compared with the mean of the naive runs around it (a shared machine's load changes over the
 # minutes a run takes). Only those paired ratios and the interleaved ones compare runs made
 # under the same load: the ratio against naive at $T = 1{,}000$ compares runs made many minutes
-# apart, and the speed of the machine these results come from changed by up to 2× within
-# minutes.
+# apart, and the speed of the machine these results come from changed by about 2× within
+# 15 minutes.
 
 
 # %%
