@@ -1,8 +1,10 @@
 """The hypergradients benchmark's command line refuses bad values before any work: argparse's usage line and
 one error line naming the flag, exit status 2, and no --out folder made."""
 
+import copy
 import importlib.util
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -12,16 +14,24 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hypergradients" /
 RUNNERS = ("run_errors", "run_downstream", "run_long", "render", "_warm_up")
 
 
-@pytest.fixture
-def measure(monkeypatch):
-    spec = importlib.util.spec_from_file_location("hypergradients_measure", SCRIPT)
+def _load(filename: str):
+    """One of the benchmark's scripts as a module, leaving sys.path and sys.modules as they were (the scripts import
+    their neighbour ``problems``)."""
+    spec = importlib.util.spec_from_file_location(f"hypergradients_{Path(filename).stem}", SCRIPT.with_name(filename))
     module = importlib.util.module_from_spec(spec)
     path = list(sys.path)
     try:
+        sys.path.insert(0, str(SCRIPT.parent))
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = path
         sys.modules.pop("problems", None)
+    return module
+
+
+@pytest.fixture
+def measure(monkeypatch):
+    module = _load(SCRIPT.name)
     started = []
     for name in RUNNERS:  # a value that gets past the checks must not start a benchmark
         monkeypatch.setattr(module, name, lambda *args, _name=name: started.append(_name))
@@ -139,17 +149,7 @@ def test_long_runs_without_naive_and_more_repeats(measure, capsys):
 
 def test_the_report_shows_reference_passes_that_were_timed_again():
     """A reference pass timed again keeps the earlier one beside it in the report, with its own ratio."""
-    import copy
-    import json
-
-    spec = importlib.util.spec_from_file_location("hypergradients_report", SCRIPT.with_name("report.py"))
-    report = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        sys.path.insert(0, str(SCRIPT.parent))
-        spec.loader.exec_module(report)
-    finally:
-        sys.path[:] = path
+    report = _load("report.py")
     data = json.loads(SCRIPT.with_name("long_run.json").read_text())
     records, schedule = data["records"], f"binomial:{data['config']['slots']}"
     records["reference_first_pass"] = {"steps": 1000, **copy.deepcopy(records["reference"])}

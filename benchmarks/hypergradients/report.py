@@ -213,6 +213,12 @@ def long_time_lines(
 FIRST_PASSES = ("reference_first_pass", "reference_long_first_pass")
 
 
+def _interleaved_times(record: dict[str, Any], steps: int, schedule: str) -> str:
+    """Naive's and the plan's time per step in one interleaved timing at ``steps``, and their ratio."""
+    naive, plan = record["naive"]["time_s"] / steps, record[schedule]["time_s"] / steps
+    return f"naive {naive * 1e3:.2f} ms/step, `{schedule}` {plan * 1e3:.2f} ms/step ({plan / naive:.2f}×)"
+
+
 def long_lines(data: dict[str, Any]) -> list[str]:
     config, records = data["config"], data["records"]
     steps, ref_steps = config["steps"], config["reference_steps"]
@@ -231,25 +237,16 @@ def long_lines(data: dict[str, Any]) -> list[str]:
         ]
         longer = records.get("reference_long")
         if longer:
-            naive_steps = longer["steps"]
-            longer_naive = longer["naive"]["time_s"] / naive_steps
-            longer_plan = longer[schedule]["time_s"] / naive_steps
             lines.append(
-                f"* Naive at T = {naive_steps:,} (best of {len(longer['naive']['all_times_s'])} runs interleaved with "
-                f"the plan): naive {longer_naive * 1e3:.2f} ms/step, `{schedule}` {longer_plan * 1e3:.2f} ms/step "
-                f"({longer_plan / longer_naive:.2f}×); hypergradients agree to "
+                f"* Naive at T = {longer['steps']:,} (best of {len(longer['naive']['all_times_s'])} runs interleaved "
+                f"with the plan): {_interleaved_times(longer, longer['steps'], schedule)}; hypergradients agree to "
                 f"{longer['max_relative_difference']:.1e}."
             )
         first = [records[key] for key in FIRST_PASSES if key in records]
         if first:
             lines.append(
                 "* Earlier passes of the same interleaved timing, kept (see the provenance note): "
-                + "; ".join(
-                    f"T = {r['steps']:,}: naive {r['naive']['time_s'] / r['steps'] * 1e3:.2f} ms/step, `{schedule}` "
-                    f"{r[schedule]['time_s'] / r['steps'] * 1e3:.2f} ms/step "
-                    f"({r[schedule]['time_s'] / r['naive']['time_s']:.2f}×)"
-                    for r in first
-                )
+                + "; ".join(f"T = {r['steps']:,}: {_interleaved_times(r, r['steps'], schedule)}" for r in first)
                 + "."
             )
         long_time = records.get("long_time")
