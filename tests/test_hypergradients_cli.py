@@ -117,7 +117,7 @@ def _timed(measure, partial, repeats, *, naive=True, stop_after_keeps=None):
         measure.time_paired(
             partial,
             repeats,
-            (lambda: float(next(clock))) if naive else None,
+            (lambda: {"short": float(next(clock)), "long": float(next(clock))}) if naive else None,
             lambda: {"time_s": float(next(clock))},
             keep,
         )
@@ -128,23 +128,23 @@ def _timed(measure, partial, repeats, *, naive=True, stop_after_keeps=None):
 
 @pytest.mark.parametrize("stop", [1, 2, 3, 4, 5])
 def test_long_runs_resume_with_a_naive_run_around_each(measure, stop):
-    partial = {"runs": [], "naive_times_s": []}
+    partial = {"runs": []}
     assert not _timed(measure, partial, 2, stop_after_keeps=stop)  # stopped at one save point of five
     assert _timed(measure, partial, 2)  # the rerun goes on from what was saved
-    assert len(partial["runs"]) == 2 and len(partial["naive_times_s"]) == 3
-    # a resumed pair keeps the order naive, run, naive, run, naive
-    naive, runs = partial["naive_times_s"], [r["time_s"] for r in partial["runs"]]
-    assert naive[0] < runs[0] < naive[1] < runs[1] < naive[2]
+    assert len(partial["runs"]) == 2 and len(partial["short"]) == len(partial["long"]) == partial["brackets"] == 3
+    # a resumed pair keeps the order naive, run, naive, run, naive, each naive timing at both T
+    short, long, runs = partial["short"], partial["long"], [r["time_s"] for r in partial["runs"]]
+    assert short[0] < long[0] < runs[0] < short[1] < long[1] < runs[1] < short[2] < long[2]
 
 
 def test_long_runs_without_naive_and_more_repeats(measure, capsys):
-    partial = {"runs": [], "naive_times_s": []}
+    partial = {"runs": []}
     assert _timed(measure, partial, 2, naive=False)
-    assert len(partial["runs"]) == 2 and partial["naive_times_s"] == []
-    partial = {"runs": [], "naive_times_s": []}
+    assert len(partial["runs"]) == 2 and "short" not in partial and "brackets" not in partial
+    partial = {"runs": []}
     assert _timed(measure, partial, 1)
     assert _timed(measure, partial, 3)  # raised --long-repeats: the closing naive run is the next one's before
-    assert len(partial["runs"]) == 3 and len(partial["naive_times_s"]) == 4
+    assert len(partial["runs"]) == 3 and len(partial["short"]) == len(partial["long"]) == 4
 
 
 def test_the_report_shows_reference_passes_that_were_timed_again():

@@ -403,17 +403,20 @@ def _baseline(problem, seed: int, steps: int) -> dict[str, Any]:
 def time_paired(
     partial: dict[str, Any],
     repeats: int,
-    time_naive: Callable[[], float] | None,
+    time_naive: Callable[[], dict[str, float]] | None,
     run_plan: Callable[[], dict[str, Any]],
     keep: Callable[[], None],
 ) -> list[dict[str, Any]]:
     """``repeats`` runs of ``run_plan`` with ``time_naive`` timed before each and after the last (none when it is
-    ``None``), appended to ``partial["runs"]`` and ``partial["naive_times_s"]``, going on from what they already
-    hold; ``keep()`` after each finished run. Returns the runs."""
+    ``None``), going on from what ``partial`` already holds; ``keep()`` after each finished run and each naive
+    timing. The runs go to ``partial["runs"]``; ``time_naive`` returns its times by the name of the list in
+    ``partial`` each is appended to, and ``partial["brackets"]`` counts its calls. Returns the runs."""
 
     def naive() -> None:
-        if time_naive is not None and len(partial["naive_times_s"]) == len(partial["runs"]):
-            partial["naive_times_s"].append(time_naive())
+        if time_naive is not None and partial.get("brackets", 0) == len(partial["runs"]):
+            for key, seconds in time_naive().items():
+                partial.setdefault(key, []).append(seconds)
+            partial["brackets"] = len(partial["runs"]) + 1
             keep()
 
     while len(partial["runs"]) < repeats:
@@ -427,9 +430,9 @@ def time_paired(
 
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots`` (timed ``--long-repeats`` times, naive
-    at ``--naive-steps`` timed before, between and after); naive's per-step time at ``--reference-steps`` and at
-    ``--naive-steps`` (each interleaved with the same plan there), and the peaks of the plan at
-    ``--reference-steps`` and at ``--steps``."""
+    at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after); naive's per-step time at
+    ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there), and the peaks of
+    the plan at ``--reference-steps`` and at ``--steps``."""
     problem = problems()["digits-lr-wd"]
     schedule = f"binomial:{args.slots}"
     config = {"steps": args.steps, "slots": args.slots, "reference_steps": args.reference_steps, "dtype": str(DT)}
@@ -484,19 +487,24 @@ def run_long(args: argparse.Namespace) -> None:
         records["reference_long"] = {"steps": args.naive_steps, **interleaved(args.naive_steps, False)}
         _save(path, data)
     long_time = records.get("long_time", {})
-    if long_time.get("naive_steps") != args.naive_steps or len(long_time.get("all_times_s", [])) != args.long_repeats:
-        # the plan at --steps, --long-repeats times, with naive at --naive-steps timed before, between and after
-        # (a shared machine's load changes over minutes: the report pairs each run with the naive runs around it);
-        # each finished run is saved at once, and a rerun goes on from them
+    if (
+        long_time.get("naive_steps") != args.naive_steps
+        or len(long_time.get("all_times_s", [])) != args.long_repeats
+        or "reference_naive_times_s" not in long_time
+    ):
+        # the plan at --steps, --long-repeats times, with naive at --reference-steps and at --naive-steps timed
+        # before, between and after (a shared machine's load changes over minutes: the report pairs each run with
+        # the naive runs around it); each finished run is saved at once, and a rerun goes on from them
         partial = records.get("long_time_partial")
         commit = PROVENANCE.get("memmaml_commit")
         if (
             not partial
             or partial["naive_steps"] != args.naive_steps
             or partial.get("commit") != commit
+            or "brackets" not in partial  # from a version that timed naive at --naive-steps only
             or len(partial["runs"]) > args.long_repeats
         ):
-            partial = {"naive_steps": args.naive_steps, "commit": commit, "runs": [], "naive_times_s": []}
+            partial = {"naive_steps": args.naive_steps, "commit": commit, "runs": [], "brackets": 0}
         elif partial["runs"] or partial["naive_times_s"]:
             print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
 
@@ -504,18 +512,21 @@ def run_long(args: argparse.Namespace) -> None:
             records["long_time_partial"] = partial
             _save(path, data)
 
+        def time_naive() -> dict[str, float]:
+            times = {"reference_naive_times_s": hypergradient_with(args.reference_steps, None, False)["time_s"]}
+            if args.naive_steps:
+                times["naive_times_s"] = hypergradient_with(args.naive_steps, None, False)["time_s"]
+            return times
+
         runs = time_paired(
-            partial,
-            args.long_repeats,
-            (lambda: hypergradient_with(args.naive_steps, None, False)["time_s"]) if args.naive_steps else None,
-            lambda: hypergradient_with(args.steps, schedule, False),
-            keep,
+            partial, args.long_repeats, time_naive, lambda: hypergradient_with(args.steps, schedule, False), keep
         )
         records["long_time"] = {
             **min(runs, key=lambda r: r["time_s"]),
             "all_times_s": [r["time_s"] for r in runs],
             "naive_steps": args.naive_steps,
-            "naive_times_s": partial["naive_times_s"],
+            "naive_times_s": partial.get("naive_times_s", []),
+            "reference_naive_times_s": partial["reference_naive_times_s"],
         }
         _save(path, data)
     if records.pop("long_time_partial", None) is not None:  # done, or left from other flags: not to be resumed
@@ -578,7 +589,9 @@ def main(argv: list[str] | None = None) -> None:
     long.add_argument(
         "--repeats", type=_positive, default=3, help="interleaved timing passes at --reference-steps and --naive-steps"
     )
-    long.add_argument("--long-repeats", type=_positive, default=2, help="timed runs at --steps")
+    long.add_argument(
+        "--long-repeats", type=_positive, default=5, help="timed runs at --steps (the report gives the median ratio)"
+    )
     subparser("render", "results.md from the JSON files")
     args = parser.parse_args(argv)
     if Path(args.out).exists() and not Path(args.out).is_dir():
