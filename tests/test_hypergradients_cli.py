@@ -5,6 +5,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -163,3 +164,40 @@ def test_the_report_shows_reference_passes_that_were_timed_again():
     assert "T = 10,000: naive 1.20 ms/step, `binomial:447` 3.00 ms/step (2.50×)." in line
     del records["reference_first_pass"], records["reference_long_first_pass"]
     assert not [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
+
+
+@pytest.mark.parametrize(
+    ("reference_bracket", "long_bracket", "verdict"),
+    [
+        # 100,000 steps in 300 s: 3 ms/step; naive around it at T = 1,000 and 10,000
+        ([1.6, 1.6, 1.6, 1.6], [16.0, 16.0, 16.0, 16.0], "met"),  # 1.875x at both
+        ([1.6, 1.6, 1.6, 1.6], [14.0, 14.0, 14.0, 14.0], "not met"),  # 2.14x at T = 10,000
+        ([1.4, 1.8, 1.8, 1.8], [16.0, 16.0, 16.0, 16.0], "met"),  # 1.875x, 1.67x, 1.67x: median 1.67x
+    ],
+)
+def test_the_report_pairs_each_long_run_with_naive_around_it(reference_bracket, long_bracket, verdict):
+    report = _load("report.py")
+    data = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    long_time = data["records"]["long_time"]
+    long_time.update(
+        time_s=300.0,
+        all_times_s=[300.0, 300.0, 300.0],
+        naive_steps=10_000,
+        naive_times_s=long_bracket,
+        reference_naive_times_s=reference_bracket,
+    )
+    lines = report.long_lines(data)
+    (short,) = [line for line in lines if line.startswith("* Against naive at T = 1,000,")]
+    (long,) = [line for line in lines if line.startswith("* Against naive at T = 10,000,")]
+    pairs = [3 / ((a + b) / 2) for a, b in itertools.pairwise(reference_bracket)]
+    assert ", ".join(f"{r:.2f}×" for r in pairs) in short
+    assert f"(median **{statistics.median(pairs):.2f}×**)" in short
+    assert f"fastest against fastest, **{3 / min(reference_bracket):.2f}×**" in short
+    assert f"**{3 / (long_bracket[0] / 10):.2f}×" in long
+    (target,) = [line for line in lines if line.startswith("* Time target")]
+    assert f"**{verdict}**" in target
+    # records without naive at T = 1,000 around the long runs: that ratio is against the separate timing, no verdict
+    del long_time["reference_naive_times_s"]
+    lines = report.long_lines(data)
+    assert [line for line in lines if line.startswith("* Against naive at T = 1,000 (timed separately")]
+    assert not [line for line in lines if line.startswith("* Time target")]
