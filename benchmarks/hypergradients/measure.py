@@ -505,7 +505,7 @@ def run_long(args: argparse.Namespace) -> None:
             or len(partial["runs"]) > args.long_repeats
         ):
             partial = {"naive_steps": args.naive_steps, "commit": commit, "runs": [], "brackets": 0}
-        elif partial["runs"] or partial["naive_times_s"]:
+        elif partial["runs"] or partial["brackets"]:
             print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
 
         def keep() -> None:

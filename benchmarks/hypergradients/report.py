@@ -198,12 +198,15 @@ def long_time_lines(
         f"* T = {steps:,}, {which}: {long_time['time_s']:.0f} s CPU ({long_time['wall_s']:.0f} s wall), "
         f"{step * 1e3:.2f} ms/step."
     ]
+    # (T, naive's times around the runs at T or None, naive's per-step time at T timed separately or None)
     brackets = [(ref_steps, long_time.get("reference_naive_times_s"), naive_step)]
+    separate = longer["naive"]["time_s"] / longer["steps"] if longer else None
     if long_time.get("naive_steps"):
-        separate = longer["naive"]["time_s"] / longer["steps"] if longer else None
         brackets.append((long_time["naive_steps"], long_time.get("naive_times_s"), separate))
+    elif longer:  # records from before naive was timed around the runs
+        brackets.append((longer["steps"], None, separate))
     medians = []
-    for n, bracket, separate in brackets:
+    for n, bracket, apart in brackets:
         if bracket:
             paired = paired_ratios(runs, steps, bracket, n)
             medians.append(statistics.median(paired))
@@ -215,9 +218,9 @@ def long_time_lines(
                 f"takes seconds and a run at T = {steps:,} minutes, so the fastest naive run may catch a quieter spell "
                 "of a shared machine than any long run can: that errs against the plan."
             )
-        elif separate is not None:
+        elif apart is not None:
             lines.append(
-                f"* Against naive at T = {n:,} (timed separately, above): **{step / separate:.2f}×** naive's per-step "
+                f"* Against naive at T = {n:,} (timed separately, above): **{step / apart:.2f}×** naive's per-step "
                 "time."
             )
     if medians and len(medians) == len(brackets):
