@@ -275,3 +275,24 @@ def test_the_long_part_resumes_and_redoes_only_what_is_stale(monkeypatch, tmp_pa
     path.write_text(json.dumps(data))
     measure.main(args)
     assert len(long_time()["reference_naive_times_s"]) == 3 and long_time()["naive_times_s"] == []
+    # --long-repeats raised: the long runs are timed again, all of them
+    measure.main([*args[:-1], "3"])
+    assert len(long_time()["all_times_s"]) == 3 and len(long_time()["reference_naive_times_s"]) == 4
+    # a partial of another commit, or with more runs than --long-repeats asks for: started afresh
+    for partial_commit, runs in (("x", 1), (commit, 4)):
+        data = json.loads(path.read_text())
+        del data["records"]["long_time"]
+        fake_runs = [{"time_s": 1.0, "wall_s": 1.0, "lr": [0.0], "wd": 0.0}] * runs
+        data["records"]["long_time_partial"] = {
+            "naive_steps": 0,
+            "commit": partial_commit,
+            "runs": fake_runs,
+            "brackets": runs + 1,
+            "reference_naive_times_s": [123.0] * (runs + 1),
+        }
+        path.write_text(json.dumps(data))
+        measure.main(args)
+        assert 123.0 not in long_time()["reference_naive_times_s"] and len(long_time()["all_times_s"]) == 2
+    # naive at a longer T asked for: timed around the runs too
+    measure.main([*args[:-5], "20", *args[-4:]])
+    assert long_time()["naive_steps"] == 20 and len(long_time()["naive_times_s"]) == 3

@@ -203,7 +203,7 @@ def long_time_lines(
     separate = longer["naive"]["time_s"] / longer["steps"] if longer else None
     if long_time.get("naive_steps"):
         brackets.append((long_time["naive_steps"], long_time.get("naive_times_s"), separate))
-    elif longer:  # records from before naive was timed around the runs
+    elif longer:  # no naive runs at a longer T around the runs: older records, or --naive-steps 0 after a run with it
         brackets.append((longer["steps"], None, separate))
     medians = []
     for n, bracket, apart in brackets:
