@@ -176,6 +176,7 @@ def test_sqrt_uniform_says_what_it_is():
         ("uniform:5+offload", "Uniform(checkpoint_steps=5)", True),
         ("sqrt", "SqrtUniform()", False),
         ("binomial:4 +offload", "Binomial(slots=4)", True),
+        ("binomial:4:2+offload", "Binomial(slots=4, segment=2)", True),
         ("auto:1GiB", "Auto(budget='1.0 GiB')", False),
         ("uniform:best", "Auto(budget='11.0 GiB', among=('uniform',))", False),
         ("binomial:auto+offload", "Auto(budget='11.0 GiB', among=('binomial',))", True),

@@ -116,6 +116,8 @@ def test_concrete_engines():
     chosen = memmaml.Auto(small, among=("binomial",)).choose(100, costs).schedule
     assert concrete_engine("binomial:auto", 100, costs, small) == f"binomial:{chosen.slots}"
     assert concrete_engine("binomial:auto", 100, costs, large) != f"binomial:{chosen.slots}"
+    for text in ("binomial:3", "binomial:3:2+offload", "uniform:4"):  # concrete texts stay as they are
+        assert concrete_engine(text, 100, costs, None) == text
     with pytest.raises(ValueError, match="unknown engine 'revolve'"):
         concrete_engine("revolve", 5, costs, None)
     with pytest.raises(ValueError, match="is chosen from measured step costs, and there are none"):

@@ -50,6 +50,8 @@ def measure(monkeypatch):
         (["long", "--naive-steps", "25"], "--naive-steps"),
         (["long", "--naive-steps", "-10"], "--naive-steps"),
         (["long", "--slots", "0"], "--slots"),
+        (["long", "--segment", "0"], "--segment"),
+        (["long", "--segment", "2.5"], "--segment"),
         (["long", "--repeats", "x"], "--repeats"),
         (["long", "--long-repeats", "0"], "--long-repeats"),
         (["errors", "--horizons", "10,,100"], "--horizons"),
@@ -243,6 +245,15 @@ def test_the_long_part_resumes_and_redoes_only_what_is_stale(monkeypatch, tmp_pa
     measure.main(args)
     first = long_time()
     assert len(first["all_times_s"]) == 2 and len(first["reference_naive_times_s"]) == 3
+    # the default --segment 2: its plan, with the one-step plan of the same slots timed beside it at T = 10
+    records = json.loads(path.read_text())["records"]
+    assert set(records["reference"]) == {"naive", "binomial:3:2", "binomial:3", "max_relative_difference"}
+    assert records["plan"]["schedule"] == "binomial:3:2" and records["plan"]["stats"]["max_segment"] == 2
+    # Griewank's fewest evaluations, t * m - C(s + t, s + 1) with t the least such that C(s + t, s) >= m: 10
+    # two-step segments and 3 slots give t = 2 and 2 * 10 - C(5, 4) = 15 segments; 20 single steps, t = 3 and
+    # 3 * 20 - C(6, 4) = 45 steps
+    assert records["plan"]["segment_optimum_evaluations"] == records["plan"]["stats"]["forward_steps"] == 2 * 15
+    assert records["plan"]["revolve_optimum_evaluations"] == 45
     assert first["naive_steps"] == 0 and first["naive_times_s"] == []
     measure.main(args)  # finished: nothing is timed again
     assert long_time() == first
@@ -296,3 +307,36 @@ def test_the_long_part_resumes_and_redoes_only_what_is_stale(monkeypatch, tmp_pa
     # naive at a longer T asked for: timed around the runs too
     measure.main([*args[:-5], "20", *args[-4:]])
     assert long_time()["naive_steps"] == 20 and len(long_time()["naive_times_s"]) == 3
+
+
+def test_the_report_shows_a_segmented_plan_beside_the_one_step_plan():
+    """With ``--segment 2`` the report names ``binomial:447:2``, gives the one-step plan's time from the same
+    interleaved runs, and compares the evaluations with the fewest for two-step segments and with Revolve's."""
+    report = _load("report.py")
+    data = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    data["config"]["segment"] = 2
+    records = data["records"]
+    for key, steps in (("reference", 1000), ("reference_long", 10_000)):
+        records[key]["binomial:447:2"] = {**records[key]["binomial:447"], "time_s": 2.2e-3 * steps}
+        records[key]["binomial:447"]["time_s"] = 2.5e-3 * steps
+        records[key]["naive"]["time_s"] = 1.25e-3 * steps
+    records["plan"].update(schedule="binomial:447:2", segment_optimum_evaluations=199_102)
+    records["plan"]["stats"].update(max_segment=2, forward_steps=199_102)
+    lines = report.long_lines(data)
+    text = "\n".join(lines)
+    assert lines[0].startswith("Problem (a) through 100,000 SGD steps, `binomial:447:2`")
+    assert "`binomial:447:2` 2.20 ms/step (1.76×)" in text
+    assert (
+        "* The same slots reversing one step at a time, in the same interleaved runs: `binomial:447` 2.50 ms/step "
+        "(2.00×)" in text
+    )
+    assert "`binomial:447:2` took 0.88× its time per step." in text
+    assert (
+        "T = 10,000 (best of 3 runs interleaved with the plans): naive 1.25 ms/step, `binomial:447:2` 2.20 ms/step "
+        "(1.76×), `binomial:447` 2.50 ms/step (2.00×)" in text
+    )
+    assert "at most 448 stored states and 2 steps' graph; 199,102 steps evaluated" in text
+    assert (
+        "against the fewest for 447 slots reversing 2 steps at a time, 199,102 (reversing one step at a time, "
+        "Revolve's optimum is 199,551)" in text
+    )

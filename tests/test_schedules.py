@@ -47,6 +47,26 @@ def test_binomial_plan_is_valid_optimal_and_within_its_slots(slots):
         assert stats.forward_steps == _optimal_cost(n, slots) == binomial_evaluations(n, slots), (n, slots)
 
 
+@pytest.mark.parametrize("segment", [2, 3, 5])
+def test_segmented_binomial_plan_is_the_binomial_plan_over_segments(segment):
+    for slots in range(1, 5):
+        for n in range(1, 41):
+            stats = check_plan(Binomial(slots, segment=segment).plan(n))
+            segments = -(-n // segment)
+            assert stats.max_stored <= min(slots, segments - 1) + 1, (n, slots)
+            assert stats.max_segment == min(segment, n), "one segment's graph at a time"
+            assert stats.reversed_steps == n
+            if n % segment == 0:  # each no-graph evaluation of a segment is `segment` steps
+                assert stats.forward_steps == segment * _optimal_cost(segments, slots), (n, slots)
+            else:  # the last segment is shorter, and is evaluated without a graph at most as often
+                assert stats.forward_steps <= segment * _optimal_cost(segments, slots), (n, slots)
+            assert Binomial(slots, segment=segment).stats(n) == stats
+
+
+def test_segment_of_at_least_n_steps_replays_nothing():
+    assert check_plan(Binomial(3, segment=10).plan(7)) == (1, 0, 0, 7, 7)
+
+
 def test_binomial_reaches_100k_steps_with_200_slots_at_three_repetitions():
     n, slots = 100_000, 200
     stats = check_plan(Binomial(slots).plan(n))
@@ -124,7 +144,9 @@ def test_binomial_matches_naive_for_every_n_up_to_40_and_slots_up_to_6(naive_ref
             assert torch.equal(rng_after, ref_rng_after)
 
 
-@pytest.mark.parametrize("schedule", ["uniform:4", "sqrt", "binomial:3", "auto:1GiB", "auto:200KiB"])
+@pytest.mark.parametrize(
+    "schedule", ["uniform:4", "sqrt", "binomial:3", "binomial:3:2", "binomial:2:4", "auto:1GiB", "auto:200KiB"]
+)
 @pytest.mark.parametrize("offload", [False, True])
 def test_every_schedule_with_and_without_offload_matches_naive(schedule, offload, naive_references):
     for n in (1, 7, 23):
@@ -148,8 +170,10 @@ def test_clipping_is_active_in_the_schedule_comparison(naive_references):
 
 
 # ------------------------------------------------------------------- counted replays
-@pytest.mark.parametrize("n, slots", [(1, 1), (10, 1), (20, 3), (37, 2), (40, 6)])
-def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots):
+@pytest.mark.parametrize(
+    "n, slots, segment", [(1, 1, 1), (10, 1, 1), (20, 3, 1), (37, 2, 1), (40, 6, 1), (20, 2, 2), (36, 1, 3)]
+)
+def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots, segment):
     calls = []
 
     def loss(model, batch):
@@ -158,14 +182,16 @@ def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots):
 
     model = mlp(0)
     batches = [(x, y, i) for i, (x, y) in enumerate(regression_batches(n))]
-    result = memmaml.GradientCheckpointMAML(model, loss, memmaml.SGD(0.1), schedule=Binomial(slots))(batches)
+    schedule = Binomial(slots, segment=segment)
+    result = memmaml.GradientCheckpointMAML(model, loss, memmaml.SGD(0.1), schedule=schedule)(batches)
     mse(result.model, regression_batches(1)[0]).backward()
-    assert len(calls) == binomial_evaluations(n, slots) + n
+    assert len(calls) == segment * binomial_evaluations(n // segment, slots) + n
     forward, backward = [step for step, _ in calls[:n]], [step for step, _ in calls[n:]]
-    assert forward == list(range(n)), "the forward pass: each step once, the last one with its graph"
-    # the backward pass replays every step but the last (whose graph the forward pass kept), ending with step 0
-    assert set(backward) == set(range(n - 1))
-    assert not backward or backward[-1] == 0
+    assert forward == list(range(n)), "the forward pass: each step once, the last segment with its graph"
+    # the backward pass replays every step but the last segment's (whose graph the forward pass kept)
+    assert set(backward) == set(range(n - segment))
+    # ... and ends with the first segment, replayed with its graph
+    assert backward[-segment:] == list(range(segment)) if n > segment else not backward
 
 
 def _state_bytes(model):
@@ -256,6 +282,8 @@ def test_auto_measures_one_step_and_reports_its_choice():
     [
         ("binomial:0", "slots must be a positive integer, got 0"),
         ("binomial:x", "bad schedule 'binomial:x'"),
+        ("binomial:3:0", "segment must be a positive integer, got 0"),
+        ("binomial:3:x", r"'binomial:SLOTS:SEGMENT' takes a whole number of steps per segment after the colon"),
         ("revolve:3", "unknown schedule 'revolve:3'"),
         ("uniform", "unknown schedule 'uniform'"),
         ("auto:lots", "cannot read 'lots' as a memory size"),

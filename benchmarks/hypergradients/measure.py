@@ -47,6 +47,7 @@ from problems import (
     hypergradient,
     implicit,
     is_implicit,
+    long_schedule,
     max_relative_difference,
     problems,
     state_bytes,
@@ -429,13 +430,21 @@ def time_paired(
 
 
 def run_long(args: argparse.Namespace) -> None:
-    """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots`` (timed ``--long-repeats`` times, naive
-    at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after); naive's per-step time at
-    ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there), and the peaks of
-    the plan at ``--reference-steps`` and at ``--steps``."""
+    """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots:--segment`` (timed ``--long-repeats``
+    times, naive at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after); naive's
+    per-step time at ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there,
+    and with the plan of one-step segments when ``--segment`` is more), and the peaks of the plan at
+    ``--reference-steps`` and at ``--steps``."""
     problem = problems()["digits-lr-wd"]
-    schedule = f"binomial:{args.slots}"
-    config = {"steps": args.steps, "slots": args.slots, "reference_steps": args.reference_steps, "dtype": str(DT)}
+    schedule = long_schedule(args.slots, args.segment)
+    single = long_schedule(args.slots, 1)
+    config = {
+        "steps": args.steps,
+        "slots": args.slots,
+        "segment": args.segment,
+        "reference_steps": args.reference_steps,
+        "dtype": str(DT),
+    }
     path = Path(args.out) / "long_run.json"
     data = _load(path, config)
     records = data["records"]
@@ -457,9 +466,10 @@ def run_long(args: argparse.Namespace) -> None:
         }
 
     def interleaved(steps, track):
-        """Naive and the plan at ``steps``, timed in ``--repeats`` interleaved passes (load from other jobs hits
-        both alike; the fastest is kept), with their peaks from one tracked pass each when ``track``."""
-        engines = {"naive": None, schedule: schedule}
+        """Naive and the plan at ``steps`` (and the plan of one-step segments, when it is another), timed in
+        ``--repeats`` interleaved passes (load from other jobs hits all alike; the fastest is kept), with their
+        peaks from one tracked pass each when ``track``."""
+        engines = {"naive": None, schedule: schedule, single: single}
         runs = {name: [] for name in engines}
         for _ in range(args.repeats):
             for name, engine in engines.items():
@@ -469,7 +479,7 @@ def run_long(args: argparse.Namespace) -> None:
             best = min(runs[name], key=lambda r: r["time_s"])
             peak = hypergradient_with(steps, engine, True)["peak_bytes"] if track else None
             reference[name] = {**best, "peak_bytes": peak, "all_times_s": [r["time_s"] for r in runs[name]]}
-        naive, binomial = (reference[name]["lr"] + [reference[name]["wd"]] for name in engines)
+        naive, binomial = (reference[name]["lr"] + [reference[name]["wd"]] for name in ("naive", schedule))
         reference["max_relative_difference"] = max(abs(a - b) for a, b in zip(binomial, naive)) / max(map(abs, naive))
         print(
             f"T = {steps}: "
@@ -535,12 +545,19 @@ def run_long(args: argparse.Namespace) -> None:
         records["long_memory"] = hypergradient_with(args.steps, schedule, True)
         _save(path, data)
         print(f"{args.steps} steps, tracked: {memmaml.format_bytes(records['long_memory']['peak_bytes'])}", flush=True)
-    stats = memmaml.Binomial(args.slots).stats(args.steps)
+    plan = memmaml.parse_schedule(schedule)
     records["plan"] = {
         "schedule": schedule,
-        "stats": stats._asdict(),
+        "stats": plan.stats(args.steps)._asdict(),
+        # the fewest evaluations of any plan with --slots stored states reversing one step at a time, and (when
+        # --segment divides --steps) reversing --segment steps at a time
         "revolve_optimum_evaluations": memmaml.binomial_evaluations(args.steps, args.slots),
-        "reference_stats": memmaml.Binomial(args.slots).stats(args.reference_steps)._asdict(),
+        "segment_optimum_evaluations": (
+            args.segment * memmaml.binomial_evaluations(args.steps // args.segment, args.slots)
+            if args.steps % args.segment == 0
+            else None
+        ),
+        "reference_stats": plan.stats(args.reference_steps)._asdict(),
     }
     _save(path, data)
     render(Path(args.out))
@@ -581,6 +598,12 @@ def main(argv: list[str] | None = None) -> None:
         type=_positive,
         default=447,
         help="binomial slots (446 or more replay each of 100,000 steps at most once)",
+    )
+    long.add_argument(
+        "--segment",
+        type=_positive,
+        default=2,
+        help="steps per reversed segment (2: half the reversals, each with a fixed cost, for one more step's graph)",
     )
     long.add_argument("--reference-steps", type=_horizon, default=1000, help="T of the memory reference (and a timing)")
     long.add_argument(

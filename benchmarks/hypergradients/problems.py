@@ -220,6 +220,11 @@ class Maml:
         )
 
 
+def long_schedule(slots: int, segment: int) -> str:
+    """The text form of binomial checkpointing with ``slots`` stored states over segments of ``segment`` steps."""
+    return f"binomial:{slots}" + (f":{segment}" if segment > 1 else "")
+
+
 def problems() -> dict[str, Any]:
     return {
         "digits-lr-wd": DigitsHyper(),

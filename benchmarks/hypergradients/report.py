@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from problems import APPROXIMATIONS, METHODS
+from problems import APPROXIMATIONS, METHODS, long_schedule
 
 from memmaml import format_bytes
 
@@ -236,16 +236,22 @@ def long_time_lines(
 FIRST_PASSES = ("reference_first_pass", "reference_long_first_pass")
 
 
-def _interleaved_times(record: dict[str, Any], steps: int, schedule: str) -> str:
-    """Naive's and the plan's time per step in one interleaved timing at ``steps``, and their ratio."""
-    naive, plan = record["naive"]["time_s"] / steps, record[schedule]["time_s"] / steps
-    return f"naive {naive * 1e3:.2f} ms/step, `{schedule}` {plan * 1e3:.2f} ms/step ({plan / naive:.2f}×)"
+def _interleaved_times(record: dict[str, Any], steps: int, *schedules: str) -> str:
+    """Naive's and each plan's time per step in one interleaved timing at ``steps``, and their ratios to naive's
+    (a plan the record lacks is left out)."""
+    naive = record["naive"]["time_s"] / steps
+    text = f"naive {naive * 1e3:.2f} ms/step"
+    for schedule in dict.fromkeys(s for s in schedules if s in record):
+        plan = record[schedule]["time_s"] / steps
+        text += f", `{schedule}` {plan * 1e3:.2f} ms/step ({plan / naive:.2f}×)"
+    return text
 
 
 def long_lines(data: dict[str, Any]) -> list[str]:
     config, records = data["config"], data["records"]
     steps, ref_steps = config["steps"], config["reference_steps"]
-    schedule = f"binomial:{config['slots']}"
+    schedule = long_schedule(config["slots"], config.get("segment", 1))  # older records: one-step segments
+    single = long_schedule(config["slots"], 1)
     lines = [f"Problem (a) through {steps:,} SGD steps, `{schedule}`, float64, CPU time of one thread.", ""]
     reference = records.get("reference")
     if reference:
@@ -258,11 +264,20 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             f"{format_bytes(reference[schedule]['peak_bytes'])}; hypergradients agree to "
             f"{reference['max_relative_difference']:.1e} (max relative difference).",
         ]
+        if single != schedule and single in reference:
+            single_step = reference[single]["time_s"] / ref_steps
+            lines.append(
+                f"* The same slots reversing one step at a time, in the same interleaved runs: `{single}` "
+                f"{single_step * 1e3:.2f} ms/step ({single_step / naive_step:.2f}×), peak "
+                f"{format_bytes(reference[single]['peak_bytes'])}; `{schedule}` took "
+                f"{plan_step / single_step:.2f}× its time per step."
+            )
         longer = records.get("reference_long")
         if longer:
             lines.append(
                 f"* Naive at T = {longer['steps']:,} (best of {len(longer['naive']['all_times_s'])} runs interleaved "
-                f"with the plan): {_interleaved_times(longer, longer['steps'], schedule)}; hypergradients agree to "
+                f"with the {'plans' if single in longer and single != schedule else 'plan'}): "
+                f"{_interleaved_times(longer, longer['steps'], schedule, single)}; hypergradients agree to "
                 f"{longer['max_relative_difference']:.1e}."
             )
         first = [records[key] for key in FIRST_PASSES if key in records]
@@ -296,10 +311,20 @@ def long_lines(data: dict[str, Any]) -> list[str]:
     plan = records.get("plan")
     if plan:
         stats = plan["stats"]
+        optimum = plan.get("segment_optimum_evaluations")
+        graph = "one step's" if stats["max_segment"] == 1 else f"{stats['max_segment']} steps'"
+        if stats["max_segment"] > 1 and optimum is not None:
+            against = (
+                f"the fewest for {config['slots']} slots reversing {stats['max_segment']} steps at a time, "
+                f"{optimum:,} (reversing one step at a time, Revolve's optimum is "
+                f"{plan['revolve_optimum_evaluations']:,})"
+            )
+        else:
+            against = f"Revolve's optimum for {config['slots']} slots, {plan['revolve_optimum_evaluations']:,}"
         lines.append(
-            f"* Plan: at most {stats['max_stored']} stored states; {stats['forward_steps']:,} steps evaluated without "
-            f"a graph ({stats['forward_steps'] / steps:.3f} per step: the forward pass and one replay of almost every "
-            f"step) against Revolve's optimum for {config['slots']} slots, {plan['revolve_optimum_evaluations']:,}; "
+            f"* Plan: at most {stats['max_stored']} stored states and {graph} graph; "
+            f"{stats['forward_steps']:,} steps evaluated without a graph ({stats['forward_steps'] / steps:.3f} per "
+            f"step: the forward pass and one replay of almost every step) against {against}; "
             f"{stats['reversed_steps']:,} steps run with their graph."
         )
     lines.append("")

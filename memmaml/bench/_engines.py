@@ -54,7 +54,8 @@ def concrete_engine(
         return "naive"
     name = {
         "Uniform": f"uniform:{getattr(schedule, 'checkpoint_steps', 0)}",
-        "Binomial": f"binomial:{getattr(schedule, 'slots', 0)}",
+        "Binomial": f"binomial:{getattr(schedule, 'slots', 0)}"
+        + (f":{schedule.segment}" if getattr(schedule, "segment", 1) > 1 else ""),
         "SqrtUniform": "sqrt",
     }[type(schedule).__name__]
     return name + ("+offload" if spec.offload else "")

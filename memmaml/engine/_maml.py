@@ -38,7 +38,8 @@ class MAML(nn.Module):
       for (parameters, optimizer state, buffers, RNG) and replays the steps in
       the backward pass: ``Uniform(k)`` / ``"uniform:k"`` (segments of ``k``
       steps), ``"sqrt"``, ``Binomial(slots)`` / ``"binomial:slots"`` (Revolve:
-      the fewest replays for that memory), ``Auto(budget)`` / ``"auto:11GiB"``
+      the fewest replays for that memory; ``segment=k`` / ``"binomial:slots:k"``
+      reverses ``k`` steps at a time), ``Auto(budget)`` / ``"auto:11GiB"``
       (measures one step on the first call and picks the fastest that fits;
       :attr:`last_choice` says which).
 

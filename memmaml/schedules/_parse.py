@@ -10,13 +10,14 @@ from ._schedules import Binomial, Schedule, SqrtUniform, Uniform
 __all__ = ["EngineSpec", "parse_engine", "parse_schedule"]
 
 
-_FORMS = "'uniform:K', 'sqrt', 'binomial:SLOTS', 'auto:BUDGET' (e.g. 'auto:11GiB')"
+_FORMS = "'uniform:K', 'sqrt', 'binomial:SLOTS', 'binomial:SLOTS:SEGMENT', 'auto:BUDGET' (e.g. 'auto:11GiB')"
 
 
 def parse_schedule(spec: str | Schedule) -> Schedule:
     """A schedule from a short text: ``"uniform:10"``, ``"sqrt"``, ``"binomial:20"``, ``"auto:11GiB"``.
 
-    ``"sqrt"`` is :class:`SqrtUniform`. A :class:`Schedule` is returned unchanged.
+    ``"sqrt"`` is :class:`SqrtUniform`; ``"binomial:20:2"`` is ``Binomial(20, segment=2)``. A
+    :class:`Schedule` is returned unchanged.
 
     Raises:
         TypeError: neither a schedule nor a string.
@@ -33,7 +34,7 @@ def parse_schedule(spec: str | Schedule) -> Schedule:
     name, _, arg = spec.strip().partition(":")
     makers = {
         "uniform": lambda a: Uniform(_whole("uniform:K", "steps per segment", a)),
-        "binomial": lambda a: Binomial(_whole("binomial:SLOTS", "stored states", a)),
+        "binomial": _binomial,
         "auto": Auto,
     }
     name = name.lower()
@@ -45,6 +46,16 @@ def parse_schedule(spec: str | Schedule) -> Schedule:
     except ValueError as err:
         raise ValueError(f"bad schedule {spec!r}: {err}") from None
     raise ValueError(f"unknown schedule {spec!r}; use one of {_FORMS}")
+
+
+def _binomial(arg: str) -> Binomial:
+    slots, colon, segment = arg.partition(":")
+    if not colon:
+        return Binomial(_whole("binomial:SLOTS", "stored states", slots))
+    return Binomial(
+        _whole("binomial:SLOTS:SEGMENT", "stored states", slots),
+        segment=_whole("binomial:SLOTS:SEGMENT", "steps per segment", segment),
+    )
 
 
 def _whole(form: str, what: str, text: str) -> int:

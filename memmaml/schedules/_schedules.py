@@ -197,8 +197,20 @@ class Binomial(Schedule):
     times, plus once with its graph. ``t`` grows like
     ``log n`` for ``slots ∝ log n``; with 200 slots, 100,000 steps need ``t = 3``.
 
+    With ``segment=k`` the same schedule runs over segments of ``k`` steps
+    (the last one shorter when ``k`` does not divide ``n``): states are stored
+    only at segment starts, and each reversal replays one segment with its
+    graph and pulls the cotangent through it at once. The backward pass then
+    holds ``k`` steps' graph instead of one, and makes ``ceil(n / k)``
+    reversals instead of ``n``. Each reversal has a fixed cost besides its
+    steps (an autograd call, restoring the replay context), which for a small
+    model is a large part of a step, so a short segment can save time at the
+    memory of ``k - 1`` more steps' graph; for ``k`` dividing ``n`` the steps
+    evaluated without a graph are ``k * binomial_evaluations(n // k, slots)``.
+
     Args:
         slots: how many states may be stored at once besides the input (>= 1).
+        segment: steps per reversed segment (>= 1; text form ``"binomial:SLOTS:SEGMENT"``).
 
     Example:
         >>> from memmaml import Binomial, binomial_evaluations, check_plan
@@ -206,41 +218,67 @@ class Binomial(Schedule):
         4
         >>> binomial_evaluations(20, 3)
         45
+        >>> check_plan(Binomial(slots=3, segment=2).plan(20)).max_segment
+        2
     """
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, *, segment: int = 1) -> None:
         self.slots = positive_int("slots", slots)
+        self.segment = positive_int("segment", segment)
 
     def plan(self, num_steps: int) -> Plan:
-        check_num_steps(num_steps)
-        saves = [0]
-        backward: list[Op] = []
-        in_forward = True  # the first chain of advances is done by the forward pass itself
-        stack: list[tuple] = [("reverse", 0, num_steps, self.slots)]
-        while stack:
-            task = stack.pop()
-            if task[0] == "drop":
-                backward.append(Drop(task[1]))
-                continue
-            _, start, stop, free = task
-            if stop - start == 1:
-                backward.append(Reverse(start, stop))
-                in_forward = False
-                continue
-            mid = start + _binomial_split(stop - start, free)
-            if in_forward:
-                saves.append(mid)
-            else:
-                backward.append(Advance(start, mid))
-            stack.append(("reverse", start, mid, free))
-            stack.append(("drop", mid))
-            stack.append(("reverse", mid, stop, free - 1))
-        return Plan(num_steps, tuple(saves), tuple(backward))
+        n = check_num_steps(num_steps)
+        k = self.segment
+        if k == 1:
+            return _binomial_plan(n, self.slots)
+        macro = _binomial_plan(-(-n // k), self.slots)
+
+        def at(index: int) -> int:  # the step where segment ``index`` starts
+            return min(index * k, n)
+
+        def scaled(op: Op) -> Op:
+            if isinstance(op, Drop):
+                return Drop(at(op.index))
+            return type(op)(at(op.start), at(op.stop))
+
+        return Plan(n, tuple(at(i) for i in macro.forward_saves), tuple(scaled(op) for op in macro.backward))
 
     def stats(self, num_steps: int) -> PlanStats:
         n = check_num_steps(num_steps)
-        evaluations = binomial_evaluations(n, self.slots)
-        return PlanStats(1 + min(self.slots, n - 1), evaluations, evaluations - (n - 1), n, 1)
+        k = self.segment
+        if n % k:  # a shorter last segment: counted on the plan
+            return check_plan(self.plan(n))
+        m = n // k  # the forward pass runs all segments but the last without a graph
+        evaluations = k * binomial_evaluations(m, self.slots)
+        return PlanStats(1 + min(self.slots, m - 1), evaluations, evaluations - (n - k), n, k)
 
     def __repr__(self) -> str:
-        return f"Binomial(slots={self.slots})"
+        more = f", segment={self.segment}" if self.segment > 1 else ""
+        return f"Binomial(slots={self.slots}{more})"
+
+
+def _binomial_plan(num_steps: int, slots: int) -> Plan:
+    """Binomial checkpointing's plan reversing ``num_steps`` steps one at a time with ``slots`` stored states."""
+    saves = [0]
+    backward: list[Op] = []
+    in_forward = True  # the first chain of advances is done by the forward pass itself
+    stack: list[tuple] = [("reverse", 0, num_steps, slots)]
+    while stack:
+        task = stack.pop()
+        if task[0] == "drop":
+            backward.append(Drop(task[1]))
+            continue
+        _, start, stop, free = task
+        if stop - start == 1:
+            backward.append(Reverse(start, stop))
+            in_forward = False
+            continue
+        mid = start + _binomial_split(stop - start, free)
+        if in_forward:
+            saves.append(mid)
+        else:
+            backward.append(Advance(start, mid))
+        stack.append(("reverse", start, mid, free))
+        stack.append(("drop", mid))
+        stack.append(("reverse", mid, stop, free - 1))
+    return Plan(num_steps, tuple(saves), tuple(backward))
