@@ -208,6 +208,17 @@ def test_type_functions():
         t.positive_int_list("4, 1,4")
     assert t.size("1.5 KiB") == 1536 and t.positive_float("1e-3") == 0.001 and t.non_negative_int(" 0 ") == 0
     assert t.engine("sqrt") == "sqrt" and t.engine(" uniform:05 ") == "uniform:5"
+    assert t.engine("Binomial:03:2 +offload") == "binomial:3:2+offload" and t.engine("binomial:3") == "binomial:3"
+    with pytest.raises(Exception, match=re.escape("'binomial:3:2' is given twice in 'binomial:3:2,binomial:3:02'")):
+        t.engine_list("binomial:3:2,binomial:3:02")
+    for text, message in (
+        ("binomial:3:0", "binomial:SLOTS:SEGMENT needs SEGMENT (steps per segment) >= 1, got '0'"),
+        ("binomial:3:x", "got 'x'"),
+        ("binomial:3:2:1", "got '2:1'"),
+        ("uniform:3:2", "got '3:2'"),
+    ):
+        with pytest.raises(Exception, match=re.escape(f"{text!r}: {message}" if "needs" in message else message)):
+            t.engine(text)
     assert t.device("auto") == t.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     for function, text in ((t.positive_int, "1.5"), (t.positive_float, "-inf"), (t.engine, "binomial:0")):
         with pytest.raises(Exception, match=re.escape(repr(text))):

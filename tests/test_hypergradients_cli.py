@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hypergradients" / "measure.py"
-RUNNERS = ("run_errors", "run_downstream", "run_long", "render", "_warm_up")
+RUNNERS = ("run_errors", "run_downstream", "run_long", "run_segments", "render", "_warm_up")
 
 
 def _load(filename: str):
@@ -50,6 +50,9 @@ def measure(monkeypatch):
         (["long", "--naive-steps", "25"], "--naive-steps"),
         (["long", "--naive-steps", "-10"], "--naive-steps"),
         (["long", "--slots", "0"], "--slots"),
+        (["segments", "--steps", "25"], "--steps"),
+        (["segments", "--rounds", "0"], "--rounds"),
+        (["segments", "--segment", "-1"], "--segment"),
         (["long", "--segment", "0"], "--segment"),
         (["long", "--segment", "2.5"], "--segment"),
         (["long", "--repeats", "x"], "--repeats"),
@@ -91,6 +94,8 @@ def test_an_out_that_is_a_file_is_refused(measure, tmp_path, capsys):
         (["long", "--naive-steps", "0", "--steps", "20"], "run_long"),
         (["downstream", "--problems", "sinusoid-maml", "--steps", "15"], "run_downstream"),
         (["errors", "--horizons", "10,20"], "run_errors"),
+        (["segments", "--steps", "20", "--slots", "3", "--rounds", "2"], "run_segments"),
+        (["render"], "render"),
     ],
 )
 def test_good_values_reach_the_runner(measure, args, runner, tmp_path):
@@ -331,6 +336,10 @@ def test_the_report_shows_a_segmented_plan_beside_the_one_step_plan():
         "(2.00×)" in text
     )
     assert "`binomial:447:2` took 0.88× its time per step." in text
+    reference = records["reference"]
+    single, naive = (reference[key]["lr"] + [reference[key]["wd"]] for key in ("binomial:447", "naive"))
+    agreement = max(abs(a - b) for a, b in zip(single, naive)) / max(abs(b) for b in naive)
+    assert f"hypergradients agree with naive's to {agreement:.1e}; `binomial:447:2` took" in text
     assert (
         "T = 10,000 (best of 3 runs interleaved with the plans): naive 1.25 ms/step, `binomial:447:2` 2.20 ms/step "
         "(1.76×), `binomial:447` 2.50 ms/step (2.00×)" in text
@@ -340,3 +349,27 @@ def test_the_report_shows_a_segmented_plan_beside_the_one_step_plan():
         "against the fewest for 447 slots reversing 2 steps at a time, 199,102 (reversing one step at a time, "
         "Revolve's optimum is 199,551)" in text
     )
+
+
+def test_the_segments_part_swaps_the_order_every_round_and_resumes(monkeypatch, tmp_path):
+    measure = _load(SCRIPT.name)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(measure, "render", lambda out: _load("report.py").write_report(out))  # (no sys.path edit)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "segments", "--steps", "20", "--slots", "3", "--rounds", "3"]
+    measure.main(args)
+    data = json.loads((out / "segments.json").read_text())
+    rounds = data["records"]["rounds"]
+    assert [r["order"] for r in rounds] == [["binomial:3", "binomial:3:2"], ["binomial:3:2", "binomial:3"]] + [
+        ["binomial:3", "binomial:3:2"]
+    ]
+    for r in rounds:  # the same hypergradient from either plan, to rounding
+        one, two = r["binomial:3"], r["binomial:3:2"]
+        assert abs(one["wd"] - two["wd"]) <= 1e-12 * abs(one["wd"]) and one["time_s"] > 0 < two["time_s"]
+    text = (out / "results.md").read_text()
+    assert "## Reversing two steps at a time" in text and "3 rounds of one run each" in text
+    ratios = [r["binomial:3:2"]["time_s"] / r["binomial:3"]["time_s"] for r in rounds]
+    assert f"median **{sorted(ratios)[1]:.3f}**" in text
+    measure.main([*args[:-1], "4"])  # one more round: the three kept, the fourth in the swapped order
+    again = json.loads((out / "segments.json").read_text())["records"]["rounds"]
+    assert again[:3] == rounds and again[3]["order"] == ["binomial:3:2", "binomial:3"]

@@ -58,9 +58,9 @@ def test_segmented_binomial_plan_is_the_binomial_plan_over_segments(segment):
             assert stats.reversed_steps == n
             if n % segment == 0:  # each no-graph evaluation of a segment is `segment` steps
                 assert stats.forward_steps == segment * _optimal_cost(segments, slots), (n, slots)
-            else:  # the last segment is shorter, and is evaluated without a graph at most as often
-                assert stats.forward_steps <= segment * _optimal_cost(segments, slots), (n, slots)
-            assert Binomial(slots, segment=segment).stats(n) == stats
+                assert Binomial(slots, segment=segment).stats(n) == stats  # the closed form
+            elif segments > 1:  # the first segment is shorter, and the forward pass evaluates it at least once
+                assert stats.forward_steps < segment * _optimal_cost(segments, slots), (n, slots)
 
 
 def test_segment_of_at_least_n_steps_replays_nothing():
@@ -170,8 +170,14 @@ def test_clipping_is_active_in_the_schedule_comparison(naive_references):
 
 
 # ------------------------------------------------------------------- counted replays
+# 11 steps in two-step segments with one slot: 6 segments, the first of one step, reversed with Griewank's
+# 5 * 6 - C(6, 2) = 15 segment evaluations without a graph, of which 5 are of the first: 15 * 2 - 5 = 25 steps
+SHORT_FIRST = {(11, 1, 2): 25}
+
+
 @pytest.mark.parametrize(
-    "n, slots, segment", [(1, 1, 1), (10, 1, 1), (20, 3, 1), (37, 2, 1), (40, 6, 1), (20, 2, 2), (36, 1, 3)]
+    "n, slots, segment",
+    [(1, 1, 1), (10, 1, 1), (20, 3, 1), (37, 2, 1), (40, 6, 1), (20, 2, 2), (36, 1, 3), (11, 1, 2)],
 )
 def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots, segment):
     calls = []
@@ -185,13 +191,16 @@ def test_binomial_evaluates_exactly_the_closed_form_number_of_steps(n, slots, se
     schedule = Binomial(slots, segment=segment)
     result = memmaml.GradientCheckpointMAML(model, loss, memmaml.SGD(0.1), schedule=schedule)(batches)
     mse(result.model, regression_batches(1)[0]).backward()
-    assert len(calls) == segment * binomial_evaluations(n // segment, slots) + n
+    evaluations = SHORT_FIRST.get((n, slots, segment), segment * binomial_evaluations(n // segment, slots))
+    assert len(calls) == evaluations + n
+    assert schedule.stats(n).forward_steps == evaluations
     forward, backward = [step for step, _ in calls[:n]], [step for step, _ in calls[n:]]
     assert forward == list(range(n)), "the forward pass: each step once, the last segment with its graph"
     # the backward pass replays every step but the last segment's (whose graph the forward pass kept)
     assert set(backward) == set(range(n - segment))
-    # ... and ends with the first segment, replayed with its graph
-    assert backward[-segment:] == list(range(segment)) if n > segment else not backward
+    # ... and ends with the first segment (shorter when `segment` does not divide n), replayed with its graph
+    first = n - (-(-n // segment) - 1) * segment
+    assert backward[-first:] == list(range(first)) if n > segment else not backward
 
 
 def _state_bytes(model):
@@ -283,7 +292,7 @@ def test_auto_measures_one_step_and_reports_its_choice():
         ("binomial:0", "slots must be a positive integer, got 0"),
         ("binomial:x", "bad schedule 'binomial:x'"),
         ("binomial:3:0", "segment must be a positive integer, got 0"),
-        ("binomial:3:x", r"'binomial:SLOTS:SEGMENT' takes a whole number of steps per segment after the colon"),
+        ("binomial:3:x", "'binomial:SLOTS:SEGMENT' takes a whole number of steps per segment after the second colon"),
         ("revolve:3", "unknown schedule 'revolve:3'"),
         ("uniform", "unknown schedule 'uniform'"),
         ("auto:lots", "cannot read 'lots' as a memory size"),

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """How wrong are truncated, first-order and implicit hypergradients? Measured against the exact one (issue 22).
 
-Three parts, each writing a JSON file next to this script (or to ``--out``) after every finished unit of work,
+Four parts, each writing a JSON file next to this script (or to ``--out``) after every finished unit of work,
 so a stopped run keeps what it has and a rerun resumes; ``render`` turns them into ``results.md``:
 
     python benchmarks/hypergradients/measure.py errors       # error, time and memory of every method, T = 10 .. 10,000
     python benchmarks/hypergradients/measure.py downstream   # 30 outer steps driven by each method, 5 seeds
     python benchmarks/hypergradients/measure.py long         # the exact hypergradient through 100,000 SGD steps
-    python benchmarks/hypergradients/measure.py render       # results.md from the three JSON files
+    python benchmarks/hypergradients/measure.py segments     # binomial over one-step and two-step segments, paired
+    python benchmarks/hypergradients/measure.py render       # results.md from the JSON files
 
 The problems and methods are in ``problems.py`` (its docstring says what each method means on each problem).
 Times are the CPU time of this process with one thread (``time.process_time``): on a shared machine the wall
@@ -58,11 +59,13 @@ HERE = Path(__file__).resolve().parent
 SEED = 0  # the training run / task and initialisation of the error table
 
 
-def _load(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The results so far, if they were made with the same configuration; a fresh record otherwise."""
+def _load(path: Path, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The results so far, if they were made with the same configuration (a key a record lacks reads as its value
+    in ``defaults``: an option added later, whose default there is what ran before); a fresh record otherwise."""
     if path.exists():
         data = json.loads(path.read_text())
-        if data.get("config") == config:
+        if {**(defaults or {}), **data.get("config", {})} == config:
+            data["config"] = config
             return data
         print(f"{path.name}: configuration changed, starting afresh", flush=True)
     return {"config": config, "records": {}}
@@ -429,13 +432,30 @@ def time_paired(
     return partial["runs"]
 
 
+def hypergradient_with(steps: int, engine: str | None, track: bool) -> dict[str, Any]:
+    """Problem (a)'s hypergradient through ``steps`` steps with ``engine``: its CPU and wall time, its peak (when
+    ``track``) and the hypergradient."""
+    inst = problems()["digits-lr-wd"].instance(steps, SEED)
+    maml = memmaml.MAML(inst.model, inst.loss_fn, inst.optimizer, schedule=engine, preserve_rng_state=False)
+    tracker = memmaml.track_memory("cpu") if track else contextlib.nullcontext()
+    with tracker as memory, Clock() as clock:
+        loss = inst.outer(maml(inst.batches, loss_kwargs=inst.loss_kwargs).model)
+        grads = torch.autograd.grad(loss, [inst.wrt["lr"], inst.wrt["wd"]])
+    return {
+        "time_s": clock.seconds,
+        "wall_s": clock.wall_seconds,
+        "peak_bytes": memory.peak_bytes if track else None,
+        "lr": grads[0].tolist(),
+        "wd": grads[1].item(),
+    }
+
+
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots:--segment`` (timed ``--long-repeats``
     times, naive at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after); naive's
     per-step time at ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there,
     and with the plan of one-step segments when ``--segment`` is more), and the peaks of the plan at
     ``--reference-steps`` and at ``--steps``."""
-    problem = problems()["digits-lr-wd"]
     schedule = long_schedule(args.slots, args.segment)
     single = long_schedule(args.slots, 1)
     config = {
@@ -446,24 +466,9 @@ def run_long(args: argparse.Namespace) -> None:
         "dtype": str(DT),
     }
     path = Path(args.out) / "long_run.json"
-    data = _load(path, config)
+    data = _load(path, config, {"segment": 1})  # before --segment, every plan reversed one step at a time
     records = data["records"]
     _warm_up()
-
-    def hypergradient_with(steps, engine, track):
-        inst = problem.instance(steps, SEED)
-        maml = memmaml.MAML(inst.model, inst.loss_fn, inst.optimizer, schedule=engine, preserve_rng_state=False)
-        tracker = memmaml.track_memory("cpu") if track else contextlib.nullcontext()
-        with tracker as memory, Clock() as clock:
-            loss = inst.outer(maml(inst.batches, loss_kwargs=inst.loss_kwargs).model)
-            grads = torch.autograd.grad(loss, [inst.wrt["lr"], inst.wrt["wd"]])
-        return {
-            "time_s": clock.seconds,
-            "wall_s": clock.wall_seconds,
-            "peak_bytes": memory.peak_bytes if track else None,
-            "lr": grads[0].tolist(),
-            "wd": grads[1].item(),
-        }
 
     def interleaved(steps, track):
         """Naive and the plan at ``steps`` (and the plan of one-step segments, when it is another), timed in
@@ -471,9 +476,10 @@ def run_long(args: argparse.Namespace) -> None:
         peaks from one tracked pass each when ``track``."""
         engines = {"naive": None, schedule: schedule, single: single}
         runs = {name: [] for name in engines}
-        for _ in range(args.repeats):
-            for name, engine in engines.items():
-                runs[name].append(hypergradient_with(steps, engine, False))
+        names = list(engines)
+        for r in range(args.repeats):  # each pass starts with another engine: none always runs right after naive
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                runs[name].append(hypergradient_with(steps, engines[name], False))
         reference = {}
         for name, engine in engines.items():
             best = min(runs[name], key=lambda r: r["time_s"])
@@ -563,6 +569,27 @@ def run_long(args: argparse.Namespace) -> None:
     render(Path(args.out))
 
 
+# --------------------------------------------------------------------------- part 4: segments
+def run_segments(args: argparse.Namespace) -> None:
+    """``binomial:--slots`` reversing one step and ``--segment`` steps at a time, at ``--steps``: ``--rounds``
+    rounds of one run each, the order swapped every round (what runs first in a round meets another state of the
+    machine than what runs second); each round is saved at once, and a rerun goes on from them."""
+    engines = [long_schedule(args.slots, 1), long_schedule(args.slots, args.segment)]
+    config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
+    path = Path(args.out) / "segments.json"
+    data = _load(path, config)
+    rounds = data["records"].setdefault("rounds", [])
+    if len(rounds) < args.rounds:
+        _warm_up()
+    while len(rounds) < args.rounds:
+        order = engines if len(rounds) % 2 == 0 else engines[::-1]
+        rounds.append({"order": order, **{engine: hypergradient_with(args.steps, engine, False) for engine in order}})
+        _save(path, data)
+        times = ", ".join(f"{e} {rounds[-1][e]['time_s'] / args.steps * 1e3:.2f} ms/step" for e in engines)
+        print(f"round {len(rounds)} of {args.rounds}: {times}", flush=True)
+    render(Path(args.out))
+
+
 # --------------------------------------------------------------------------- results.md
 def render(out: Path) -> None:
     from report import write_report
@@ -597,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         "--slots",
         type=_positive,
         default=447,
-        help="binomial slots (446 or more replay each of 100,000 steps at most once)",
+        help="binomial slots (with --segment 1, 446 or more replay each of 100,000 steps at most once; with 2, 315)",
     )
     long.add_argument(
         "--segment",
@@ -615,6 +642,11 @@ def main(argv: list[str] | None = None) -> None:
     long.add_argument(
         "--long-repeats", type=_positive, default=5, help="timed runs at --steps (the report gives the median ratio)"
     )
+    segments = subparser("segments", "problem (a) with one-step and multi-step binomial segments, paired runs")
+    segments.add_argument("--steps", type=_horizon, default=10_000, help="T")
+    segments.add_argument("--slots", type=_positive, default=447, help="binomial slots")
+    segments.add_argument("--segment", type=_positive, default=2, help="steps per segment compared with one")
+    segments.add_argument("--rounds", type=_positive, default=8, help="rounds of one run each, the order swapped")
     subparser("render", "results.md from the JSON files")
     args = parser.parse_args(argv)
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -630,9 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     PROVENANCE.update(provenance())
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"errors": run_errors, "downstream": run_downstream, "long": run_long, "render": lambda a: render(Path(a.out))}[
-        args.part
-    ](args)
+    runners = {"errors": run_errors, "downstream": run_downstream, "long": run_long, "segments": run_segments}
+    runners.get(args.part, lambda a: render(Path(a.out)))(args)
 
 
 if __name__ == "__main__":

@@ -247,6 +247,12 @@ def _interleaved_times(record: dict[str, Any], steps: int, *schedules: str) -> s
     return text
 
 
+def _difference(record: dict[str, Any], reference: dict[str, Any]) -> float:
+    """The largest difference between two runs' hypergradients, relative to the largest of ``reference``'s."""
+    a, b = record["lr"] + [record["wd"]], reference["lr"] + [reference["wd"]]
+    return max(abs(x - y) for x, y in zip(a, b)) / max(map(abs, b))
+
+
 def long_lines(data: dict[str, Any]) -> list[str]:
     config, records = data["config"], data["records"]
     steps, ref_steps = config["steps"], config["reference_steps"]
@@ -269,7 +275,8 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"* The same slots reversing one step at a time, in the same interleaved runs: `{single}` "
                 f"{single_step * 1e3:.2f} ms/step ({single_step / naive_step:.2f}×), peak "
-                f"{format_bytes(reference[single]['peak_bytes'])}; `{schedule}` took "
+                f"{format_bytes(reference[single]['peak_bytes'])}, hypergradients agree with naive's to "
+                f"{_difference(reference[single], reference['naive']):.1e}; `{schedule}` took "
                 f"{plan_step / single_step:.2f}× its time per step."
             )
         longer = records.get("reference_long")
@@ -303,10 +310,9 @@ def long_lines(data: dict[str, Any]) -> list[str]:
                 if a == b:
                     lines.append("* The tracked and untracked runs' hypergradients are bitwise equal.")
                 else:
-                    difference = max(abs(x - y) for x, y in zip(a, b)) / max(map(abs, a))
                     lines.append(
                         "* The tracked and untracked runs' hypergradients differ by "
-                        f"{difference:.1e} (max relative difference; see the provenance note)."
+                        f"{_difference(long_memory, long_time):.1e} (max relative difference; see the provenance note)."
                     )
     plan = records.get("plan")
     if plan:
@@ -328,6 +334,35 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             f"{stats['reversed_steps']:,} steps run with their graph."
         )
     lines.append("")
+    return lines
+
+
+def segment_lines(data: dict[str, Any]) -> list[str]:
+    """The paired rounds of one-step and multi-step segments: each round's ratio, their median and range."""
+    config, rounds = data["config"], data["records"].get("rounds", [])
+    steps, one, more = (
+        config["steps"],
+        long_schedule(config["slots"], 1),
+        long_schedule(config["slots"], config["segment"]),
+    )
+    lines = [
+        f"Problem (a) through {steps:,} SGD steps, `{more}` against `{one}`, float64, CPU time of one thread; "
+        f"{len(rounds)} rounds of one run each, the order swapped every round.",
+        "",
+    ]
+    if not rounds:
+        return lines
+    ratios = [r[more]["time_s"] / r[one]["time_s"] for r in rounds]
+    per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in (one, more)}
+    lines += [
+        f"* `{more}` / `{one}`, per round: "
+        + ", ".join(f"{x:.3f}" for x in ratios)
+        + f"; median **{statistics.median(ratios):.3f}**, range {min(ratios):.3f}-{max(ratios):.3f}.",
+        *(f"* `{e}`: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
+        f"* Hypergradients of the two plans differ by at most {max(_difference(r[more], r[one]) for r in rounds):.1e} "
+        "(max relative difference).",
+        "",
+    ]
     return lines
 
 
@@ -413,6 +448,10 @@ def write_report(out: Path) -> None:
     if long_run:
         lines += ["## The exact hypergradient through 100,000 steps", "", _provenance_line(long_run), ""]
         lines += long_lines(long_run)
+    segments = _read(out, "segments.json")
+    if segments:
+        lines += ["## Reversing two steps at a time", "", _provenance_line(segments), ""]
+        lines += segment_lines(segments)
     cross_check = _read(out, "torchopt_check.json")
     if cross_check:
         lines += ["## Cross-check of the implicit hypergradient against torchopt", ""]

@@ -260,11 +260,17 @@ def engine(text: str) -> str:
     name, colon, argument = body.partition(":")
     name, argument = name.strip().lower(), argument.strip()
     if name in _NUMBERED and argument.lower() not in ("best", "auto"):
-        value = _integer(argument)
-        if value is None or value < 1:
-            what = "K (steps per segment)" if name == "uniform" else "SLOTS (stored states)"
-            raise argparse.ArgumentTypeError(f"{text!r}: {name}:{what.split()[0]} needs {what} >= 1, got {argument!r}")
-        argument = str(value)
+        parts = argument.split(":", 1) if name == "binomial" else [argument]  # binomial:SLOTS[:SEGMENT]
+        symbols = [("K", "steps per segment")] if name == "uniform" else [("SLOTS", "stored states")]
+        symbols += [("SEGMENT", "steps per segment")] if name == "binomial" else []
+        values = []
+        for i, (part, (symbol, what)) in enumerate(zip(parts, symbols)):
+            value = _integer(part)
+            if value is None or value < 1:
+                form = ":".join([name, *(s for s, _ in symbols[: i + 1])])
+                raise argparse.ArgumentTypeError(f"{text!r}: {form} needs {symbol} ({what}) >= 1, got {part!r}")
+            values.append(str(value))
+        argument = ":".join(values)
     canonical = name + (f":{argument.lower() if name in _NUMBERED else argument}" if colon else "")
     canonical += "+offload" if offload else ""
     try:

@@ -14,7 +14,8 @@ _FORMS = "'uniform:K', 'sqrt', 'binomial:SLOTS', 'binomial:SLOTS:SEGMENT', 'auto
 
 
 def parse_schedule(spec: str | Schedule) -> Schedule:
-    """A schedule from a short text: ``"uniform:10"``, ``"sqrt"``, ``"binomial:20"``, ``"auto:11GiB"``.
+    """A schedule from a short text: ``"uniform:10"``, ``"sqrt"``, ``"binomial:20"``, ``"binomial:20:2"``,
+    ``"auto:11GiB"``.
 
     ``"sqrt"`` is :class:`SqrtUniform`; ``"binomial:20:2"`` is ``Binomial(20, segment=2)``. A
     :class:`Schedule` is returned unchanged.
@@ -54,16 +55,16 @@ def _binomial(arg: str) -> Binomial:
         return Binomial(_whole("binomial:SLOTS", "stored states", slots))
     return Binomial(
         _whole("binomial:SLOTS:SEGMENT", "stored states", slots),
-        segment=_whole("binomial:SLOTS:SEGMENT", "steps per segment", segment),
+        segment=_whole("binomial:SLOTS:SEGMENT", "steps per segment", segment, "after the second colon"),
     )
 
 
-def _whole(form: str, what: str, text: str) -> int:
-    """The whole number after the colon of ``form``; a message naming the form otherwise."""
+def _whole(form: str, what: str, text: str, where: str = "after the colon") -> int:
+    """The whole number at ``where`` in ``form``; a message naming the form otherwise."""
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{form!r} takes a whole number of {what} after the colon, got {text!r}") from None
+        raise ValueError(f"{form!r} takes a whole number of {what} {where}, got {text!r}") from None
 
 
 class EngineSpec(NamedTuple):

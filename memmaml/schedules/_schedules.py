@@ -13,7 +13,8 @@ mechanism; a schedule decides nothing else.
   reverse automatic differentiation"; Griewank & Walther 2000, "Algorithm 799:
   Revolve"): at most ``slots`` stored states besides the input, one step's graph
   at a time, and the fewest step evaluations any schedule with that many stored
-  states can achieve.
+  states can achieve. ``Binomial(slots, segment=k)`` runs it over segments of
+  ``k`` steps: ``k`` steps' graph at a time, a fixed cost per reversal saved.
 :class:`~memmaml.Auto` (:mod:`memmaml.schedules._auto`) chooses among them from measured
 costs; :mod:`memmaml.schedules._parse` reads their text forms. Any of them can keep its
 stored states in host memory (``offload=True``).
@@ -198,7 +199,7 @@ class Binomial(Schedule):
     ``log n`` for ``slots ∝ log n``; with 200 slots, 100,000 steps need ``t = 3``.
 
     With ``segment=k`` the same schedule runs over segments of ``k`` steps
-    (the last one shorter when ``k`` does not divide ``n``): states are stored
+    (the first one shorter when ``k`` does not divide ``n``): states are stored
     only at segment starts, and each reversal replays one segment with its
     graph and pulls the cotangent through it at once. The backward pass then
     holds ``k`` steps' graph instead of one, and makes ``ceil(n / k)``
@@ -231,10 +232,12 @@ class Binomial(Schedule):
         k = self.segment
         if k == 1:
             return _binomial_plan(n, self.slots)
-        macro = _binomial_plan(-(-n // k), self.slots)
+        m = -(-n // k)
+        macro = _binomial_plan(m, self.slots)
+        short = m * k - n  # the first segment is this much shorter: it is the one evaluated most often
 
         def at(index: int) -> int:  # the step where segment ``index`` starts
-            return min(index * k, n)
+            return max(0, index * k - short)
 
         def scaled(op: Op) -> Op:
             if isinstance(op, Drop):
@@ -246,7 +249,7 @@ class Binomial(Schedule):
     def stats(self, num_steps: int) -> PlanStats:
         n = check_num_steps(num_steps)
         k = self.segment
-        if n % k:  # a shorter last segment: counted on the plan
+        if n % k:  # a shorter first segment: counted on the plan
             return check_plan(self.plan(n))
         m = n // k  # the forward pass runs all segments but the last without a graph
         evaluations = k * binomial_evaluations(m, self.slots)
