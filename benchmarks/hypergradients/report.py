@@ -450,7 +450,7 @@ def write_report(out: Path) -> None:
         lines += long_lines(long_run)
     segments = _read(out, "segments.json")
     if segments:
-        lines += ["## Reversing two steps at a time", "", _provenance_line(segments), ""]
+        lines += [f"## Reversing {segments['config']['segment']} steps at a time", "", _provenance_line(segments), ""]
         lines += segment_lines(segments)
     cross_check = _read(out, "torchopt_check.json")
     if cross_check:

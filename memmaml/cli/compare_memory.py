@@ -140,7 +140,7 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         type=t.engine_list,
         default=DEFAULT_ENGINES,
         help="memmaml engines, in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, uniform:best, "
-        "binomial:SLOTS[:SEGMENT], binomial:auto, auto:BUDGET, any of them but naive +offload",
+        "binomial:SLOTS, binomial:SLOTS:SEGMENT, binomial:auto, auto:BUDGET, any of them but naive +offload",
     )
     s.add_argument("--steps", type=t.positive_int_list, default="1,2,4", help="inner-step counts n to measure")
     s.add_argument(

@@ -319,7 +319,7 @@ def build_parser(prog: str = PROG) -> t.ArgumentParser:
         type=_checked(t.engine),
         default="naive",
         help="the inner loop's engine in memmaml.parse_engine's syntax: naive, uniform:K, sqrt, "
-        "binomial:SLOTS[:SEGMENT], auto:BUDGET, any but naive followed by +offload",
+        "binomial:SLOTS, binomial:SLOTS:SEGMENT, auto:BUDGET, any but naive followed by +offload",
     )
     g.add_argument("--first-order", action="store_true", help="first-order MAML: no second-order terms")
     g.add_argument("--vectorize", action="store_true", help="adapt the meta-batch with torch.func.vmap")

@@ -204,10 +204,10 @@ class Binomial(Schedule):
     graph and pulls the cotangent through it at once. The backward pass then
     holds ``k`` steps' graph instead of one, and makes ``ceil(n / k)``
     reversals instead of ``n``. Each reversal has a fixed cost besides its
-    steps (an autograd call, restoring the replay context), which for a small
-    model is a large part of a step, so a short segment can save time at the
-    memory of ``k - 1`` more steps' graph; for ``k`` dividing ``n`` the steps
-    evaluated without a graph are ``k * binomial_evaluations(n // k, slots)``.
+    steps (an autograd call, restoring the replay context), so a short segment
+    saves that cost ``n - ceil(n / k)`` times at the memory of ``k - 1`` more
+    steps' graph; for ``k`` dividing ``n`` the steps evaluated without a graph
+    are ``k * binomial_evaluations(n // k, slots)``.
 
     Args:
         slots: how many states may be stored at once besides the input (>= 1).

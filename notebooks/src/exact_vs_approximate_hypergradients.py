@@ -70,14 +70,15 @@ RESULTS = Path(memmaml.__file__).resolve().parents[1] / "benchmarks" / "hypergra
 if not (RESULTS / "errors.json").exists():
     raise FileNotFoundError(f"{RESULTS} holds no errors.json: this notebook reads the benchmark's results "
                             "from a checkout of the repository (pip install -e .)")
-ERRORS, DOWNSTREAM, LONG = (json.loads((RESULTS / f"{name}.json").read_text())
-                            for name in ("errors", "downstream", "long_run"))
+ERRORS, DOWNSTREAM, LONG, SEGMENTS = (json.loads((RESULTS / f"{name}.json").read_text())
+                                      for name in ("errors", "downstream", "long_run", "segments"))
 
 print(f"quick mode: {QUICK}; live comparison through T = {T_DEMO} steps")
 print(f"device: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads); torch {torch.__version__}")
 print(f"results from memmaml commit {ERRORS['provenance']['memmaml_commit'][:10]} (errors), "
       f"{DOWNSTREAM['provenance']['memmaml_commit'][:10]} (downstream), "
-      f"{LONG['provenance']['memmaml_commit'][:10]} (100,000 steps)")
+      f"{LONG['provenance']['memmaml_commit'][:10]} (100,000 steps), "
+      f"{SEGMENTS['provenance']['memmaml_commit'][:10]} (segments)")
 
 
 # %% [markdown]
@@ -537,6 +538,14 @@ single_text = "".join(
     f"{record[single]['time_s'] / n * 1e3:.2f} ms/step ({record[single]['time_s'] / record['naive']['time_s']:.2f}× "
     f"naive), and `{schedule}` {record[schedule]['time_s'] / record[single]['time_s']:.2f}× its time;"
     for record, n in ((reference, reference_steps), (longer, naive_steps)) if single != schedule and single in record)
+segment_rounds = SEGMENTS["records"]["rounds"]
+one_step, more_steps = (f"binomial:{SEGMENTS['config']['slots']}" + suffix
+                        for suffix in ("", f":{SEGMENTS['config']['segment']}"))
+segment_ratios = [r[more_steps]["time_s"] / r[one_step]["time_s"] for r in segment_rounds]
+single_text += (
+    f"\n* in {len(segment_rounds)} paired rounds at T = {SEGMENTS['config']['steps']:,}, the order swapped every round "
+    f"(`segments.json`), `{more_steps}` took a median {np.median(segment_ratios):.2f}× the time of `{one_step}` "
+    f"({min(segment_ratios):.2f}-{max(segment_ratios):.2f}×);")
 display(Markdown(f"""Measured on this CPU (2 cores, torch 2.14.1, one thread, float64):
 
 | | T = {reference_steps:,} naive | T = {reference_steps:,} `{schedule}` | T = {naive_steps:,} naive | \
