@@ -208,7 +208,7 @@ def test_type_functions():
         t.positive_int_list("4, 1,4")
     assert t.size("1.5 KiB") == 1536 and t.positive_float("1e-3") == 0.001 and t.non_negative_int(" 0 ") == 0
     assert t.engine("sqrt") == "sqrt" and t.engine(" uniform:05 ") == "uniform:5"
-    assert t.engine("Binomial:03:2 +offload") == "binomial:3:2+offload" and t.engine("binomial:3") == "binomial:3"
+    assert t.engine("Binomial:03:2 +offload") == "binomial:3:2+offload" and t.engine("binomial:3:1") == "binomial:3"
     with pytest.raises(Exception, match=re.escape("'binomial:3:2' is given twice in 'binomial:3:2,binomial:3:02'")):
         t.engine_list("binomial:3:2,binomial:3:02")
     for text, message in (

@@ -53,6 +53,7 @@ def measure(monkeypatch):
         (["segments", "--steps", "25"], "--steps"),
         (["segments", "--rounds", "0"], "--rounds"),
         (["segments", "--segment", "-1"], "--segment"),
+        (["segments", "--segment", "1"], "--segment"),
         (["long", "--segment", "0"], "--segment"),
         (["long", "--segment", "2.5"], "--segment"),
         (["long", "--repeats", "x"], "--repeats"),
@@ -158,7 +159,8 @@ def test_the_report_shows_reference_passes_that_were_timed_again():
     """A reference pass timed again keeps the earlier one beside it in the report, with its own ratio."""
     report = _load("report.py")
     data = json.loads(SCRIPT.with_name("long_run.json").read_text())
-    records, schedule = data["records"], f"binomial:{data['config']['slots']}"
+    config, records = data["config"], data["records"]
+    schedule = f"binomial:{config['slots']}" + (f":{config['segment']}" if config.get("segment", 1) > 1 else "")
     records["reference_first_pass"] = {"steps": 1000, **copy.deepcopy(records["reference"])}
     records["reference_first_pass"]["naive"]["time_s"] = 2.0
     records["reference_first_pass"][schedule]["time_s"] = 5.0
@@ -166,8 +168,8 @@ def test_the_report_shows_reference_passes_that_were_timed_again():
     records["reference_long_first_pass"]["naive"]["time_s"] = 12.0
     records["reference_long_first_pass"][schedule]["time_s"] = 30.0
     (line,) = [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
-    assert "T = 1,000: naive 2.00 ms/step, `binomial:447` 5.00 ms/step (2.50×); " in line
-    assert "T = 10,000: naive 1.20 ms/step, `binomial:447` 3.00 ms/step (2.50×)." in line
+    assert f"T = 1,000: naive 2.00 ms/step, `{schedule}` 5.00 ms/step (2.50×); " in line
+    assert f"T = 10,000: naive 1.20 ms/step, `{schedule}` 3.00 ms/step (2.50×)." in line
     del records["reference_first_pass"], records["reference_long_first_pass"]
     assert not [line for line in report.long_lines(data) if line.startswith("* Earlier passes")]
 
@@ -340,6 +342,10 @@ def test_the_report_shows_a_segmented_plan_beside_the_one_step_plan():
     single, naive = (reference[key]["lr"] + [reference[key]["wd"]] for key in ("binomial:447", "naive"))
     agreement = max(abs(a - b) for a, b in zip(single, naive)) / max(abs(b) for b in naive)
     assert f"hypergradients agree with naive's to {agreement:.1e}; `binomial:447:2` took" in text
+    longer = records["reference_long"]
+    single, naive = (longer[key]["lr"] + [longer[key]["wd"]] for key in ("binomial:447", "naive"))
+    agreement = max(abs(a - b) for a, b in zip(single, naive)) / max(abs(b) for b in naive)
+    assert f"(`binomial:447`'s to {agreement:.1e})." in text
     assert (
         "T = 10,000 (best of 3 runs interleaved with the plans): naive 1.25 ms/step, `binomial:447:2` 2.20 ms/step "
         "(1.76×), `binomial:447` 2.50 ms/step (2.00×)" in text
@@ -367,9 +373,39 @@ def test_the_segments_part_swaps_the_order_every_round_and_resumes(monkeypatch, 
         one, two = r["binomial:3"], r["binomial:3:2"]
         assert abs(one["wd"] - two["wd"]) <= 1e-12 * abs(one["wd"]) and one["time_s"] > 0 < two["time_s"]
     text = (out / "results.md").read_text()
-    assert "## Reversing two steps at a time" in text and "3 rounds of one run each" in text
+    assert "## Reversing 2 steps at a time" in text and "3 rounds of one run each" in text
     ratios = [r["binomial:3:2"]["time_s"] / r["binomial:3"]["time_s"] for r in rounds]
     assert f"median **{sorted(ratios)[1]:.3f}**" in text
     measure.main([*args[:-1], "4"])  # one more round: the three kept, the fourth in the swapped order
     again = json.loads((out / "segments.json").read_text())["records"]["rounds"]
     assert again[:3] == rounds and again[3]["order"] == ["binomial:3:2", "binomial:3"]
+
+
+def test_a_configuration_from_before_an_option_reads_as_its_default(tmp_path):
+    measure = _load(SCRIPT.name)
+    path = tmp_path / "long_run.json"
+    path.write_text(json.dumps({"config": {"steps": 20, "slots": 3}, "records": {"kept": 1}}))
+    kept = measure._load(path, {"steps": 20, "slots": 3, "segment": 1}, {"segment": 1})
+    assert kept["records"] == {"kept": 1} and kept["config"]["segment"] == 1
+    assert measure._load(path, {"steps": 20, "slots": 3, "segment": 2}, {"segment": 1})["records"] == {}
+    assert measure._load(path, {"steps": 20, "slots": 3, "segment": 1})["records"] == {}  # no default: another one
+
+
+def test_the_interleaved_timings_rotate_the_order_every_pass(monkeypatch, tmp_path):
+    measure = _load(SCRIPT.name)
+    calls = []
+
+    def fake(steps, engine, track):
+        calls.append((steps, engine, track))
+        return {"time_s": 1.0, "wall_s": 1.0, "peak_bytes": 1 if track else None, "lr": [1.0], "wd": 1.0}
+
+    for name, value in (("hypergradient_with", fake), ("_warm_up", lambda: None), ("render", lambda out: None)):
+        monkeypatch.setattr(measure, name, value)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    args = ["--out", str(tmp_path), "long", "--steps", "20", "--slots", "3", "--reference-steps", "10"]
+    measure.main([*args, "--naive-steps", "0", "--repeats", "3", "--long-repeats", "1"])
+    timed = [engine for steps, engine, track in calls[:9]]
+    assert timed == [None, "binomial:3:2", "binomial:3", "binomial:3:2", "binomial:3", None, "binomial:3", None] + [
+        "binomial:3:2"
+    ]
+    assert all(steps == 10 and not track for steps, _, track in calls[:9])

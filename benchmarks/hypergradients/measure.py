@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         "--segment",
         type=_positive,
         default=2,
-        help="steps per reversed segment (2: half the reversals, each with a fixed cost, for one more step's graph)",
+        help="steps per reversed segment (long_run.json was measured with 2; 1 reverses one step at a time)",
     )
     long.add_argument("--reference-steps", type=_horizon, default=1000, help="T of the memory reference (and a timing)")
     long.add_argument(
@@ -659,6 +659,10 @@ def main(argv: list[str] | None = None) -> None:
             sub.choices[args.part].error(
                 f"argument {flag}: problem digits-lr-wd needs multiples of its 10 learning-rate blocks, got {bad}"
             )
+    if args.part == "segments" and args.segment < 2:
+        sub.choices["segments"].error(
+            f"argument --segment: compared with one-step segments, needs 2 or more, got {args.segment}"
+        )
     PROVENANCE.update(provenance())
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)

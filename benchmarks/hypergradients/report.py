@@ -281,11 +281,13 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             )
         longer = records.get("reference_long")
         if longer:
+            both = single in longer and single != schedule
             lines.append(
                 f"* Naive at T = {longer['steps']:,} (best of {len(longer['naive']['all_times_s'])} runs interleaved "
-                f"with the {'plans' if single in longer and single != schedule else 'plan'}): "
+                f"with the {'plans' if both else 'plan'}): "
                 f"{_interleaved_times(longer, longer['steps'], schedule, single)}; hypergradients agree to "
-                f"{longer['max_relative_difference']:.1e}."
+                f"{longer['max_relative_difference']:.1e}"
+                + (f" (`{single}`'s to {_difference(longer[single], longer['naive']):.1e})." if both else ".")
             )
         first = [records[key] for key in FIRST_PASSES if key in records]
         if first:

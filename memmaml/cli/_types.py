@@ -270,6 +270,8 @@ def engine(text: str) -> str:
                 form = ":".join([name, *(s for s, _ in symbols[: i + 1])])
                 raise argparse.ArgumentTypeError(f"{text!r}: {form} needs {symbol} ({what}) >= 1, got {part!r}")
             values.append(str(value))
+        if values[1:] == ["1"]:  # binomial:SLOTS:1 is binomial:SLOTS
+            values.pop()
         argument = ":".join(values)
     canonical = name + (f":{argument.lower() if name in _NUMBERED else argument}" if colon else "")
     canonical += "+offload" if offload else ""

@@ -14,7 +14,7 @@ mechanism; a schedule decides nothing else.
   Revolve"): at most ``slots`` stored states besides the input, one step's graph
   at a time, and the fewest step evaluations any schedule with that many stored
   states can achieve. ``Binomial(slots, segment=k)`` runs it over segments of
-  ``k`` steps: ``k`` steps' graph at a time, a fixed cost per reversal saved.
+  ``k`` steps: ``k`` steps' graph at a time, ``ceil(n / k)`` reversals.
 :class:`~memmaml.Auto` (:mod:`memmaml.schedules._auto`) chooses among them from measured
 costs; :mod:`memmaml.schedules._parse` reads their text forms. Any of them can keep its
 stored states in host memory (``offload=True``).
