@@ -409,3 +409,12 @@ def test_the_interleaved_timings_rotate_the_order_every_pass(monkeypatch, tmp_pa
         "binomial:3:2"
     ]
     assert all(steps == 10 and not track for steps, _, track in calls[:9])
+    # a file from before --segment, with one-step plans: kept by --segment 1 (nothing timed again), not by 2
+    data = json.loads((tmp_path / "long_run.json").read_text())
+    del data["config"]["segment"]
+    (tmp_path / "long_run.json").write_text(json.dumps(data))
+    calls.clear()
+    measure.main([*args, "--naive-steps", "0", "--repeats", "3", "--long-repeats", "1", "--segment", "1"])
+    assert calls == []
+    measure.main([*args, "--naive-steps", "0", "--repeats", "3", "--long-repeats", "1"])
+    assert len(calls) > 9
