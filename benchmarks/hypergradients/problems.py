@@ -327,6 +327,16 @@ def max_relative_difference(a: dict[str, Tensor], b: dict[str, Tensor]) -> float
     return ((x - y).abs().max() / y.abs().max()).item()
 
 
+def record_difference(record: dict[str, Any], reference: dict[str, Any]) -> float:
+    """:func:`max_relative_difference` of problem (a)'s hypergradients as a run's record keeps them (``lr``, a list
+    of floats, and ``wd``, a float)."""
+
+    def tensors(r: dict[str, Any]) -> dict[str, Tensor]:
+        return {"lr": torch.tensor(r["lr"], dtype=DT), "wd": torch.tensor([r["wd"]], dtype=DT)}
+
+    return max_relative_difference(tensors(record), tensors(reference))
+
+
 class Clock:
     """CPU time of this process (one thread): other jobs on a shared machine slow the wall clock, not this."""
 
@@ -361,6 +371,7 @@ __all__ = [
     "is_implicit",
     "max_relative_difference",
     "problems",
+    "record_difference",
     "state_bytes",
     "unrolled",
 ]

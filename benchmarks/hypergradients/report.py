@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from problems import APPROXIMATIONS, METHODS, long_schedule
+from problems import APPROXIMATIONS, METHODS, long_schedule, record_difference
 
 from memmaml import format_bytes
 
@@ -247,12 +247,6 @@ def _interleaved_times(record: dict[str, Any], steps: int, *schedules: str) -> s
     return text
 
 
-def _difference(record: dict[str, Any], reference: dict[str, Any]) -> float:
-    """The largest difference between two runs' hypergradients, relative to the largest of ``reference``'s."""
-    a, b = record["lr"] + [record["wd"]], reference["lr"] + [reference["wd"]]
-    return max(abs(x - y) for x, y in zip(a, b)) / max(map(abs, b))
-
-
 def long_lines(data: dict[str, Any]) -> list[str]:
     config, records = data["config"], data["records"]
     steps, ref_steps = config["steps"], config["reference_steps"]
@@ -276,7 +270,7 @@ def long_lines(data: dict[str, Any]) -> list[str]:
                 f"* The same slots reversing one step at a time, in the same interleaved runs: `{single}` "
                 f"{single_step * 1e3:.2f} ms/step ({single_step / naive_step:.2f}×), peak "
                 f"{format_bytes(reference[single]['peak_bytes'])}, hypergradients agree with naive's to "
-                f"{_difference(reference[single], reference['naive']):.1e}; `{schedule}` took "
+                f"{record_difference(reference[single], reference['naive']):.1e}; `{schedule}` took "
                 f"{plan_step / single_step:.2f}× its time per step."
             )
         longer = records.get("reference_long")
@@ -287,7 +281,7 @@ def long_lines(data: dict[str, Any]) -> list[str]:
                 f"with the {'plans' if both else 'plan'}): "
                 f"{_interleaved_times(longer, longer['steps'], schedule, single)}; hypergradients agree to "
                 f"{longer['max_relative_difference']:.1e}"
-                + (f" (`{single}`'s to {_difference(longer[single], longer['naive']):.1e})." if both else ".")
+                + (f" (`{single}`'s to {record_difference(longer[single], longer['naive']):.1e})." if both else ".")
             )
         first = [records[key] for key in FIRST_PASSES if key in records]
         if first:
@@ -314,7 +308,8 @@ def long_lines(data: dict[str, Any]) -> list[str]:
                 else:
                     lines.append(
                         "* The tracked and untracked runs' hypergradients differ by "
-                        f"{_difference(long_memory, long_time):.1e} (max relative difference; see the provenance note)."
+                        f"{record_difference(long_memory, long_time):.1e} (max relative difference; see the provenance "
+                        "note)."
                     )
     plan = records.get("plan")
     if plan:
@@ -361,8 +356,8 @@ def segment_lines(data: dict[str, Any]) -> list[str]:
         + ", ".join(f"{x:.3f}" for x in ratios)
         + f"; median **{statistics.median(ratios):.3f}**, range {min(ratios):.3f}-{max(ratios):.3f}.",
         *(f"* `{e}`: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
-        f"* Hypergradients of the two plans differ by at most {max(_difference(r[more], r[one]) for r in rounds):.1e} "
-        "(max relative difference).",
+        "* Hypergradients of the two plans differ by at most "
+        f"{max(record_difference(r[more], r[one]) for r in rounds):.1e} (max relative difference).",
         "",
     ]
     return lines

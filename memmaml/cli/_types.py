@@ -247,7 +247,11 @@ def name_list(known: Iterable[str]) -> Callable[[str], list[str]]:
     return names
 
 
-_NUMBERED = ("uniform", "binomial")
+#: the engines with whole numbers after the name, and what each number is (binomial's segment is optional)
+_NUMBERED = {
+    "uniform": (("K", "steps per segment"),),
+    "binomial": (("SLOTS", "stored states"), ("SEGMENT", "steps per segment")),
+}
 
 
 def engine(text: str) -> str:
@@ -260,9 +264,8 @@ def engine(text: str) -> str:
     name, colon, argument = body.partition(":")
     name, argument = name.strip().lower(), argument.strip()
     if name in _NUMBERED and argument.lower() not in ("best", "auto"):
-        parts = argument.split(":", 1) if name == "binomial" else [argument]  # binomial:SLOTS[:SEGMENT]
-        symbols = [("K", "steps per segment")] if name == "uniform" else [("SLOTS", "stored states")]
-        symbols += [("SEGMENT", "steps per segment")] if name == "binomial" else []
+        symbols = _NUMBERED[name]
+        parts = argument.split(":", len(symbols) - 1)
         values = []
         for i, (part, (symbol, what)) in enumerate(zip(parts, symbols)):
             value = _integer(part)
