@@ -58,6 +58,8 @@ def measure(monkeypatch):
         (["long", "--segment", "2.5"], "--segment"),
         (["long", "--repeats", "x"], "--repeats"),
         (["long", "--long-repeats", "0"], "--long-repeats"),
+        (["long", "--naive-seconds", "-1"], "--naive-seconds"),
+        (["long", "--naive-seconds", "1.5"], "--naive-seconds"),
         (["errors", "--horizons", "10,,100"], "--horizons"),
         (["errors", "--horizons", "10,15"], "--horizons"),
         (["errors", "--problems", "nope"], "--problems"),
@@ -212,6 +214,74 @@ def test_the_report_pairs_each_long_run_with_naive_around_it(runs, reference_bra
     assert (verdict == "met") == (max(medians) <= 2)  # the cases mean what their comments say
 
 
+def test_the_report_pools_the_naive_runs_of_the_timings_around_each_long_run():
+    """With several naive runs a timing (``--naive-seconds``), each long run is paired with the mean of all the naive
+    runs just before and after it, not with the mean of two timings' means; records of one run a timing read as
+    before."""
+    report = _load("report.py")
+    data = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    long_time = data["records"]["long_time"]
+    reference = [[1.0, 2.0, 3.0], [1.5], [2.0, 2.0]]  # T = 1,000: 2.0 ms/step, then 1.5, then 2.0
+    longer = [[20.0], [10.0, 14.0, 12.0], [16.0]]  # T = 10,000
+    long_time.update(
+        time_s=300.0,
+        all_times_s=[300.0, 400.0],
+        naive_steps=10_000,
+        naive_seconds=3,
+        naive_times_s=longer,
+        reference_naive_times_s=reference,
+    )
+    lines = report.long_lines(data)
+    # by hand: run 1 (3.0 ms/step) against (1 + 2 + 3 + 1.5) / 4 = 1.875 ms -> 1.60; run 2 (4.0 ms/step) against
+    # (1.5 + 2 + 2) / 3 ms -> 2.18; median 1.89. All runs (3.5 ms) against all six naive runs (11.5 / 6 ms) -> 1.83
+    (line,) = [line for line in lines if line.startswith("* Against naive at T = 1,000,")]
+    assert "**1.60×, 2.18×** (median **1.89×**); all the runs against all the naive runs, **1.83×**" in line
+    assert "6 runs in 3 timings of at least 3 s CPU each, 1.00-3.00 ms/step" in line
+    assert "fastest against fastest, **3.00×**" in line  # 3.0 ms against 1.0 ms
+    # T = 10,000: run 1 against (20 + 10 + 14 + 12) / 4 s -> 2.14; run 2 against (10 + 14 + 12 + 16) / 4 -> 3.08
+    (line,) = [line for line in lines if line.startswith("* Against naive at T = 10,000,")]
+    assert "**2.14×, 3.08×** (median **2.61×**)" in line
+    (target,) = [line for line in lines if line.startswith("* Time target")]
+    assert "**not met** (1.89×, 2.61×)" in target
+    assert report.naive_runs(1.5) == [1.5] and report.naive_runs([1.0, 2.0]) == [1.0, 2.0]
+
+
+def test_naive_runs_add_up_to_the_seconds_asked_for(monkeypatch):
+    measure = _load(SCRIPT.name)
+    times = iter([2.5, 2.5, 2.5, 2.5, 2.5, 2.5])
+    calls = []
+
+    def fake(steps, engine, track):
+        calls.append((steps, engine, track))
+        return {"time_s": next(times)}
+
+    monkeypatch.setattr(measure, "hypergradient_with", fake)
+    assert measure.naive_for(1000, 0) == [2.5]  # 0: one run
+    assert measure.naive_for(1000, 5) == [2.5, 2.5]  # 5 s reached exactly: no third run
+    assert measure.naive_for(1000, 5.5) == [2.5, 2.5, 2.5]
+    assert set(calls) == {(1000, None, False)}  # naive, untracked
+
+
+def test_the_long_part_times_naive_for_the_seconds_asked_for(monkeypatch, tmp_path):
+    """``--naive-seconds`` end to end: each timing around the long runs is a list of runs adding up to it, the
+    option is recorded, and another value times the long runs again."""
+    measure = _load(SCRIPT.name)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(measure, "render", lambda out: None)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "long", "--steps", "20", "--slots", "3", "--reference-steps", "10"]
+    args += ["--naive-steps", "0", "--repeats", "1", "--long-repeats", "1"]
+    path = out / "long_run.json"
+    measure.main([*args, "--naive-seconds", "1"])
+    long_time = json.loads(path.read_text())["records"]["long_time"]
+    timings = long_time["reference_naive_times_s"]
+    assert long_time["naive_seconds"] == 1 and len(timings) == 2
+    assert all(len(runs) > 1 and sum(runs) >= 1 and sum(runs[:-1]) < 1 for runs in timings)
+    measure.main([*args, "--naive-seconds", "0"])  # another value: timed again, one naive run a timing
+    long_time = json.loads(path.read_text())["records"]["long_time"]
+    assert long_time["naive_seconds"] == 0 and [len(runs) for runs in long_time["reference_naive_times_s"]] == [1, 1]
+
+
 def test_the_report_reads_records_from_before_the_pairing():
     """Records without naive at T = 1,000 around the long runs, or without any naive runs around them, compare with
     the separate timings at both T and give no verdict."""
@@ -243,7 +313,7 @@ def test_the_long_part_resumes_and_redoes_only_what_is_stale(monkeypatch, tmp_pa
     monkeypatch.setattr(measure, "render", lambda out: None)  # results.md: tested above
     out = tmp_path / "out"
     args = ["--out", str(out), "long", "--steps", "20", "--slots", "3", "--reference-steps", "10"]
-    args += ["--naive-steps", "0", "--repeats", "1", "--long-repeats", "2"]
+    args += ["--naive-seconds", "0", "--naive-steps", "0", "--repeats", "1", "--long-repeats", "2"]
     path = out / "long_run.json"
 
     def long_time():
@@ -269,6 +339,7 @@ def test_the_long_part_resumes_and_redoes_only_what_is_stale(monkeypatch, tmp_pa
     del data["records"]["long_time"]
     data["records"]["long_time_partial"] = {
         "naive_steps": 0,
+        "naive_seconds": 0,
         "commit": data["provenance"]["memmaml_commit"],
         "runs": [],
         "brackets": 1,

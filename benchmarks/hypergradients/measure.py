@@ -113,6 +113,10 @@ def _positive(text: str) -> int:
     return _integer(text, 1)
 
 
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
+
+
 def _horizon(text: str, least: int = 10) -> int:
     """A T for problem (a): a positive multiple of its 10 learning-rate blocks."""
     value = _integer(text, -math.inf)
@@ -414,8 +418,9 @@ def time_paired(
 ) -> list[dict[str, Any]]:
     """``repeats`` runs of ``run_plan`` with ``time_naive`` timed before each and after the last (none when it is
     ``None``), going on from what ``partial`` already holds; ``keep()`` after each finished run and each naive
-    timing. The runs go to ``partial["runs"]``; ``time_naive`` returns its times by the name of the list in
-    ``partial`` each is appended to, and ``partial["brackets"]`` counts its calls. Returns the runs."""
+    timing. The runs go to ``partial["runs"]``; ``time_naive`` returns its times (a list of runs' times at each T)
+    by the name of the list in ``partial`` each is appended to, and ``partial["brackets"]`` counts its calls.
+    Returns the runs."""
 
     def naive() -> None:
         if time_naive is not None and partial.get("brackets", 0) == len(partial["runs"]):
@@ -431,6 +436,25 @@ def time_paired(
         print(f"long run {len(partial['runs'])} of {repeats}: {partial['runs'][-1]['time_s']:.0f} s CPU", flush=True)
     naive()
     return partial["runs"]
+
+
+def naive_for(steps: int, seconds: float) -> list[float]:
+    """The CPU times of naive runs at ``steps``, run one after another until they add up to ``seconds`` (one run
+    when ``seconds`` is 0).
+
+    NOTE [ Naive runs around the long runs ]
+        A run at T = 100,000 takes minutes; naive at T = 10,000 seconds, at 1,000 one or two. On a shared machine
+        whose speed changes from minute to minute (naive's time per step at T = 10,000 ranged over 1.18-2.08 ms
+        between the runs of one measurement), one naive run samples a moment where the long run averages minutes,
+        and the ratio of a long run to one such sample scatters widely and, since it divides by the sample, is
+        pulled up (the mean of 1 / x exceeds 1 / the mean of x). Naive runs that add up to tens of seconds at
+        each T, before and after each long run, sample the same minutes more fully; the report pairs each long run
+        with the mean time per step of all the naive runs just before and after it.
+    """
+    times = [hypergradient_with(steps, None, False)["time_s"]]
+    while sum(times) < seconds:
+        times.append(hypergradient_with(steps, None, False)["time_s"])
+    return times
 
 
 def hypergradient_with(steps: int, engine: str | None, track: bool) -> dict[str, Any]:
@@ -453,10 +477,10 @@ def hypergradient_with(steps: int, engine: str | None, track: bool) -> dict[str,
 
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots:--segment`` (timed ``--long-repeats``
-    times, naive at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after); naive's
-    per-step time at ``--reference-steps`` and at ``--naive-steps`` (each interleaved with the same plan there,
-    and with the plan of one-step segments when ``--segment`` is more), and the peaks of the plan at
-    ``--reference-steps`` and at ``--steps``."""
+    times, naive at ``--reference-steps`` and at ``--naive-steps`` timed for ``--naive-seconds`` each before,
+    between and after); naive's per-step time at ``--reference-steps`` and at ``--naive-steps`` (each interleaved
+    with the same plan there, and with the plan of one-step segments when ``--segment`` is more), and the peaks of
+    the plan at ``--reference-steps`` and at ``--steps``."""
     schedule = long_schedule(args.slots, args.segment)
     single = long_schedule(args.slots, 1)
     config = {
@@ -505,22 +529,31 @@ def run_long(args: argparse.Namespace) -> None:
     long_time = records.get("long_time", {})
     if (
         long_time.get("naive_steps") != args.naive_steps
+        or long_time.get("naive_seconds", 0) != args.naive_seconds  # before the option: one naive run each time
         or len(long_time.get("all_times_s", [])) != args.long_repeats
         or "reference_naive_times_s" not in long_time
     ):
         # the plan at --steps, --long-repeats times, with naive at --reference-steps and at --naive-steps timed
         # before, between and after (a shared machine's load changes over minutes: the report pairs each run with
-        # the naive runs around it); each finished run is saved at once, and a rerun goes on from them
+        # the naive runs around it), for --naive-seconds at each T each time (NOTE [ Naive runs around the long
+        # runs ]); each finished run is saved at once, and a rerun goes on from them
         partial = records.get("long_time_partial")
         commit = PROVENANCE.get("memmaml_commit")
         if (
             not partial
             or partial["naive_steps"] != args.naive_steps
+            or partial.get("naive_seconds", 0) != args.naive_seconds
             or partial.get("commit") != commit
             or "brackets" not in partial  # from a version that timed naive at --naive-steps only
             or len(partial["runs"]) > args.long_repeats
         ):
-            partial = {"naive_steps": args.naive_steps, "commit": commit, "runs": [], "brackets": 0}
+            partial = {
+                "naive_steps": args.naive_steps,
+                "naive_seconds": args.naive_seconds,
+                "commit": commit,
+                "runs": [],
+                "brackets": 0,
+            }
         elif partial["runs"] or partial["brackets"]:
             print(f"{args.steps} steps: going on from {len(partial['runs'])} finished run(s)", flush=True)
 
@@ -528,10 +561,10 @@ def run_long(args: argparse.Namespace) -> None:
             records["long_time_partial"] = partial
             _save(path, data)
 
-        def time_naive() -> dict[str, float]:
-            times = {"reference_naive_times_s": hypergradient_with(args.reference_steps, None, False)["time_s"]}
+        def time_naive() -> dict[str, list[float]]:
+            times = {"reference_naive_times_s": naive_for(args.reference_steps, args.naive_seconds)}
             if args.naive_steps:
-                times["naive_times_s"] = hypergradient_with(args.naive_steps, None, False)["time_s"]
+                times["naive_times_s"] = naive_for(args.naive_steps, args.naive_seconds)
             return times
 
         runs = time_paired(
@@ -541,6 +574,7 @@ def run_long(args: argparse.Namespace) -> None:
             **min(runs, key=lambda r: r["time_s"]),
             "all_times_s": [r["time_s"] for r in runs],
             "naive_steps": args.naive_steps,
+            "naive_seconds": args.naive_seconds,
             "naive_times_s": partial.get("naive_times_s", []),
             "reference_naive_times_s": partial["reference_naive_times_s"],
         }
@@ -642,6 +676,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     long.add_argument(
         "--long-repeats", type=_positive, default=5, help="timed runs at --steps (the report gives the median ratio)"
+    )
+    long.add_argument(
+        "--naive-seconds",
+        type=_non_negative,
+        default=40,
+        help="CPU seconds of naive runs at each T before, between and after the runs at --steps (0: one run)",
     )
     segments = subparser("segments", "problem (a) with one-step and multi-step binomial segments, paired runs")
     segments.add_argument("--steps", type=_horizon, default=10_000, help="T")

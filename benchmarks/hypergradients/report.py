@@ -172,12 +172,36 @@ def _seconds(times: list[float]) -> str:
     return ", ".join(f"{t:.1f} s" for t in times)
 
 
-def paired_ratios(runs: list[float], steps: int, bracket: list[float], naive_steps: int) -> list[float]:
-    """Each run's time per step (``runs`` at ``steps``) against the mean per-step time of the naive runs timed
-    just before and after it (``bracket`` at ``naive_steps``, one more than ``runs``)."""
+def naive_runs(timing: float | list[float]) -> list[float]:
+    """The times of the naive runs of one timing around the long runs: a list (``measure.py long
+    --naive-seconds``), or one number in records from before that option."""
+    return timing if isinstance(timing, list) else [timing]
+
+
+def _mean(times: list[float]) -> float:
+    return sum(times) / len(times)
+
+
+def paired_ratios(runs: list[float], steps: int, bracket: list[Any], naive_steps: int) -> list[float]:
+    """Each run's time per step (``runs`` at ``steps``) against the mean per-step time of all the naive runs
+    timed just before and after it (``bracket`` at ``naive_steps``: one timing more than ``runs``, each a list of
+    runs or one run; NOTE [ Naive runs around the long runs ] in measure.py)."""
     return [
-        (run / steps) / ((before + after) / 2 / naive_steps) for run, before, after in zip(runs, bracket, bracket[1:])
+        (run / steps) / (_mean(naive_runs(before) + naive_runs(after)) / naive_steps)
+        for run, before, after in zip(runs, bracket, bracket[1:])
     ]
+
+
+def _bracket_text(bracket: list[Any], naive_steps: int, seconds: float | None) -> str:
+    """The naive runs around the long runs: their times, or (several runs a timing) how many and their range."""
+    flat = [t for timing in bracket for t in naive_runs(timing)]
+    if len(flat) == len(bracket):
+        return _seconds(flat)
+    per_step = [t / naive_steps * 1e3 for t in flat]
+    return (
+        f"{len(flat)} runs in {len(bracket)} timings of at least {seconds:g} s CPU each, "
+        f"{min(per_step):.2f}-{max(per_step):.2f} ms/step"
+    )
 
 
 #: the issue's time target: the long run's time per step at most this many times naive's
@@ -210,13 +234,17 @@ def long_time_lines(
         if bracket:
             paired = paired_ratios(runs, steps, bracket, n)
             medians.append(statistics.median(paired))
+            flat = [t for timing in bracket for t in naive_runs(timing)]
+            overall = (_mean(runs) / steps) / (_mean(flat) / n)
             lines.append(
                 f"* Against naive at T = {n:,}, timed before, between and after the runs at T = {steps:,} "
-                f"({_seconds(bracket)}; the fastest {min(bracket) / n * 1e3:.2f} ms/step): each run against the mean "
-                f"of the naive runs around it, **{', '.join(f'{r:.2f}×' for r in paired)}** (median "
-                f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / (min(bracket) / n):.2f}×**. A naive run "
-                f"takes seconds and a run at T = {steps:,} minutes, so the fastest naive run may catch a quieter spell "
-                "of a shared machine than any long run can: that errs against the plan."
+                f"({_bracket_text(bracket, n, long_time.get('naive_seconds'))}; the fastest "
+                f"{min(flat) / n * 1e3:.2f} ms/step): each run against the mean of the naive runs around it, "
+                f"**{', '.join(f'{r:.2f}×' for r in paired)}** (median **{medians[-1]:.2f}×**); all the runs "
+                f"against all the naive runs, **{overall:.2f}×**; fastest against fastest, "
+                f"**{step / (min(flat) / n):.2f}×**. A naive run takes seconds and a run at T = {steps:,} minutes, so "
+                "the fastest naive run may catch a quieter spell of a shared machine than any long run can: that "
+                "errs against the plan."
             )
         elif apart is not None:
             lines.append(
