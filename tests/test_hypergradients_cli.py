@@ -5,6 +5,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -227,17 +228,16 @@ def test_the_report_pools_the_naive_runs_of_the_timings_around_each_long_run():
         time_s=300.0,
         all_times_s=[300.0, 400.0],
         naive_steps=10_000,
-        naive_seconds=3,
         naive_times_s=longer,
         reference_naive_times_s=reference,
     )
     lines = report.long_lines(data)
     # by hand: run 1 (3.0 ms/step) against (1 + 2 + 3 + 1.5) / 4 = 1.875 ms -> 1.60; run 2 (4.0 ms/step) against
-    # (1.5 + 2 + 2) / 3 ms -> 2.18; median 1.89. All runs (3.5 ms) against all six naive runs (11.5 / 6 ms) -> 1.83
+    # (1.5 + 2 + 2) / 3 ms -> 2.18; median 1.89
     (line,) = [line for line in lines if line.startswith("* Against naive at T = 1,000,")]
-    assert "**1.60×, 2.18×** (median **1.89×**); all the runs against all the naive runs, **1.83×**" in line
-    assert "6 runs in 3 timings of at least 3 s CPU each, 1.00-3.00 ms/step" in line
-    assert "fastest against fastest, **3.00×**" in line  # 3.0 ms against 1.0 ms
+    assert "**1.60×, 2.18×** (median **1.89×**)" in line
+    assert "each timing's mean, runs: 2.00 ms/step (3), 1.50 ms/step (1), 2.00 ms/step (2); the fastest 1.50" in line
+    assert "fastest against fastest, **2.00×**" in line  # 3.0 ms against the fastest timing's 1.5 ms
     # T = 10,000: run 1 against (20 + 10 + 14 + 12) / 4 s -> 2.14; run 2 against (10 + 14 + 12 + 16) / 4 -> 3.08
     (line,) = [line for line in lines if line.startswith("* Against naive at T = 10,000,")]
     assert "**2.14×, 3.08×** (median **2.61×**)" in line
@@ -246,9 +246,12 @@ def test_the_report_pools_the_naive_runs_of_the_timings_around_each_long_run():
     assert report.naive_runs(1.5) == [1.5] and report.naive_runs([1.0, 2.0]) == [1.0, 2.0]
 
 
-def test_naive_runs_add_up_to_the_seconds_asked_for(monkeypatch):
+def test_naive_timings_are_a_count_of_runs_fixed_from_the_seconds_asked_for(monkeypatch):
     measure = _load(SCRIPT.name)
-    times = iter([2.5, 2.5, 2.5, 2.5, 2.5, 2.5])
+    assert measure.naive_count(0, 1.5) == 1  # 0: one run
+    assert measure.naive_count(60, 15.0) == 4 and measure.naive_count(60, 16.0) == 4  # 60 s of runs of 15-16 s
+    assert measure.naive_count(60, 1.5) == 40 and measure.naive_count(60, 100.0) == 1  # at least one
+    times = iter([9.0, 1.0, 1.0, 1.0])
     calls = []
 
     def fake(steps, engine, track):
@@ -256,15 +259,14 @@ def test_naive_runs_add_up_to_the_seconds_asked_for(monkeypatch):
         return {"time_s": next(times)}
 
     monkeypatch.setattr(measure, "hypergradient_with", fake)
-    assert measure.naive_for(1000, 0) == [2.5]  # 0: one run
-    assert measure.naive_for(1000, 5) == [2.5, 2.5]  # 5 s reached exactly: no third run
-    assert measure.naive_for(1000, 5.5) == [2.5, 2.5, 2.5]
+    assert measure.naive_for(1000, 3) == [9.0, 1.0, 1.0]  # a fixed count, whatever the times add up to
     assert set(calls) == {(1000, None, False)}  # naive, untracked
 
 
-def test_the_long_part_times_naive_for_the_seconds_asked_for(monkeypatch, tmp_path):
-    """``--naive-seconds`` end to end: each timing around the long runs is a list of runs adding up to it, the
-    option is recorded, and another value times the long runs again."""
+def test_the_long_part_times_naive_runs_for_the_seconds_asked_for(monkeypatch, tmp_path):
+    """``--naive-seconds`` end to end: each timing around the long runs is as many runs as the fastest interleaved
+    naive run at that T makes that many seconds; the option and the counts are recorded; a stopped run resumes
+    with the counts it started with; another value times the long runs again."""
     measure = _load(SCRIPT.name)
     monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
     monkeypatch.setattr(measure, "render", lambda out: None)
@@ -272,14 +274,45 @@ def test_the_long_part_times_naive_for_the_seconds_asked_for(monkeypatch, tmp_pa
     args = ["--out", str(out), "long", "--steps", "20", "--slots", "3", "--reference-steps", "10"]
     args += ["--naive-steps", "0", "--repeats", "1", "--long-repeats", "1"]
     path = out / "long_run.json"
+
+    def records():
+        return json.loads(path.read_text())["records"]
+
     measure.main([*args, "--naive-seconds", "1"])
-    long_time = json.loads(path.read_text())["records"]["long_time"]
-    timings = long_time["reference_naive_times_s"]
-    assert long_time["naive_seconds"] == 1 and len(timings) == 2
-    assert all(len(runs) > 1 and sum(runs) >= 1 and sum(runs[:-1]) < 1 for runs in timings)
-    measure.main([*args, "--naive-seconds", "0"])  # another value: timed again, one naive run a timing
-    long_time = json.loads(path.read_text())["records"]["long_time"]
-    assert long_time["naive_seconds"] == 0 and [len(runs) for runs in long_time["reference_naive_times_s"]] == [1, 1]
+    long_time = records()["long_time"]
+    count = math.ceil(1 / records()["reference"]["naive"]["time_s"])  # runs of milliseconds: many
+    assert count > 1 and long_time["naive_seconds"] == 1
+    assert long_time["naive_counts"] == {"reference_naive_times_s": count}
+    assert [len(runs) for runs in long_time["reference_naive_times_s"]] == [count, count]
+    # stopped after the first naive timing: resumed with its count (2), not one made from the records again
+    data = json.loads(path.read_text())
+    del data["records"]["long_time"]
+    partial = {
+        "naive_steps": 0,
+        "naive_seconds": 1,
+        "naive_counts": {"reference_naive_times_s": 2},
+        "commit": data["provenance"]["memmaml_commit"],
+        "runs": [],
+        "brackets": 1,
+        "reference_naive_times_s": [[123.0, 124.0]],
+    }
+    data["records"]["long_time_partial"] = partial
+    path.write_text(json.dumps(data))
+    measure.main([*args, "--naive-seconds", "1"])
+    assert records()["long_time"]["reference_naive_times_s"][0] == [123.0, 124.0]
+    assert [len(runs) for runs in records()["long_time"]["reference_naive_times_s"]] == [2, 2]
+    # the same partial with another --naive-seconds: started afresh
+    data = json.loads(path.read_text())
+    del data["records"]["long_time"]
+    data["records"]["long_time_partial"] = partial
+    path.write_text(json.dumps(data))
+    measure.main([*args, "--naive-seconds", "0"])
+    long_time = records()["long_time"]
+    assert long_time["naive_seconds"] == 0 and long_time["reference_naive_times_s"][0] != [123.0, 124.0]
+    assert [len(runs) for runs in long_time["reference_naive_times_s"]] == [1, 1]
+    # a finished record of another --naive-seconds: timed again
+    measure.main([*args, "--naive-seconds", "1"])
+    assert [len(runs) for runs in records()["long_time"]["reference_naive_times_s"]] == [count, count]
 
 
 def test_the_report_reads_records_from_before_the_pairing():

@@ -438,23 +438,28 @@ def time_paired(
     return partial["runs"]
 
 
-def naive_for(steps: int, seconds: float) -> list[float]:
-    """The CPU times of naive runs at ``steps``, run one after another until they add up to ``seconds`` (one run
-    when ``seconds`` is 0).
+def naive_count(seconds: float, run_seconds: float) -> int:
+    """How many naive runs of about ``run_seconds`` each make ``seconds`` (at least one; one when ``seconds`` is 0).
 
     NOTE [ Naive runs around the long runs ]
         A run at T = 100,000 takes minutes; naive at T = 10,000 seconds, at 1,000 one or two. On a shared machine
         whose speed changes from minute to minute (naive's time per step at T = 10,000 ranged over 1.18-2.08 ms
-        between the runs of one measurement), one naive run samples a moment where the long run averages minutes,
-        and the ratio of a long run to one such sample scatters widely and, since it divides by the sample, is
-        pulled up (the mean of 1 / x exceeds 1 / the mean of x). Naive runs that add up to tens of seconds at
-        each T, before and after each long run, sample the same minutes more fully; the report pairs each long run
-        with the mean time per step of all the naive runs just before and after it.
+        between the runs of one measurement), one naive run samples a moment where a long run's time per step is
+        its CPU time over minutes. So before, between and after the long runs naive runs ``--naive-seconds`` at
+        each T, and the report pairs each long run with all the naive runs just before and after it: their CPU
+        time over their steps, like for like with the long run's, from more of the minutes around it. The number
+        of runs is fixed for each T before the long runs start, from the fastest interleaved naive run at that T
+        (and kept when a stopped run resumes): running until the times add up to ``--naive-seconds`` would end a
+        timing more often on a slow run than on a fast one, and so make naive look slower than it is (by a few
+        percent with three runs a timing). Each timing runs T = ``--reference-steps`` first, so each T has one
+        timing next to a long run and one further away.
     """
-    times = [hypergradient_with(steps, None, False)["time_s"]]
-    while sum(times) < seconds:
-        times.append(hypergradient_with(steps, None, False)["time_s"])
-    return times
+    return max(1, math.ceil(seconds / run_seconds)) if seconds else 1
+
+
+def naive_for(steps: int, runs: int) -> list[float]:
+    """The CPU times of ``runs`` naive runs at ``steps``, one after another."""
+    return [hypergradient_with(steps, None, False)["time_s"] for _ in range(runs)]
 
 
 def hypergradient_with(steps: int, engine: str | None, track: bool) -> dict[str, Any]:
@@ -535,14 +540,17 @@ def run_long(args: argparse.Namespace) -> None:
     ):
         # the plan at --steps, --long-repeats times, with naive at --reference-steps and at --naive-steps timed
         # before, between and after (a shared machine's load changes over minutes: the report pairs each run with
-        # the naive runs around it), for --naive-seconds at each T each time (NOTE [ Naive runs around the long
+        # the naive runs around it), about --naive-seconds at each T each time (NOTE [ Naive runs around the long
         # runs ]); each finished run is saved at once, and a rerun goes on from them
         partial = records.get("long_time_partial")
         commit = PROVENANCE.get("memmaml_commit")
+        counts = {"reference_naive_times_s": naive_count(args.naive_seconds, records["reference"]["naive"]["time_s"])}
+        if args.naive_steps:
+            counts["naive_times_s"] = naive_count(args.naive_seconds, records["reference_long"]["naive"]["time_s"])
         if (
             not partial
             or partial["naive_steps"] != args.naive_steps
-            or partial.get("naive_seconds", 0) != args.naive_seconds
+            or partial.get("naive_seconds", 0) != args.naive_seconds  # before the option: one naive run each time
             or partial.get("commit") != commit
             or "brackets" not in partial  # from a version that timed naive at --naive-steps only
             or len(partial["runs"]) > args.long_repeats
@@ -550,6 +558,7 @@ def run_long(args: argparse.Namespace) -> None:
             partial = {
                 "naive_steps": args.naive_steps,
                 "naive_seconds": args.naive_seconds,
+                "naive_counts": counts,
                 "commit": commit,
                 "runs": [],
                 "brackets": 0,
@@ -561,11 +570,11 @@ def run_long(args: argparse.Namespace) -> None:
             records["long_time_partial"] = partial
             _save(path, data)
 
+        counts = partial.get("naive_counts", counts)  # a resumed run keeps the counts it started with
+        lengths = {"reference_naive_times_s": args.reference_steps, "naive_times_s": args.naive_steps}
+
         def time_naive() -> dict[str, list[float]]:
-            times = {"reference_naive_times_s": naive_for(args.reference_steps, args.naive_seconds)}
-            if args.naive_steps:
-                times["naive_times_s"] = naive_for(args.naive_steps, args.naive_seconds)
-            return times
+            return {key: naive_for(lengths[key], count) for key, count in counts.items()}
 
         runs = time_paired(
             partial, args.long_repeats, time_naive, lambda: hypergradient_with(args.steps, schedule, False), keep
@@ -575,6 +584,7 @@ def run_long(args: argparse.Namespace) -> None:
             "all_times_s": [r["time_s"] for r in runs],
             "naive_steps": args.naive_steps,
             "naive_seconds": args.naive_seconds,
+            "naive_counts": counts,
             "naive_times_s": partial.get("naive_times_s", []),
             "reference_naive_times_s": partial["reference_naive_times_s"],
         }
@@ -680,8 +690,9 @@ def main(argv: list[str] | None = None) -> None:
     long.add_argument(
         "--naive-seconds",
         type=_non_negative,
-        default=40,
-        help="CPU seconds of naive runs at each T before, between and after the runs at --steps (0: one run)",
+        default=60,
+        help="about this many CPU seconds of naive runs at each T before, between and after the runs at --steps "
+        "(0: one run)",
     )
     segments = subparser("segments", "problem (a) with one-step and multi-step binomial segments, paired runs")
     segments.add_argument("--steps", type=_horizon, default=10_000, help="T")

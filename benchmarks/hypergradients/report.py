@@ -192,15 +192,13 @@ def paired_ratios(runs: list[float], steps: int, bracket: list[Any], naive_steps
     ]
 
 
-def _bracket_text(bracket: list[Any], naive_steps: int, seconds: float | None) -> str:
-    """The naive runs around the long runs: their times, or (several runs a timing) how many and their range."""
-    flat = [t for timing in bracket for t in naive_runs(timing)]
-    if len(flat) == len(bracket):
-        return _seconds(flat)
-    per_step = [t / naive_steps * 1e3 for t in flat]
-    return (
-        f"{len(flat)} runs in {len(bracket)} timings of at least {seconds:g} s CPU each, "
-        f"{min(per_step):.2f}-{max(per_step):.2f} ms/step"
+def _bracket_text(bracket: list[Any], naive_steps: int) -> str:
+    """The naive timings around the long runs, in order: each run's time, or (several runs a timing) each
+    timing's mean time per step and its number of runs."""
+    if all(len(naive_runs(timing)) == 1 for timing in bracket):
+        return _seconds([naive_runs(timing)[0] for timing in bracket])
+    return "each timing's mean, runs: " + ", ".join(
+        f"{_mean(naive_runs(timing)) / naive_steps * 1e3:.2f} ms/step ({len(naive_runs(timing))})" for timing in bracket
     )
 
 
@@ -212,7 +210,8 @@ def long_time_lines(
     long_time: dict[str, Any], steps: int, naive_step: float, ref_steps: int, longer: dict[str, Any] | None
 ) -> list[str]:
     """The long run's time per step against naive's: against the naive runs timed around it (each run paired with
-    the mean of the two naive runs before and after it, and fastest against fastest) at each T where they were
+    all the naive runs timed just before and after it, and the fastest against the fastest timing) at each T where
+    they were
     timed, else against the interleaved runs at that T (timed earlier, under whatever load there was then); and
     the verdict on the target, from the medians of the paired ratios."""
     step = long_time["time_s"] / steps
@@ -234,17 +233,14 @@ def long_time_lines(
         if bracket:
             paired = paired_ratios(runs, steps, bracket, n)
             medians.append(statistics.median(paired))
-            flat = [t for timing in bracket for t in naive_runs(timing)]
-            overall = (_mean(runs) / steps) / (_mean(flat) / n)
+            fastest = min(_mean(naive_runs(timing)) for timing in bracket) / n
             lines.append(
                 f"* Against naive at T = {n:,}, timed before, between and after the runs at T = {steps:,} "
-                f"({_bracket_text(bracket, n, long_time.get('naive_seconds'))}; the fastest "
-                f"{min(flat) / n * 1e3:.2f} ms/step): each run against the mean of the naive runs around it, "
-                f"**{', '.join(f'{r:.2f}×' for r in paired)}** (median **{medians[-1]:.2f}×**); all the runs "
-                f"against all the naive runs, **{overall:.2f}×**; fastest against fastest, "
-                f"**{step / (min(flat) / n):.2f}×**. A naive run takes seconds and a run at T = {steps:,} minutes, so "
-                "the fastest naive run may catch a quieter spell of a shared machine than any long run can: that "
-                "errs against the plan."
+                f"({_bracket_text(bracket, n)}; the fastest {fastest * 1e3:.2f} ms/step): each run against the mean "
+                f"of the naive runs around it, **{', '.join(f'{r:.2f}×' for r in paired)}** (median "
+                f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. A naive timing "
+                f"takes seconds and a run at T = {steps:,} minutes, so the fastest naive timing may catch a quieter "
+                "spell of a shared machine than any long run can: that errs against the plan."
             )
         elif apart is not None:
             lines.append(
