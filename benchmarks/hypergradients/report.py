@@ -238,9 +238,9 @@ def long_time_lines(
                 f"* Against naive at T = {n:,}, timed before, between and after the runs at T = {steps:,} "
                 f"({_bracket_text(bracket, n)}; the fastest {fastest * 1e3:.2f} ms/step): each run against the mean "
                 f"of the naive runs around it, **{', '.join(f'{r:.2f}×' for r in paired)}** (median "
-                f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. A naive timing "
-                f"takes seconds and a run at T = {steps:,} minutes, so the fastest naive timing may catch a quieter "
-                "spell of a shared machine than any long run can: that errs against the plan."
+                f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. Each naive timing "
+                f"is shorter than a run at T = {steps:,}, so the fastest may catch a quieter spell of a shared "
+                "machine than any long run can: that errs against the plan."
             )
         elif apart is not None:
             lines.append(
