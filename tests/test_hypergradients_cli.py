@@ -315,6 +315,48 @@ def test_the_long_part_times_naive_runs_for_the_seconds_asked_for(monkeypatch, t
     assert [len(runs) for runs in records()["long_time"]["reference_naive_times_s"]] == [count, count]
 
 
+def test_each_t_gets_its_count_from_its_fastest_interleaved_naive_run(monkeypatch, tmp_path):
+    """Naive at --naive-steps too: each T's count comes from the fastest of that T's interleaved naive runs (not
+    another T's, not the last or the mean); a finished record from before --naive-seconds is kept with 0."""
+    measure = _load(SCRIPT.name)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(measure, "render", lambda out: None)
+    # fake times: naive at T = 10 takes 0.1, 0.3, 0.2 s in the interleaved passes, at T = 20 0.6, 0.4, 0.5 s,
+    # every other run 1 s (the fastest: 0.1 and 0.4 s; 2 s of naive makes 20 and 5 runs)
+    interleaved = {10: iter([0.1, 0.3, 0.2]), 20: iter([0.6, 0.4, 0.5])}
+    state = {"long": False}
+
+    def fake(steps, engine, track):
+        seconds = next(interleaved[steps]) if engine is None and not track and not state["long"] else 1.0
+        return {"time_s": seconds, "wall_s": seconds, "peak_bytes": 1 if track else None, "lr": [0.0], "wd": 0.0}
+
+    real_time_paired = measure.time_paired
+
+    def time_paired(*args, **kwargs):
+        state["long"] = True  # the interleaved passes are over
+        return real_time_paired(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "hypergradient_with", fake)
+    monkeypatch.setattr(measure, "time_paired", time_paired)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "long", "--steps", "40", "--slots", "3", "--reference-steps", "10"]
+    args += ["--naive-steps", "20", "--repeats", "3", "--long-repeats", "1", "--naive-seconds", "2"]
+    measure.main(args)
+    path = out / "long_run.json"
+    long_time = json.loads(path.read_text())["records"]["long_time"]
+    assert long_time["naive_counts"] == {"reference_naive_times_s": 20, "naive_times_s": 5}
+    assert [len(t) for t in long_time["reference_naive_times_s"]] == [20, 20]
+    assert [len(t) for t in long_time["naive_times_s"]] == [5, 5]
+    # a finished record from before the option (one number a timing, no naive_seconds): kept with --naive-seconds 0
+    data = json.loads(path.read_text())
+    old = data["records"]["long_time"]
+    old.update(naive_times_s=[16.0, 15.0], reference_naive_times_s=[1.6, 1.5])
+    del old["naive_seconds"], old["naive_counts"]
+    path.write_text(json.dumps(data))
+    measure.main([*args[:-1], "0"])
+    assert json.loads(path.read_text())["records"]["long_time"] == old
+
+
 def test_the_report_reads_records_from_before_the_pairing():
     """Records without naive at T = 1,000 around the long runs, or without any naive runs around them, compare with
     the separate timings at both T and give no verdict."""

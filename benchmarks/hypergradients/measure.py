@@ -412,7 +412,7 @@ def _baseline(problem, seed: int, steps: int) -> dict[str, Any]:
 def time_paired(
     partial: dict[str, Any],
     repeats: int,
-    time_naive: Callable[[], dict[str, float]] | None,
+    time_naive: Callable[[], dict[str, Any]] | None,
     run_plan: Callable[[], dict[str, Any]],
     keep: Callable[[], None],
 ) -> list[dict[str, Any]]:
@@ -445,13 +445,14 @@ def naive_count(seconds: float, run_seconds: float) -> int:
         A run at T = 100,000 takes minutes; naive at T = 10,000 seconds, at 1,000 one or two. On a shared machine
         whose speed changes from minute to minute (naive's time per step at T = 10,000 ranged over 1.18-2.08 ms
         between the runs of one measurement), one naive run samples a moment where a long run's time per step is
-        its CPU time over minutes. So before, between and after the long runs naive runs ``--naive-seconds`` at
-        each T, and the report pairs each long run with all the naive runs just before and after it: their CPU
-        time over their steps, like for like with the long run's, from more of the minutes around it. The number
-        of runs is fixed for each T before the long runs start, from the fastest interleaved naive run at that T
-        (and kept when a stopped run resumes): running until the times add up to ``--naive-seconds`` would end a
-        timing more often on a slow run than on a fast one, and so make naive look slower than it is (by a few
-        percent with three runs a timing). Each timing runs T = ``--reference-steps`` first, so each T has one
+        its CPU time over minutes. So before, between and after the long runs naive runs about
+        ``--naive-seconds`` at each T, and the report pairs each long run with all the naive runs just before and
+        after it: their CPU time over their steps, like for like with the long run's, from more of the minutes
+        around it. The number of runs is fixed for each T before the long runs start, from the fastest interleaved
+        naive run at that T (and kept when a stopped run resumes): running until the times add up to
+        ``--naive-seconds`` would end a timing more often on a slow run than on a fast one, and so make naive look
+        slower than it is. Naive runs slower around the long runs than in its fastest interleaved run, so a timing
+        takes longer than ``--naive-seconds``. Each timing runs T = ``--reference-steps`` first, so each T has one
         timing next to a long run and one further away.
     """
     return max(1, math.ceil(seconds / run_seconds)) if seconds else 1
@@ -482,10 +483,10 @@ def hypergradient_with(steps: int, engine: str | None, track: bool) -> dict[str,
 
 def run_long(args: argparse.Namespace) -> None:
     """Problem (a) through ``--steps`` SGD steps with ``binomial:--slots:--segment`` (timed ``--long-repeats``
-    times, naive at ``--reference-steps`` and at ``--naive-steps`` timed for ``--naive-seconds`` each before,
-    between and after); naive's per-step time at ``--reference-steps`` and at ``--naive-steps`` (each interleaved
-    with the same plan there, and with the plan of one-step segments when ``--segment`` is more), and the peaks of
-    the plan at ``--reference-steps`` and at ``--steps``."""
+    times, naive at ``--reference-steps`` and at ``--naive-steps`` timed before, between and after: a count of runs
+    at each T making about ``--naive-seconds``); naive's per-step time at ``--reference-steps`` and at
+    ``--naive-steps`` (each interleaved with the same plan there, and with the plan of one-step segments when
+    ``--segment`` is more), and the peaks of the plan at ``--reference-steps`` and at ``--steps``."""
     schedule = long_schedule(args.slots, args.segment)
     single = long_schedule(args.slots, 1)
     config = {

@@ -211,9 +211,8 @@ def long_time_lines(
 ) -> list[str]:
     """The long run's time per step against naive's: against the naive runs timed around it (each run paired with
     all the naive runs timed just before and after it, and the fastest against the fastest timing) at each T where
-    they were
-    timed, else against the interleaved runs at that T (timed earlier, under whatever load there was then); and
-    the verdict on the target, from the medians of the paired ratios."""
+    they were timed, else against the interleaved runs at that T (timed earlier, under whatever load there was
+    then); and the verdict on the target, from the medians of the paired ratios."""
     step = long_time["time_s"] / steps
     runs = long_time.get("all_times_s", [long_time["time_s"]])
     which = "one run" if len(runs) == 1 else f"the fastest of {len(runs)} runs ({_seconds(runs)})"

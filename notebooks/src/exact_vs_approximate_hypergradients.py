@@ -498,7 +498,7 @@ plt.show()
 # $T = 10{,}000$ (naive's graph, and with it its time per step, grows with $T$). At $T = 1{,}000$
 # and $10{,}000$ naive and the plan are timed interleaved; the 100,000-step run is repeated five
 # times, with naive at $T = 1{,}000$ and at $T = 10{,}000$ timed before, between and after the
-# repeats (a fixed number of runs at each $T$ each time, about a minute's worth), and each long
+# repeats (a fixed number of runs at each $T$ each time, counted in the results below), and each long
 # run is compared with the mean of all the naive runs around it (a shared machine's load changes
 # over the minutes a run takes; the speed of the machine these results come from changed by
 # about 2× within 15 minutes, and one naive run of a few seconds samples a moment where a long
