@@ -444,16 +444,16 @@ def naive_count(seconds: float, run_seconds: float) -> int:
     NOTE [ Naive runs around the long runs ]
         A run at T = 100,000 takes minutes; naive at T = 10,000 seconds, at 1,000 one or two. On a shared machine
         whose speed changes from minute to minute (naive's time per step at T = 10,000 ranged over 1.18-2.08 ms
-        between the runs of one measurement), one naive run samples a moment where a long run's time per step is
-        its CPU time over minutes. So before, between and after the long runs naive runs about
-        ``--naive-seconds`` at each T, and the report pairs each long run with all the naive runs just before and
-        after it: their CPU time over their steps, like for like with the long run's, from more of the minutes
-        around it. The number of runs is fixed for each T before the long runs start, from the fastest interleaved
-        naive run at that T (and kept when a stopped run resumes): running until the times add up to
-        ``--naive-seconds`` would end a timing more often on a slow run than on a fast one, and so make naive look
-        slower than it is. Naive runs slower around the long runs than in its fastest interleaved run, so a timing
-        takes longer than ``--naive-seconds``. Each timing runs T = ``--reference-steps`` first, so each T has one
-        timing next to a long run and one further away.
+        between the runs of one measurement), one naive run samples a moment where a long run's time per step is its
+        CPU time over minutes. So before, between and after the long runs naive runs about ``--naive-seconds`` at
+        each T, and the report pairs each long run with all the naive runs just before and after it: their CPU time
+        over their steps, like for like with the long run's, from more of the minutes around it. The number of runs
+        is fixed for each T before the long runs start, from the fastest interleaved naive run at that T (and kept
+        when a stopped run resumes): running until the times add up to ``--naive-seconds`` would end a timing more
+        often on a slow run than on a fast one, and so make naive look slower than it is. The count rounds up, and
+        naive may run slower around the long runs than in its fastest interleaved run, so a timing usually takes
+        longer than ``--naive-seconds``. Each timing runs T = ``--reference-steps`` first, so each T has one timing
+        next to a long run and one further away.
     """
     return max(1, math.ceil(seconds / run_seconds)) if seconds else 1
 
