@@ -559,7 +559,6 @@ def run_long(args: argparse.Namespace) -> None:
             partial = {
                 "naive_steps": args.naive_steps,
                 "naive_seconds": args.naive_seconds,
-                "naive_counts": counts,
                 "commit": commit,
                 "runs": [],
                 "brackets": 0,
@@ -571,7 +570,7 @@ def run_long(args: argparse.Namespace) -> None:
             records["long_time_partial"] = partial
             _save(path, data)
 
-        counts = partial.get("naive_counts", counts)  # a resumed run keeps the counts it started with
+        counts = partial.setdefault("naive_counts", counts)  # a resumed run keeps the counts it started with
         lengths = {"reference_naive_times_s": args.reference_steps, "naive_times_s": args.naive_steps}
 
         def time_naive() -> dict[str, list[float]]:

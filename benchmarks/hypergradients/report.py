@@ -178,27 +178,23 @@ def naive_runs(timing: float | list[float]) -> list[float]:
     return timing if isinstance(timing, list) else [timing]
 
 
-def _mean(times: list[float]) -> float:
-    return sum(times) / len(times)
-
-
-def paired_ratios(runs: list[float], steps: int, bracket: list[Any], naive_steps: int) -> list[float]:
+def paired_ratios(runs: list[float], steps: int, timings: list[list[float]], naive_steps: int) -> list[float]:
     """Each run's time per step (``runs`` at ``steps``) against the mean per-step time of all the naive runs
-    timed just before and after it (``bracket`` at ``naive_steps``: one timing more than ``runs``, each a list of
-    runs or one run; NOTE [ Naive runs around the long runs ] in measure.py)."""
+    timed just before and after it (``timings`` at ``naive_steps``: one timing more than ``runs``, each the list
+    of its runs' times; NOTE [ Naive runs around the long runs ] in measure.py)."""
     return [
-        (run / steps) / (_mean(naive_runs(before) + naive_runs(after)) / naive_steps)
-        for run, before, after in zip(runs, bracket, bracket[1:])
+        (run / steps) / (statistics.fmean(before + after) / naive_steps)
+        for run, before, after in zip(runs, timings, timings[1:])
     ]
 
 
-def _bracket_text(bracket: list[Any], naive_steps: int) -> str:
+def _timings_text(timings: list[list[float]], naive_steps: int) -> str:
     """The naive timings around the long runs, in order: each run's time, or (several runs a timing) each
     timing's mean time per step and its number of runs."""
-    if all(len(naive_runs(timing)) == 1 for timing in bracket):
-        return _seconds([naive_runs(timing)[0] for timing in bracket])
+    if all(len(timing) == 1 for timing in timings):
+        return _seconds([timing[0] for timing in timings])
     return "each timing's mean, runs: " + ", ".join(
-        f"{_mean(naive_runs(timing)) / naive_steps * 1e3:.2f} ms/step ({len(naive_runs(timing))})" for timing in bracket
+        f"{statistics.fmean(timing) / naive_steps * 1e3:.2f} ms/step ({len(timing)})" for timing in timings
     )
 
 
@@ -230,12 +226,13 @@ def long_time_lines(
     medians = []
     for n, bracket, apart in brackets:
         if bracket:
-            paired = paired_ratios(runs, steps, bracket, n)
+            timings = [naive_runs(timing) for timing in bracket]
+            paired = paired_ratios(runs, steps, timings, n)
             medians.append(statistics.median(paired))
-            fastest = min(_mean(naive_runs(timing)) for timing in bracket) / n
+            fastest = min(map(statistics.fmean, timings)) / n
             lines.append(
                 f"* Against naive at T = {n:,}, timed before, between and after the runs at T = {steps:,} "
-                f"({_bracket_text(bracket, n)}; the fastest {fastest * 1e3:.2f} ms/step): each run against the mean "
+                f"({_timings_text(timings, n)}; the fastest {fastest * 1e3:.2f} ms/step): each run against the mean "
                 f"of the naive runs around it, **{', '.join(f'{r:.2f}×' for r in paired)}** (median "
                 f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. Each naive timing "
                 f"is shorter than a run at T = {steps:,}, so the fastest may catch a quieter spell of a shared "
