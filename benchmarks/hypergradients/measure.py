@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """How wrong are truncated, first-order and implicit hypergradients? Measured against the exact one (issue 22).
 
-Four parts, each writing a JSON file next to this script (or to ``--out``) after every finished unit of work,
+Five parts, each writing a JSON file next to this script (or to ``--out``) after every finished unit of work,
 so a stopped run keeps what it has and a rerun resumes; ``render`` turns them into ``results.md``:
 
     python benchmarks/hypergradients/measure.py errors       # error, time and memory of every method, T = 10 .. 10,000
     python benchmarks/hypergradients/measure.py downstream   # 30 outer steps driven by each method, 5 seeds
     python benchmarks/hypergradients/measure.py long         # the exact hypergradient through 100,000 SGD steps
     python benchmarks/hypergradients/measure.py segments     # binomial over one-step and two-step segments, paired
+    python benchmarks/hypergradients/measure.py same         # naive and the same plan through 100,000 steps, paired
     python benchmarks/hypergradients/measure.py render       # results.md from the JSON files
 
 The problems and methods are in ``problems.py`` (its docstring says what each method means on each problem).
@@ -615,23 +616,88 @@ def run_long(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- part 4: segments
+def paired_rounds(
+    path: Path, data: dict[str, Any], engines: dict[str, str | None], steps: int, rounds: int
+) -> list[dict[str, Any]]:
+    """``rounds`` rounds of one run of each of ``engines`` (name: schedule, ``None`` for naive) at ``steps``, the
+    order swapped every round (what runs first in a round meets another state of the machine than what runs
+    second), going on from the rounds ``data["records"]["rounds"]`` holds; each round is saved to ``path`` at
+    once, so a rerun goes on from them."""
+    names = list(engines)
+    done = data["records"].setdefault("rounds", [])
+    if len(done) < rounds:
+        _warm_up()
+    while len(done) < rounds:
+        order = names if len(done) % 2 == 0 else names[::-1]
+        done.append({"order": order, **{name: hypergradient_with(steps, engines[name], False) for name in order}})
+        _save(path, data)
+        times = ", ".join(f"{name} {done[-1][name]['time_s'] / steps * 1e3:.2f} ms/step" for name in names)
+        print(f"round {len(done)} of {rounds}: {times}", flush=True)
+    return done
+
+
 def run_segments(args: argparse.Namespace) -> None:
     """``binomial:--slots`` reversing one step and ``--segment`` steps at a time, at ``--steps``: ``--rounds``
-    rounds of one run each, the order swapped every round (what runs first in a round meets another state of the
-    machine than what runs second); each round is saved at once, and a rerun goes on from them."""
+    paired rounds (:func:`paired_rounds`)."""
     engines = [long_schedule(args.slots, 1), long_schedule(args.slots, args.segment)]
     config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
     path = Path(args.out) / "segments.json"
+    paired_rounds(path, _load(path, config), {e: e for e in engines}, args.steps, args.rounds)
+    render(Path(args.out))
+
+
+# --------------------------------------------------------------------------- part 5: naive at the same T
+#: resident memory per byte of naive's peak of live tensors, with a margin: measured on this benchmark's machine, the
+#: process's peak resident memory grew by 160 MiB per 1,000 steps from T = 10,000 to 30,000, against 99 MiB of live
+#: tensors (1.6x: the allocator's and autograd's bookkeeping of many small tensors)
+RESIDENT_PER_TENSOR_BYTE = 1.8
+
+
+def available_bytes() -> int | None:
+    """The memory the kernel says new work can use (``MemAvailable``), or ``None`` where there is no /proc/meminfo."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def check_naive_fits(steps: int, probe: int = 1000) -> None:
+    """Refuse, before the first long run, a T whose naive run would not fit: naive's peak at ``probe`` steps
+    (tracked), scaled to ``steps`` and by :data:`RESIDENT_PER_TENSOR_BYTE`, against :func:`available_bytes`."""
+    probe = min(probe, steps)
+    per_step = hypergradient_with(probe, None, True)["peak_bytes"] / probe
+    tensors = per_step * steps
+    needed, available = tensors * RESIDENT_PER_TENSOR_BYTE, available_bytes()
+    if available is not None and needed > available:
+        raise SystemExit(
+            f"measure.py same: naive at T = {steps:,} would hold about {memmaml.format_bytes(tensors)} of tensors "
+            f"(predicted from its peak at T = {probe:,}) and this process up to {memmaml.format_bytes(needed)}, but "
+            f"{memmaml.format_bytes(available)} is available; pass a smaller --steps or free memory"
+        )
+    print(f"naive at T = {steps:,}: about {memmaml.format_bytes(tensors)} of tensors predicted", flush=True)
+
+
+def run_same(args: argparse.Namespace) -> None:
+    """Naive and ``binomial:--slots:--segment`` through the same ``--steps``, where naive fits: ``--rounds`` paired
+    rounds (:func:`paired_rounds`), then naive's peak there from one tracked run. Refused before any long run when
+    naive would not fit (:func:`check_naive_fits`)."""
+    schedule = long_schedule(args.slots, args.segment)
+    config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
+    path = Path(args.out) / "same_steps.json"
     data = _load(path, config)
-    rounds = data["records"].setdefault("rounds", [])
-    if len(rounds) < args.rounds:
-        _warm_up()
-    while len(rounds) < args.rounds:
-        order = engines if len(rounds) % 2 == 0 else engines[::-1]
-        rounds.append({"order": order, **{engine: hypergradient_with(args.steps, engine, False) for engine in order}})
+    records = data["records"]
+    if len(records.get("rounds", [])) < args.rounds or "naive_memory" not in records:
+        check_naive_fits(args.steps)
+    paired_rounds(path, data, {"naive": None, schedule: schedule}, args.steps, args.rounds)
+    if "naive_memory" not in records:
+        records["naive_memory"] = hypergradient_with(args.steps, None, True)
         _save(path, data)
-        times = ", ".join(f"{e} {rounds[-1][e]['time_s'] / args.steps * 1e3:.2f} ms/step" for e in engines)
-        print(f"round {len(rounds)} of {args.rounds}: {times}", flush=True)
+        peak = memmaml.format_bytes(records["naive_memory"]["peak_bytes"])
+        print(f"naive at T = {args.steps:,}, tracked: {peak}", flush=True)
     render(Path(args.out))
 
 
@@ -699,6 +765,11 @@ def main(argv: list[str] | None = None) -> None:
     segments.add_argument("--slots", type=_positive, default=447, help="binomial slots")
     segments.add_argument("--segment", type=_positive, default=2, help="steps per segment compared with one")
     segments.add_argument("--rounds", type=_positive, default=8, help="rounds of one run each, the order swapped")
+    same = subparser("same", "naive and the long run's plan through the same T, where naive fits (~10 GB here)")
+    same.add_argument("--steps", type=_horizon, default=100_000, help="T")
+    same.add_argument("--slots", type=_positive, default=447, help="binomial slots")
+    same.add_argument("--segment", type=_positive, default=2, help="steps per reversed segment")
+    same.add_argument("--rounds", type=_positive, default=3, help="rounds of one run each, the order swapped")
     subparser("render", "results.md from the JSON files")
     args = parser.parse_args(argv)
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -718,7 +789,13 @@ def main(argv: list[str] | None = None) -> None:
     PROVENANCE.update(provenance())
     torch.set_num_threads(1)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    runners = {"errors": run_errors, "downstream": run_downstream, "long": run_long, "segments": run_segments}
+    runners = {
+        "errors": run_errors,
+        "downstream": run_downstream,
+        "long": run_long,
+        "segments": run_segments,
+        "same": run_same,
+    }
     runners.get(args.part, lambda a: render(Path(a.out)))(args)
 
 

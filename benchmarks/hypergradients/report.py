@@ -203,12 +203,18 @@ TIME_TARGET = 2.0
 
 
 def long_time_lines(
-    long_time: dict[str, Any], steps: int, naive_step: float, ref_steps: int, longer: dict[str, Any] | None
+    long_time: dict[str, Any],
+    steps: int,
+    naive_step: float,
+    ref_steps: int,
+    longer: dict[str, Any] | None,
+    same: list[float] | None = None,
 ) -> list[str]:
     """The long run's time per step against naive's: against the naive runs timed around it (each run paired with
     all the naive runs timed just before and after it, and the fastest against the fastest timing) at each T where
     they were timed, else against the interleaved runs at that T (timed earlier, under whatever load there was
-    then); and the verdict on the target, from the medians of the paired ratios."""
+    then); against naive through the same T when ``same`` gives those rounds' ratios (``same_steps.json``); and
+    the verdict on the target, from the medians of the paired ratios."""
     step = long_time["time_s"] / steps
     runs = long_time.get("all_times_s", [long_time["time_s"]])
     which = "one run" if len(runs) == 1 else f"the fastest of {len(runs)} runs ({_seconds(runs)})"
@@ -243,7 +249,13 @@ def long_time_lines(
                 f"* Against naive at T = {n:,} (timed separately, above): **{step / apart:.2f}×** naive's per-step "
                 "time."
             )
-    if medians and len(medians) == len(brackets):
+    if same:
+        medians.append(statistics.median(same))
+        lines.append(
+            f"* Against naive through the same T = {steps:,} (same_steps.json, below: {len(same)} paired rounds): "
+            f"**{', '.join(f'{r:.2f}×' for r in same)}** (median **{medians[-1]:.2f}×**)."
+        )
+    if medians and len(medians) == len(brackets) + bool(same):
         met = all(m <= TIME_TARGET for m in medians)
         lines.append(
             f"* Time target (≤ {TIME_TARGET:g}× naive, the median paired ratio at every T naive was timed at): "
@@ -267,7 +279,8 @@ def _interleaved_times(record: dict[str, Any], steps: int, *schedules: str) -> s
     return text
 
 
-def long_lines(data: dict[str, Any]) -> list[str]:
+def long_lines(data: dict[str, Any], same: list[float] | None = None) -> list[str]:
+    """The long run's section; ``same``: the ratios of the paired rounds with naive through the same T and plan."""
     config, records = data["config"], data["records"]
     steps, ref_steps = config["steps"], config["reference_steps"]
     schedule = long_schedule(config["slots"], config.get("segment", 1))  # older records: one-step segments
@@ -312,7 +325,7 @@ def long_lines(data: dict[str, Any]) -> list[str]:
             )
         long_time = records.get("long_time")
         if long_time:
-            lines += long_time_lines(long_time, steps, naive_step, ref_steps, longer)
+            lines += long_time_lines(long_time, steps, naive_step, ref_steps, longer, same)
         long_memory = records.get("long_memory")
         if long_memory:
             ratio = long_memory["peak_bytes"] / reference[schedule]["peak_bytes"]
@@ -381,6 +394,62 @@ def segment_lines(data: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def same_ratios(same: dict[str, Any]) -> list[float]:
+    """Each round's plan time over naive's, from ``same_steps.json`` (naive and the plan through the same T)."""
+    schedule = long_schedule(same["config"]["slots"], same["config"]["segment"])
+    return [r[schedule]["time_s"] / r["naive"]["time_s"] for r in same["records"].get("rounds", [])]
+
+
+def same_lines(data: dict[str, Any], long_run: dict[str, Any] | None) -> list[str]:
+    """Naive and the plan through the same T, in paired rounds: each round's ratio, their median, naive's peak (and
+    the plan's, from ``long_run`` when it ran the same plan through the same T), and how far the hypergradients
+    differ."""
+    config, records = data["config"], data["records"]
+    steps, schedule = config["steps"], long_schedule(config["slots"], config["segment"])
+    rounds = records.get("rounds", [])
+    lines = [
+        f"Problem (a) through {steps:,} SGD steps, naive and `{schedule}`, float64, CPU time of one thread; "
+        f"{len(rounds)} rounds of one run each, the order swapped every round.",
+        "",
+    ]
+    if rounds:
+        ratios = same_ratios(data)
+        per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in ("naive", schedule)}
+        lines += [
+            f"* `{schedule}` / naive, per round: "
+            + ", ".join(f"{x:.2f}×" for x in ratios)
+            + f"; median **{statistics.median(ratios):.2f}×**, range {min(ratios):.2f}-{max(ratios):.2f}×.",
+            *(f"* `{e}`: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
+            "* Hypergradients of naive and the plan differ by at most "
+            f"{max(record_difference(r[schedule], r['naive']) for r in rounds):.1e} (max relative difference).",
+        ]
+    memory = records.get("naive_memory")
+    if memory:
+        text = f"* Naive's peak memory at T = {steps:,}: **{format_bytes(memory['peak_bytes'])}**"
+        plan = None
+        if long_run and _same_plan(data, long_run):
+            plan = long_run["records"].get("long_memory")
+        if plan:
+            text += (
+                f", {memory['peak_bytes'] / plan['peak_bytes']:,.0f}× the plan's "
+                f"({format_bytes(plan['peak_bytes'])}, long_run.json)"
+            )
+        lines.append(text + " (one tracked run).")
+    lines.append("")
+    return lines
+
+
+def _same_plan(same: dict[str, Any], long_run: dict[str, Any]) -> bool:
+    """Whether ``same_steps.json`` ran the plan of ``long_run.json`` through the same T."""
+    a, b = same["config"], long_run["config"]
+    return (a["steps"], a["slots"], a["segment"], a["dtype"]) == (
+        b["steps"],
+        b["slots"],
+        b.get("segment", 1),
+        b["dtype"],
+    )
 
 
 #: the largest relative difference read as agreement in the torchopt cross-check: both libraries run the same
@@ -462,9 +531,18 @@ def write_report(out: Path) -> None:
     if downstream:
         lines += ["## Downstream: outer loops driven by each method", "", _provenance_line(downstream), ""]
         lines += downstream_table(downstream)
+    same = _read(out, "same_steps.json")
     if long_run:
         lines += ["## The exact hypergradient through 100,000 steps", "", _provenance_line(long_run), ""]
-        lines += long_lines(long_run)
+        lines += long_lines(long_run, same_ratios(same) if same and _same_plan(same, long_run) else None)
+    if same:
+        lines += [
+            f"## Naive through the same {same['config']['steps']:,} steps",
+            "",
+            _provenance_line(same),
+            "",
+        ]
+        lines += same_lines(same, long_run)
     segments = _read(out, "segments.json")
     if segments:
         lines += [f"## Reversing {segments['config']['segment']} steps at a time", "", _provenance_line(segments), ""]
