@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "hypergradients" / "measure.py"
-RUNNERS = ("run_errors", "run_downstream", "run_long", "run_segments", "render", "_warm_up")
+RUNNERS = ("run_errors", "run_downstream", "run_long", "run_segments", "run_same", "render", "_warm_up")
 
 
 def _load(filename: str):
@@ -55,6 +55,10 @@ def measure(monkeypatch):
         (["segments", "--rounds", "0"], "--rounds"),
         (["segments", "--segment", "-1"], "--segment"),
         (["segments", "--segment", "1"], "--segment"),
+        (["same", "--steps", "25"], "--steps"),
+        (["same", "--rounds", "0"], "--rounds"),
+        (["same", "--slots", "-2"], "--slots"),
+        (["same", "--segment", "0"], "--segment"),
         (["long", "--segment", "0"], "--segment"),
         (["long", "--segment", "2.5"], "--segment"),
         (["long", "--repeats", "x"], "--repeats"),
@@ -99,6 +103,7 @@ def test_an_out_that_is_a_file_is_refused(measure, tmp_path, capsys):
         (["downstream", "--problems", "sinusoid-maml", "--steps", "15"], "run_downstream"),
         (["errors", "--horizons", "10,20"], "run_errors"),
         (["segments", "--steps", "20", "--slots", "3", "--rounds", "2"], "run_segments"),
+        (["same", "--steps", "20", "--slots", "3", "--rounds", "2"], "run_same"),
         (["render"], "render"),
     ],
 )
@@ -564,3 +569,106 @@ def test_the_interleaved_timings_rotate_the_order_every_pass(monkeypatch, tmp_pa
     assert calls == []
     measure.main([*args, "--naive-steps", "0", "--repeats", "3", "--long-repeats", "1"])
     assert len(calls) > 9
+
+
+def test_the_same_part_pairs_naive_and_the_plan_through_one_t_and_resumes(monkeypatch, tmp_path):
+    measure = _load(SCRIPT.name)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(measure, "render", lambda out: _load("report.py").write_report(out))  # (no sys.path edit)
+    out = tmp_path / "out"
+    args = ["--out", str(out), "same", "--steps", "20", "--slots", "3", "--rounds", "3"]
+    measure.main(args)
+    records = json.loads((out / "same_steps.json").read_text())["records"]
+    rounds = records["rounds"]
+    assert [r["order"] for r in rounds] == [["naive", "binomial:3:2"], ["binomial:3:2", "naive"]] + [
+        ["naive", "binomial:3:2"]
+    ]
+    for r in rounds:  # the same hypergradient from naive and the plan, to rounding
+        naive, plan = r["naive"], r["binomial:3:2"]
+        assert abs(naive["wd"] - plan["wd"]) <= 1e-12 * abs(naive["wd"]) and naive["time_s"] > 0 < plan["time_s"]
+        assert naive["peak_bytes"] is None is plan["peak_bytes"]  # timed runs are not tracked
+    assert records["naive_memory"]["peak_bytes"] > 0
+    text = (out / "results.md").read_text()
+    ratios = sorted(r["binomial:3:2"]["time_s"] / r["naive"]["time_s"] for r in rounds)
+    assert "## Naive through the same 20 steps" in text and f"median **{ratios[1]:.2f}×**" in text
+    assert "long_run.json" not in text  # no long run of this plan: no ratio of the peaks
+    calls = []
+
+    def fake(*call):
+        calls.append(call)
+        return {**rounds[0]["naive"], "peak_bytes": 1 if call[2] else None}
+
+    monkeypatch.setattr(measure, "hypergradient_with", fake)
+    measure.main(args)  # all done: nothing runs, not even the check of the memory
+    assert calls == []
+    measure.main([*args[:-1], "4"])  # one more round, after the memory check: the three kept, the fourth swapped
+    again = json.loads((out / "same_steps.json").read_text())["records"]
+    assert again["rounds"][:3] == rounds and again["rounds"][3]["order"] == ["binomial:3:2", "naive"]
+    assert calls[0] == (20, None, True) and [c[1:] for c in calls[1:]] == [("binomial:3:2", False), (None, False)]
+
+
+def test_the_same_part_refuses_a_t_whose_naive_run_would_not_fit(monkeypatch, tmp_path, capsys):
+    measure = _load(SCRIPT.name)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    calls = []
+
+    def fake(steps, engine, track):
+        calls.append((steps, engine, track))
+        return {"time_s": 1.0, "wall_s": 1.0, "peak_bytes": 1000 * steps if track else None, "lr": [1.0], "wd": 1.0}
+
+    monkeypatch.setattr(measure, "hypergradient_with", fake)
+    # 100,000 steps at 1,000 bytes a step: 100 MB of tensors, 180 MB resident predicted
+    monkeypatch.setattr(measure, "available_bytes", lambda: 179_000_000)
+    with pytest.raises(SystemExit) as exit_info:
+        measure.main(["--out", str(tmp_path), "same"])
+    message = str(exit_info.value)
+    assert "naive at T = 100,000" in message and "95.4 MiB of tensors" in message and "--steps" in message
+    assert calls == [(1000, None, True)] and not (tmp_path / "same_steps.json").exists()
+    monkeypatch.setattr(measure, "available_bytes", lambda: 181_000_000)
+    monkeypatch.setattr(measure, "render", lambda out: None)
+    monkeypatch.setattr(measure, "_warm_up", lambda: None)
+    measure.main(["--out", str(tmp_path), "same", "--rounds", "1"])
+    assert calls[1:] == [(1000, None, True), (100_000, None, False), (100_000, "binomial:447:2", False)] + [
+        (100_000, None, True)
+    ]
+    assert measure.available_bytes() is None or measure.available_bytes() > 0
+
+
+def test_naive_through_the_same_t_counts_in_the_time_verdict():
+    """The rounds with naive through the long run's own T and plan add their median to the verdict (so they can only
+    make it stricter); rounds of another plan or T are shown in their own section but not counted."""
+    report = _load("report.py")
+    long_run = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    long_time = long_run["records"]["long_time"]
+    long_time.update(
+        time_s=200.0,
+        all_times_s=[200.0, 200.0, 200.0],
+        naive_steps=10_000,
+        naive_times_s=[10.0] * 4,
+        reference_naive_times_s=[1.0] * 4,
+    )  # exactly 2.00x against naive at T = 1,000 and at 10,000
+    schedule = "binomial:447:2"
+    same = {
+        "config": {**{k: long_run["config"][k] for k in ("steps", "slots", "dtype")}, "segment": 2},
+        "records": {
+            "rounds": [
+                {"order": ["naive", schedule], "naive": {"time_s": t, "lr": [1.0], "wd": 1.0}}
+                | {schedule: {"time_s": 300.0, "lr": [1.0], "wd": 1.0}}
+                for t in (100.0, 200.0, 120.0)  # 3.00x, 1.50x, 2.50x: median 2.50x
+            ],
+            "naive_memory": {"peak_bytes": 10 * 2**30},
+        },
+    }
+    assert report._same_plan(same, long_run)
+    lines = report.long_lines(long_run, report.same_ratios(same))
+    (line,) = [line for line in lines if line.startswith("* Against naive through the same T = 100,000")]
+    assert "**3.00×, 1.50×, 2.50×** (median **2.50×**)" in line
+    (target,) = [line for line in lines if line.startswith("* Time target")]
+    assert "**not met** (2.00×, 2.00×, 2.50×)" in target
+    assert "**met** (2.00×, 2.00×)" in next(l for l in report.long_lines(long_run) if l.startswith("* Time target"))
+    peak = long_run["records"]["long_memory"]["peak_bytes"]
+    text = "\n".join(report.same_lines(same, long_run))
+    assert f"**10.0 GiB**, {10 * 2**30 / peak:,.0f}× the plan's" in text and "median **2.50×**" in text
+    other = copy.deepcopy(same)
+    other["config"]["steps"] = 10_000
+    assert not report._same_plan(other, long_run) and "the plan's" not in "\n".join(report.same_lines(other, long_run))

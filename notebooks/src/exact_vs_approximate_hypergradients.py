@@ -72,6 +72,8 @@ if not (RESULTS / "errors.json").exists():
                             "from a checkout of the repository (pip install -e .)")
 ERRORS, DOWNSTREAM, LONG, SEGMENTS = (json.loads((RESULTS / f"{name}.json").read_text())
                                       for name in ("errors", "downstream", "long_run", "segments"))
+# naive through the same 100,000 steps (`measure.py same`): only where naive fits, so it may be absent
+SAME = json.loads((RESULTS / "same_steps.json").read_text()) if (RESULTS / "same_steps.json").exists() else None
 
 print(f"quick mode: {QUICK}; live comparison through T = {T_DEMO} steps")
 print(f"device: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads); torch {torch.__version__}")
@@ -527,6 +529,12 @@ def naive_runs(timing):
     return timing if isinstance(timing, list) else [timing]
 
 
+def record_difference(a, b):
+    """max |a - b| / max |b| over the learning rates' and the weight decay's hypergradients of two runs' records."""
+    x, y = (np.array(r["lr"] + [r["wd"]]) for r in (a, b))
+    return np.abs(x - y).max() / np.abs(y).max()
+
+
 def paired_text(bracket, bracket_steps):
     """Each long run against the mean of all the naive runs (``bracket``, at ``bracket_steps``) timed just before
     and after it."""
@@ -540,6 +548,19 @@ def paired_text(bracket, bracket_steps):
 
 medians, texts = zip(*(paired_text(long_time[key], n) for key, n in
                        (("reference_naive_times_s", reference_steps), ("naive_times_s", long_time["naive_steps"]))))
+same_text = ""
+if SAME and (SAME["config"]["steps"], SAME["config"]["slots"], SAME["config"]["segment"]) == (
+        steps, config["slots"], segment):  # naive through the same T and plan: its median counts in the verdict too
+    same_rounds = SAME["records"]["rounds"]
+    same_ratios = [r[schedule]["time_s"] / r["naive"]["time_s"] for r in same_rounds]
+    medians += (np.median(same_ratios),)
+    naive_peak = SAME["records"]["naive_memory"]["peak_bytes"]
+    same_text = (
+        f"\n* naive through the same T = {steps:,} (`same_steps.json`, {len(same_rounds)} rounds of one run each, the "
+        f"order swapped every round): the plan took " + ", ".join(f"{r:.2f}" for r in same_ratios)
+        + f"× naive's time, median **{np.median(same_ratios):.2f}**; naive's peak there "
+        f"**{fmt(naive_peak)}**, {naive_peak / records['long_memory']['peak_bytes']:,.0f}× the plan's; their "
+        f"hypergradients agree to {max(record_difference(r[schedule], r['naive']) for r in same_rounds):.0e};")
 verdict = "met" if max(medians) <= 2 else "not met"
 optimum_text = (f", the fewest for {config['slots']} slots reversing {segment} steps at a time"
                 if plan.get("segment_optimum_evaluations") == plan["stats"]["forward_steps"] else "")
@@ -569,7 +590,7 @@ not tracked | not tracked | {fmt(records['long_memory']['peak_bytes'])} |
 * peak at T = {steps:,} / same plan at T = {reference_steps:,}: **{memory_ratio:.3f}** (target ≤ 1.2);
 * time per step at T = {steps:,} / naive's (target ≤ 2, the median at each T): **{verdict}**; each of the
   {len(long_runs)} runs against the mean of all the naive runs timed just before and after it, {texts[0]};
-  {texts[1]};
+  {texts[1]};{same_text}
 * the plan evaluates {plan['stats']['forward_steps']:,} steps without a graph{optimum_text}; Revolve's optimum
   for {config['slots']} slots reversing one step at a time is {plan['revolve_optimum_evaluations']:,}; at most
   {plan['stats']['max_stored']} states stored;{single_text}
