@@ -216,7 +216,7 @@ def test_the_report_pairs_each_long_run_with_naive_around_it(runs, reference_bra
         fastest = (min(runs) / 100_000) / (min(bracket) / steps)
         assert f"fastest against fastest, **{fastest:.2f}×**" in line
     (target,) = [line for line in lines if line.startswith("* Time target")]
-    assert f"**{verdict}** ({medians[0]:.2f}×, {medians[1]:.2f}×)" in target
+    assert f"**{verdict}** (T = 1,000: {medians[0]:.2f}×; T = 10,000: {medians[1]:.2f}×)" in target
     assert (verdict == "met") == (max(medians) <= 2)  # the cases mean what their comments say
 
 
@@ -247,7 +247,7 @@ def test_the_report_pools_the_naive_runs_of_the_timings_around_each_long_run():
     (line,) = [line for line in lines if line.startswith("* Against naive at T = 10,000,")]
     assert "**2.14×, 3.08×** (median **2.61×**)" in line
     (target,) = [line for line in lines if line.startswith("* Time target")]
-    assert "**not met** (1.89×, 2.61×)" in target
+    assert "**not met** (T = 1,000: 1.89×; T = 10,000: 2.61×)" in target
     assert report.naive_runs(1.5) == [1.5] and report.naive_runs([1.0, 2.0]) == [1.0, 2.0]
 
 
@@ -631,7 +631,6 @@ def test_the_same_part_refuses_a_t_whose_naive_run_would_not_fit(monkeypatch, tm
     assert calls[1:] == [(1000, None, True), (100_000, None, False), (100_000, "binomial:447:2", False)] + [
         (100_000, None, True)
     ]
-    assert measure.available_bytes() is None or measure.available_bytes() > 0
 
 
 def test_naive_through_the_same_t_counts_in_the_time_verdict():
@@ -664,11 +663,106 @@ def test_naive_through_the_same_t_counts_in_the_time_verdict():
     (line,) = [line for line in lines if line.startswith("* Against naive through the same T = 100,000")]
     assert "**3.00×, 1.50×, 2.50×** (median **2.50×**)" in line
     (target,) = [line for line in lines if line.startswith("* Time target")]
-    assert "**not met** (2.00×, 2.00×, 2.50×)" in target
-    assert "**met** (2.00×, 2.00×)" in next(l for l in report.long_lines(long_run) if l.startswith("* Time target"))
+    assert "**not met** (T = 1,000: 2.00×; T = 10,000: 2.00×; T = 100,000, naive through the same steps: 2.50×)" in (
+        target
+    )
+    alone = next(line for line in report.long_lines(long_run) if line.startswith("* Time target"))
+    assert "**met** (T = 1,000: 2.00×; T = 10,000: 2.00×)" in alone
+    # an unpaired T (no naive runs around the long runs there) leaves no verdict, with the rounds or without
+    del long_time["naive_times_s"]
+    for ratios in (None, report.same_ratios(same)):
+        assert not [line for line in report.long_lines(long_run, ratios) if line.startswith("* Time target")]
     peak = long_run["records"]["long_memory"]["peak_bytes"]
     text = "\n".join(report.same_lines(same, long_run))
     assert f"**10.0 GiB**, {10 * 2**30 / peak:,.0f}× the plan's" in text and "median **2.50×**" in text
     other = copy.deepcopy(same)
     other["config"]["steps"] = 10_000
     assert not report._same_plan(other, long_run) and "the plan's" not in "\n".join(report.same_lines(other, long_run))
+
+
+def test_available_memory_is_read_from_meminfo_in_bytes(tmp_path):
+    measure = _load(SCRIPT.name)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683724 kB\nMemFree:         1000000 kB\nMemAvailable:   22000000 kB\n")
+    assert measure.available_bytes(meminfo) == 22_000_000 * 1024
+    meminfo.write_text("MemTotal:       24683724 kB\n")  # an old kernel without the field
+    assert measure.available_bytes(meminfo) is None
+    assert measure.available_bytes(tmp_path / "absent") is None
+
+
+def _fake_runs(calls):
+    def fake(steps, engine, track):
+        calls.append((steps, engine, track))
+        return {"time_s": 1.0, "wall_s": 1.0, "peak_bytes": 7 if track else None, "lr": [1.0], "wd": 1.0}
+
+    return fake
+
+
+def test_the_same_part_resumes_only_what_is_left_and_restarts_for_other_code(monkeypatch, tmp_path, capsys):
+    measure = _load(SCRIPT.name)
+    calls = []
+    for name, value in (("hypergradient_with", _fake_runs(calls)), ("_warm_up", lambda: None), ("render", print)):
+        monkeypatch.setattr(measure, name, value)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(measure, "provenance", lambda: {"memmaml_commit": "a"})
+    args = ["--out", str(tmp_path), "same", "--steps", "20", "--slots", "3", "--rounds", "2"]
+    measure.main(args)
+    path = tmp_path / "same_steps.json"
+    data = json.loads(path.read_text())
+    assert data["records"]["commit"] == "a" and data["records"]["rounds_asked"] == 2
+    # stopped after the rounds, before naive's peak: the rerun checks the memory and measures the peak alone
+    del data["records"]["naive_memory"]
+    path.write_text(json.dumps(data))
+    calls.clear()
+    measure.main(args)
+    assert calls == [(20, None, True), (20, None, True)]  # the check's probe (min(1000, 20) steps), then the peak
+    # the same stop, but rerun at another commit: started afresh, every round again
+    data = json.loads(path.read_text())
+    del data["records"]["naive_memory"]
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(measure, "provenance", lambda: {"memmaml_commit": "b"})
+    calls.clear()
+    measure.main(args)
+    assert "made at another commit, starting afresh" in capsys.readouterr().out
+    assert [c[1:] for c in calls] == [(None, True), (None, False), ("binomial:3:2", False)] + [
+        ("binomial:3:2", False),
+        (None, False),
+        (None, True),
+    ]
+    assert json.loads(path.read_text())["records"]["commit"] == "b"
+    calls.clear()
+    measure.main([*args[:-1], "1"])  # fewer rounds than there are: nothing to do, at any commit
+    assert calls == []
+
+
+def test_the_report_counts_naive_through_the_same_t_only_when_it_is_the_long_runs_own_and_finished(tmp_path):
+    report = _load("report.py")
+    long_run = json.loads(SCRIPT.with_name("long_run.json").read_text())
+    same = json.loads(SCRIPT.with_name("same_steps.json").read_text())
+    assert report._same_plan(same, long_run) and report.same_finished(same)
+
+    def verdict(same_data):
+        (tmp_path / "long_run.json").write_text(json.dumps(long_run))
+        (tmp_path / "same_steps.json").write_text(json.dumps(same_data))
+        report.write_report(tmp_path)
+        text = (tmp_path / "results.md").read_text()
+        (line,) = [line for line in text.splitlines() if line.startswith("* Time target")]
+        return line, text
+
+    line, text = verdict(same)
+    median = sorted(report.same_ratios(same))[1]
+    assert f"naive through the same steps: {median:.2f}×)" in line and "Stopped or still running" not in text
+    assert "the plan's 9.9 MiB (long_run.json)" in text
+    other = copy.deepcopy(same)
+    other["config"]["steps"] = 10_000  # another T: shown in its own section, not counted, no ratio of the peaks
+    line, text = verdict(other)
+    assert "through the same steps" not in line and "## Naive through the same 10,000 steps" in text
+    assert "× the plan's" not in text.split("## Naive through the same")[1].split("\n## ")[0]
+    stopped = copy.deepcopy(same)
+    stopped["records"]["rounds_asked"] = 4  # a stopped (or running) part: not counted
+    line, text = verdict(stopped)
+    assert "through the same steps" not in line and "Stopped or still running: 3 of 4 rounds." in text
+    del stopped["records"]["naive_memory"]
+    stopped["records"]["rounds_asked"] = 3
+    line, text = verdict(stopped)
+    assert "through the same steps" not in line and "naive's peak not yet measured" in text

@@ -622,9 +622,12 @@ def paired_rounds(
     """``rounds`` rounds of one run of each of ``engines`` (name: schedule, ``None`` for naive) at ``steps``, the
     order swapped every round (what runs first in a round meets another state of the machine than what runs
     second), going on from the rounds ``data["records"]["rounds"]`` holds; each round is saved to ``path`` at
-    once, so a rerun goes on from them."""
+    once, so a rerun goes on from them (:func:`resumable`). ``rounds_asked`` records the most rounds asked for, so
+    a report can tell a finished record from a stopped one."""
     names = list(engines)
-    done = data["records"].setdefault("rounds", [])
+    records = data["records"]
+    records["rounds_asked"] = max(rounds, records.get("rounds_asked", 0))
+    done = records.setdefault("rounds", [])
     if len(done) < rounds:
         _warm_up()
     while len(done) < rounds:
@@ -636,13 +639,27 @@ def paired_rounds(
     return done
 
 
+def resumable(path: Path, data: dict[str, Any], work_left: bool) -> dict[str, Any]:
+    """``data`` to go on from, or a fresh record when work is left and what there is was made at another commit: the
+    file's provenance names one commit for all it holds."""
+    commit = PROVENANCE.get("memmaml_commit")
+    if work_left and data["records"] and data["records"].get("commit") != commit:
+        print(f"{path.name}: made at another commit, starting afresh", flush=True)
+        data["records"].clear()
+    if work_left:
+        data["records"]["commit"] = commit
+    return data
+
+
 def run_segments(args: argparse.Namespace) -> None:
     """``binomial:--slots`` reversing one step and ``--segment`` steps at a time, at ``--steps``: ``--rounds``
     paired rounds (:func:`paired_rounds`)."""
     engines = [long_schedule(args.slots, 1), long_schedule(args.slots, args.segment)]
     config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
     path = Path(args.out) / "segments.json"
-    paired_rounds(path, _load(path, config), {e: e for e in engines}, args.steps, args.rounds)
+    data = _load(path, config)
+    data = resumable(path, data, len(data["records"].get("rounds", [])) < args.rounds)
+    paired_rounds(path, data, {e: e for e in engines}, args.steps, args.rounds)
     render(Path(args.out))
 
 
@@ -653,10 +670,10 @@ def run_segments(args: argparse.Namespace) -> None:
 RESIDENT_PER_TENSOR_BYTE = 1.8
 
 
-def available_bytes() -> int | None:
+def available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """The memory the kernel says new work can use (``MemAvailable``), or ``None`` where there is no /proc/meminfo."""
     try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
+        lines = meminfo.read_text().splitlines()
     except OSError:
         return None
     for line in lines:
@@ -675,7 +692,8 @@ def check_naive_fits(steps: int, probe: int = 1000) -> None:
     if available is not None and needed > available:
         raise SystemExit(
             f"measure.py same: naive at T = {steps:,} would hold about {memmaml.format_bytes(tensors)} of tensors "
-            f"(predicted from its peak at T = {probe:,}) and this process up to {memmaml.format_bytes(needed)}, but "
+            f"(predicted from its peak at T = {probe:,}), which takes up to {memmaml.format_bytes(needed)} of "
+            "resident memory besides what this process holds already, but "
             f"{memmaml.format_bytes(available)} is available; pass a smaller --steps or free memory"
         )
     print(f"naive at T = {steps:,}: about {memmaml.format_bytes(tensors)} of tensors predicted", flush=True)
@@ -689,12 +707,17 @@ def run_same(args: argparse.Namespace) -> None:
     config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
     path = Path(args.out) / "same_steps.json"
     data = _load(path, config)
-    records = data["records"]
-    if len(records.get("rounds", [])) < args.rounds or "naive_memory" not in records:
+    work_left = len(data["records"].get("rounds", [])) < args.rounds or "naive_memory" not in data["records"]
+    records = resumable(path, data, work_left)["records"]
+    if work_left:
         check_naive_fits(args.steps)
     paired_rounds(path, data, {"naive": None, schedule: schedule}, args.steps, args.rounds)
     if "naive_memory" not in records:
         records["naive_memory"] = hypergradient_with(args.steps, None, True)
+        import resource  # (Unix only)
+
+        # the process's peak resident memory (Linux reports kilobytes): what RESIDENT_PER_TENSOR_BYTE is judged by
+        records["resident_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         _save(path, data)
         peak = memmaml.format_bytes(records["naive_memory"]["peak_bytes"])
         print(f"naive at T = {args.steps:,}, tracked: {peak}", flush=True)

@@ -234,13 +234,13 @@ def long_time_lines(
         if bracket:
             timings = [naive_runs(timing) for timing in bracket]
             paired = paired_ratios(runs, steps, timings, n)
-            medians.append(statistics.median(paired))
+            medians.append((f"T = {n:,}", statistics.median(paired)))
             fastest = min(map(statistics.fmean, timings)) / n
             lines.append(
                 f"* Against naive at T = {n:,}, timed before, between and after the runs at T = {steps:,} "
                 f"({_timings_text(timings, n)}; the fastest {fastest * 1e3:.2f} ms/step): each run against the mean "
                 f"of the naive runs around it, **{', '.join(f'{r:.2f}×' for r in paired)}** (median "
-                f"**{medians[-1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. Each naive timing "
+                f"**{medians[-1][1]:.2f}×**); fastest against fastest, **{step / fastest:.2f}×**. Each naive timing "
                 f"is shorter than a run at T = {steps:,}, so the fastest may catch a quieter spell of a shared "
                 "machine than any long run can: that errs against the plan."
             )
@@ -250,16 +250,17 @@ def long_time_lines(
                 "time."
             )
     if same:
-        medians.append(statistics.median(same))
+        medians.append((f"T = {steps:,}, naive through the same steps", statistics.median(same)))
         lines.append(
-            f"* Against naive through the same T = {steps:,} (same_steps.json, below: {len(same)} paired rounds): "
-            f"**{', '.join(f'{r:.2f}×' for r in same)}** (median **{medians[-1]:.2f}×**)."
+            f"* Against naive through the same T = {steps:,} (same_steps.json, below, with its own commit and hour: "
+            f"{len(same)} rounds of one run each, the order swapped): **{', '.join(f'{r:.2f}×' for r in same)}** "
+            f"(median **{medians[-1][1]:.2f}×**)."
         )
     if medians and len(medians) == len(brackets) + bool(same):
-        met = all(m <= TIME_TARGET for m in medians)
+        met = all(m <= TIME_TARGET for _, m in medians)
         lines.append(
             f"* Time target (≤ {TIME_TARGET:g}× naive, the median paired ratio at every T naive was timed at): "
-            f"**{'met' if met else 'not met'}** ({', '.join(f'{m:.2f}×' for m in medians)})."
+            f"**{'met' if met else 'not met'}** ({'; '.join(f'{t}: {m:.2f}×' for t, m in medians)})."
         )
     return lines
 
@@ -367,33 +368,43 @@ def long_lines(data: dict[str, Any], same: list[float] | None = None) -> list[st
     return lines
 
 
-def segment_lines(data: dict[str, Any]) -> list[str]:
-    """The paired rounds of one-step and multi-step segments: each round's ratio, their median and range."""
+def _round_lines(data: dict[str, Any], base: str, other: str, pair: str, digits: int, unit: str) -> list[str]:
+    """Paired rounds of ``base`` and ``other`` (``data["records"]["rounds"]``): the heading line, then each round's
+    time of ``other`` over ``base``, their median and range, each engine's times per step, and how far the two
+    hypergradients (of ``pair``) differ."""
     config, rounds = data["config"], data["records"].get("rounds", [])
-    steps, one, more = (
-        config["steps"],
-        long_schedule(config["slots"], 1),
-        long_schedule(config["slots"], config["segment"]),
-    )
+    steps = config["steps"]
+    name = {e: "naive" if e == "naive" else f"`{e}`" for e in (base, other)}
     lines = [
-        f"Problem (a) through {steps:,} SGD steps, `{more}` against `{one}`, float64, CPU time of one thread; "
-        f"{len(rounds)} rounds of one run each, the order swapped every round.",
+        f"Problem (a) through {steps:,} SGD steps, {name[other]} against {name[base]}, {config['dtype'][6:]}, CPU "
+        f"time of one thread; {len(rounds)} rounds of one run each, the order swapped every round.",
         "",
     ]
     if not rounds:
         return lines
-    ratios = [r[more]["time_s"] / r[one]["time_s"] for r in rounds]
-    per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in (one, more)}
-    lines += [
-        f"* `{more}` / `{one}`, per round: "
-        + ", ".join(f"{x:.3f}" for x in ratios)
-        + f"; median **{statistics.median(ratios):.3f}**, range {min(ratios):.3f}-{max(ratios):.3f}.",
-        *(f"* `{e}`: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
-        "* Hypergradients of the two plans differ by at most "
-        f"{max(record_difference(r[more], r[one]) for r in rounds):.1e} (max relative difference).",
-        "",
+    ratios = [r[other]["time_s"] / r[base]["time_s"] for r in rounds]
+    per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in (base, other)}
+
+    def ratio(x: float) -> str:
+        return f"{x:.{digits}f}{unit}"
+
+    return [
+        *lines,
+        f"* {name[other]} / {name[base]}, per round: "
+        + ", ".join(map(ratio, ratios))
+        + f"; median **{ratio(statistics.median(ratios))}**, range {min(ratios):.{digits}f}-{ratio(max(ratios))}.",
+        *(f"* {name[e]}: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
+        f"* Hypergradients of {pair} differ by at most "
+        f"{max(record_difference(r[other], r[base]) for r in rounds):.1e} (max relative difference).",
     ]
-    return lines
+
+
+def segment_lines(data: dict[str, Any]) -> list[str]:
+    """The paired rounds of one-step and multi-step segments: each round's ratio, their median and range."""
+    config = data["config"]
+    one, more = long_schedule(config["slots"], 1), long_schedule(config["slots"], config["segment"])
+    lines = _round_lines(data, one, more, "the two plans", 3, "")
+    return [*lines, ""] if data["records"].get("rounds") else lines
 
 
 def same_ratios(same: dict[str, Any]) -> list[float]:
@@ -402,41 +413,34 @@ def same_ratios(same: dict[str, Any]) -> list[float]:
     return [r[schedule]["time_s"] / r["naive"]["time_s"] for r in same["records"].get("rounds", [])]
 
 
+def same_finished(same: dict[str, Any]) -> bool:
+    """Whether ``same_steps.json`` holds every round asked for and naive's peak (not a stopped or running part)."""
+    records = same["records"]
+    rounds = records.get("rounds", [])
+    return bool(rounds) and "naive_memory" in records and len(rounds) >= records.get("rounds_asked", 0)
+
+
 def same_lines(data: dict[str, Any], long_run: dict[str, Any] | None) -> list[str]:
     """Naive and the plan through the same T, in paired rounds: each round's ratio, their median, naive's peak (and
     the plan's, from ``long_run`` when it ran the same plan through the same T), and how far the hypergradients
     differ."""
     config, records = data["config"], data["records"]
-    steps, schedule = config["steps"], long_schedule(config["slots"], config["segment"])
-    rounds = records.get("rounds", [])
-    lines = [
-        f"Problem (a) through {steps:,} SGD steps, naive and `{schedule}`, float64, CPU time of one thread; "
-        f"{len(rounds)} rounds of one run each, the order swapped every round.",
-        "",
-    ]
-    if rounds:
-        ratios = same_ratios(data)
-        per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in ("naive", schedule)}
-        lines += [
-            f"* `{schedule}` / naive, per round: "
-            + ", ".join(f"{x:.2f}×" for x in ratios)
-            + f"; median **{statistics.median(ratios):.2f}×**, range {min(ratios):.2f}-{max(ratios):.2f}×.",
-            *(f"* `{e}`: {min(v):.2f}-{max(v):.2f} ms/step." for e, v in per_step.items()),
-            "* Hypergradients of naive and the plan differ by at most "
-            f"{max(record_difference(r[schedule], r['naive']) for r in rounds):.1e} (max relative difference).",
-        ]
+    schedule = long_schedule(config["slots"], config["segment"])
+    lines = _round_lines(data, "naive", schedule, "naive and the plan", 2, "×")
+    if not same_finished(data):
+        lines.append(
+            f"* Stopped or still running: {len(records.get('rounds', []))} of {records.get('rounds_asked', '?')} "
+            "rounds" + ("" if "naive_memory" in records else ", naive's peak not yet measured") + "."
+        )
     memory = records.get("naive_memory")
     if memory:
-        text = f"* Naive's peak memory at T = {steps:,}: **{format_bytes(memory['peak_bytes'])}**"
-        plan = None
-        if long_run and _same_plan(data, long_run):
-            plan = long_run["records"].get("long_memory")
+        peak = format_bytes(memory["peak_bytes"])
+        text = f"* Naive's peak memory at T = {config['steps']:,}, one tracked run: **{peak}**"
+        plan = long_run["records"].get("long_memory") if long_run and _same_plan(data, long_run) else None
         if plan:
-            text += (
-                f", {memory['peak_bytes'] / plan['peak_bytes']:,.0f}× the plan's "
-                f"({format_bytes(plan['peak_bytes'])}, long_run.json)"
-            )
-        lines.append(text + " (one tracked run).")
+            ratio = memory["peak_bytes"] / plan["peak_bytes"]
+            text += f", {ratio:,.0f}× the plan's {format_bytes(plan['peak_bytes'])} (long_run.json)"
+        lines.append(text + ".")
     lines.append("")
     return lines
 
@@ -534,7 +538,8 @@ def write_report(out: Path) -> None:
     same = _read(out, "same_steps.json")
     if long_run:
         lines += ["## The exact hypergradient through 100,000 steps", "", _provenance_line(long_run), ""]
-        lines += long_lines(long_run, same_ratios(same) if same and _same_plan(same, long_run) else None)
+        counted = same and _same_plan(same, long_run) and same_finished(same)
+        lines += long_lines(long_run, same_ratios(same) if counted else None)
     if same:
         lines += [
             f"## Naive through the same {same['config']['steps']:,} steps",

@@ -80,7 +80,8 @@ print(f"device: cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch thr
 print(f"results from memmaml commit {ERRORS['provenance']['memmaml_commit'][:10]} (errors), "
       f"{DOWNSTREAM['provenance']['memmaml_commit'][:10]} (downstream), "
       f"{LONG['provenance']['memmaml_commit'][:10]} (100,000 steps), "
-      f"{SEGMENTS['provenance']['memmaml_commit'][:10]} (segments)")
+      f"{SEGMENTS['provenance']['memmaml_commit'][:10]} (segments)"
+      + (f", {SAME['provenance']['memmaml_commit'][:10]} (naive through the same steps)" if SAME else ""))
 
 
 # %% [markdown]
@@ -504,8 +505,10 @@ plt.show()
 # run is compared with the mean of all the naive runs around it (a shared machine's load changes
 # over the minutes a run takes; the speed of the machine these results come from changed by
 # about 2× within 15 minutes, and one naive run of a few seconds samples a moment where a long
-# run's time is its average over minutes). The target is judged on the median of those paired
-# ratios at each $T$.
+# run's time is its average over minutes). Naive also fits at $T = 100{,}000$ on that machine
+# (about 10 GiB), so `measure.py same` runs it beside the plan through the same steps, in rounds
+# of one run each with the order swapped. The target is judged on the median of the paired
+# ratios at each $T$, that one included.
 
 
 # %%
@@ -549,12 +552,16 @@ def paired_text(bracket, bracket_steps):
 medians, texts = zip(*(paired_text(long_time[key], n) for key, n in
                        (("reference_naive_times_s", reference_steps), ("naive_times_s", long_time["naive_steps"]))))
 same_text = ""
-if SAME and (SAME["config"]["steps"], SAME["config"]["slots"], SAME["config"]["segment"]) == (
-        steps, config["slots"], segment):  # naive through the same T and plan: its median counts in the verdict too
-    same_rounds = SAME["records"]["rounds"]
+same_records = SAME["records"] if SAME else {}
+if (SAME and "naive_memory" in same_records and same_records.get("rounds")
+        and len(same_records["rounds"]) >= same_records.get("rounds_asked", 0)
+        and (SAME["config"]["steps"], SAME["config"]["slots"], SAME["config"]["segment"], SAME["config"]["dtype"])
+        == (steps, config["slots"], segment, config["dtype"])):
+    # naive through the same T and plan, finished: its median counts in the verdict too, as in report.py
+    same_rounds = same_records["rounds"]
     same_ratios = [r[schedule]["time_s"] / r["naive"]["time_s"] for r in same_rounds]
     medians += (np.median(same_ratios),)
-    naive_peak = SAME["records"]["naive_memory"]["peak_bytes"]
+    naive_peak = same_records["naive_memory"]["peak_bytes"]
     same_text = (
         f"\n* naive through the same T = {steps:,} (`same_steps.json`, {len(same_rounds)} rounds of one run each, the "
         f"order swapped every round): the plan took " + ", ".join(f"{r:.2f}" for r in same_ratios)
