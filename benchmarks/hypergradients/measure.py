@@ -788,7 +788,9 @@ def main(argv: list[str] | None = None) -> None:
     segments.add_argument("--slots", type=_positive, default=447, help="binomial slots")
     segments.add_argument("--segment", type=_positive, default=2, help="steps per segment compared with one")
     segments.add_argument("--rounds", type=_positive, default=8, help="rounds of one run each, the order swapped")
-    same = subparser("same", "naive and the long run's plan through the same T, where naive fits (~10 GB here)")
+    same = subparser(
+        "same", "naive and the long run's plan through the same T, where naive fits (9.7 GiB at T = 100,000 here)"
+    )
     same.add_argument("--steps", type=_horizon, default=100_000, help="T")
     same.add_argument("--slots", type=_positive, default=447, help="binomial slots")
     same.add_argument("--segment", type=_positive, default=2, help="steps per reversed segment")

@@ -252,7 +252,7 @@ def long_time_lines(
     if same:
         medians.append((f"T = {steps:,}, naive through the same steps", statistics.median(same)))
         lines.append(
-            f"* Against naive through the same T = {steps:,} (same_steps.json, below, with its own commit and hour: "
+            f"* Against naive through the same T = {steps:,} (same_steps.json, below, with its own commit and time: "
             f"{len(same)} rounds of one run each, the order swapped): **{', '.join(f'{r:.2f}×' for r in same)}** "
             f"(median **{medians[-1][1]:.2f}×**)."
         )

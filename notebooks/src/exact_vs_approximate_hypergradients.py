@@ -27,7 +27,8 @@
 #    enough.
 #
 # The measured figures come from the results files in `benchmarks/hypergradients/`
-# (`errors.json`, `downstream.json`, `long_run.json`, each with its provenance); this notebook
+# (`errors.json`, `downstream.json`, `long_run.json`, `segments.json` and, where naive fit
+# through the same 100,000 steps, `same_steps.json`, each with its provenance); this notebook
 # only reads and plots them. They were measured on a CPU (2 cores shared with other jobs, torch
 # 2.14.1, one thread, float64).
 
