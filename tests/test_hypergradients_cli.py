@@ -508,10 +508,17 @@ def test_the_report_shows_a_segmented_plan_beside_the_one_step_plan():
     )
 
 
-def test_the_segments_part_swaps_the_order_every_round_and_resumes(monkeypatch, tmp_path):
+@pytest.fixture
+def rendering_measure(monkeypatch):
+    """measure.py that runs for real and renders results.md with report.py (without editing sys.path)."""
     measure = _load(SCRIPT.name)
-    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
-    monkeypatch.setattr(measure, "render", lambda out: _load("report.py").write_report(out))  # (no sys.path edit)
+    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)  # main's setting is the process's
+    monkeypatch.setattr(measure, "render", lambda out: _load("report.py").write_report(out))
+    return measure
+
+
+def test_the_segments_part_swaps_the_order_every_round_and_resumes(rendering_measure, tmp_path):
+    measure = rendering_measure
     out = tmp_path / "out"
     args = ["--out", str(out), "segments", "--steps", "20", "--slots", "3", "--rounds", "3"]
     measure.main(args)
@@ -571,10 +578,8 @@ def test_the_interleaved_timings_rotate_the_order_every_pass(monkeypatch, tmp_pa
     assert len(calls) > 9
 
 
-def test_the_same_part_pairs_naive_and_the_plan_through_one_t_and_resumes(monkeypatch, tmp_path):
-    measure = _load(SCRIPT.name)
-    monkeypatch.setattr(measure.torch, "set_num_threads", lambda n: None)
-    monkeypatch.setattr(measure, "render", lambda out: _load("report.py").write_report(out))  # (no sys.path edit)
+def test_the_same_part_pairs_naive_and_the_plan_through_one_t_and_resumes(rendering_measure, monkeypatch, tmp_path):
+    measure = rendering_measure
     out = tmp_path / "out"
     args = ["--out", str(out), "same", "--steps", "20", "--slots", "3", "--rounds", "3"]
     measure.main(args)

@@ -368,6 +368,11 @@ def long_lines(data: dict[str, Any], same: list[float] | None = None) -> list[st
     return lines
 
 
+def round_ratios(data: dict[str, Any], base: str, other: str) -> list[float]:
+    """Each paired round's time of ``other`` over ``base`` (``data["records"]["rounds"]``)."""
+    return [r[other]["time_s"] / r[base]["time_s"] for r in data["records"].get("rounds", [])]
+
+
 def _round_lines(data: dict[str, Any], base: str, other: str, pair: str, digits: int, unit: str) -> list[str]:
     """Paired rounds of ``base`` and ``other`` (``data["records"]["rounds"]``): the heading line, then each round's
     time of ``other`` over ``base``, their median and range, each engine's times per step, and how far the two
@@ -375,14 +380,15 @@ def _round_lines(data: dict[str, Any], base: str, other: str, pair: str, digits:
     config, rounds = data["config"], data["records"].get("rounds", [])
     steps = config["steps"]
     name = {e: "naive" if e == "naive" else f"`{e}`" for e in (base, other)}
+    dtype = config["dtype"].removeprefix("torch.")
     lines = [
-        f"Problem (a) through {steps:,} SGD steps, {name[other]} against {name[base]}, {config['dtype'][6:]}, CPU "
-        f"time of one thread; {len(rounds)} rounds of one run each, the order swapped every round.",
+        f"Problem (a) through {steps:,} SGD steps, {name[other]} against {name[base]}, {dtype}, CPU time of one "
+        f"thread; {len(rounds)} rounds of one run each, the order swapped every round.",
         "",
     ]
     if not rounds:
         return lines
-    ratios = [r[other]["time_s"] / r[base]["time_s"] for r in rounds]
+    ratios = round_ratios(data, base, other)
     per_step = {e: [r[e]["time_s"] / steps * 1e3 for r in rounds] for e in (base, other)}
 
     def ratio(x: float) -> str:
@@ -409,8 +415,7 @@ def segment_lines(data: dict[str, Any]) -> list[str]:
 
 def same_ratios(same: dict[str, Any]) -> list[float]:
     """Each round's plan time over naive's, from ``same_steps.json`` (naive and the plan through the same T)."""
-    schedule = long_schedule(same["config"]["slots"], same["config"]["segment"])
-    return [r[schedule]["time_s"] / r["naive"]["time_s"] for r in same["records"].get("rounds", [])]
+    return round_ratios(same, "naive", long_schedule(same["config"]["slots"], same["config"]["segment"]))
 
 
 def same_finished(same: dict[str, Any]) -> bool:
