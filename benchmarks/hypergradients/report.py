@@ -261,7 +261,8 @@ def long_time_lines(
     if same:
         median = statistics.median(same)
         lines.append(
-            f"* Against naive through the same T = {steps:,} (same_steps.json, below, with its own commit and time: "
+            f"* Against naive through the same T = {steps:,} (same_steps.json, below, with its own commit, time and "
+            "machine: "
             f"{len(same)} rounds of one run each, the order swapped): **{', '.join(f'{r:.2f}×' for r in same)}** "
             f"(median **{median:.2f}×**)."
         )
