@@ -615,7 +615,7 @@ def test_the_same_part_pairs_naive_and_the_plan_through_one_t_and_resumes(render
         (None, False),
     ]
     assert len(records["naive_warm_up_s"]) == 1 and len(again["naive_warm_up_s"]) == 2  # one per process
-    assert "one untimed naive run at T = 20" in (out / "results.md").read_text()
+    assert "one naive warm-up run at T = 20, timed but not paired" in (out / "results.md").read_text()
 
 
 def test_the_same_part_refuses_a_t_whose_naive_run_would_not_fit(monkeypatch, tmp_path, capsys):

@@ -700,9 +700,9 @@ def check_naive_fits(steps: int, probe: int = 1000) -> None:
 
 
 def run_same(args: argparse.Namespace) -> None:
-    """Naive and ``binomial:--slots:--segment`` through the same ``--steps``, where naive fits: one untimed naive
-    run, then ``--rounds`` paired rounds (:func:`paired_rounds`), then naive's peak there from one tracked run.
-    Refused before any long run when naive would not fit (:func:`check_naive_fits`)."""
+    """Naive and ``binomial:--slots:--segment`` through the same ``--steps``, where naive fits: one naive warm-up
+    run (timed, not paired), then ``--rounds`` paired rounds (:func:`paired_rounds`), then naive's peak there from
+    one tracked run. Refused before any long run when naive would not fit (:func:`check_naive_fits`)."""
     schedule = long_schedule(args.slots, args.segment)
     config = {"steps": args.steps, "slots": args.slots, "segment": args.segment, "dtype": str(DT)}
     path = Path(args.out) / "same_steps.json"
@@ -714,7 +714,7 @@ def run_same(args: argparse.Namespace) -> None:
     if len(records.get("rounds", [])) < args.rounds:
         # NOTE: a process's first naive run at T grows its heap to naive's peak, and the page faults count in its
         # CPU time (in the first measurement, round 1's naive run took 1.23 ms/step, rounds 2 and 3's 1.03-1.04):
-        # one untimed naive run first, in every process that has rounds to run, its time kept but not paired
+        # one naive warm-up run first, in every process that has rounds to run, its time kept but not paired
         records.setdefault("naive_warm_up_s", []).append(hypergradient_with(args.steps, None, False)["time_s"])
         _save(path, data)
         print(f"naive warm-up at T = {args.steps:,}: {records['naive_warm_up_s'][-1]:.0f} s CPU", flush=True)

@@ -267,8 +267,9 @@ def long_time_lines(
             f"(median **{median:.2f}×**)."
         )
         lines.append(
-            f"* Time target (≤ {TIME_TARGET:g}× naive, judged like for like: the median paired ratio against naive "
-            f"through the same T = {steps:,}, where naive fits; the medians at shorter T above are not counted): "
+            f"* Time target (≤ {TIME_TARGET:g}× naive, judged like for like since 4c1cad9: the median paired ratio "
+            f"of naive and the plan both timed through the same T = {steps:,} in same_steps.json, on the machine its "
+            "provenance names, where naive fits; any medians at shorter T are shown, not counted): "
             f"**{'met' if median <= TIME_TARGET else 'not met'}** ({median:.2f}×)."
         )
     elif medians and len(medians) == len(brackets):
@@ -451,8 +452,8 @@ def same_lines(data: dict[str, Any], long_run: dict[str, Any] | None) -> list[st
     if warm_up:
         lines.insert(
             2,
-            f"* Before the rounds, in each process that ran some, one untimed naive run at T = {config['steps']:,} "
-            f"grew the heap to naive's peak ({_seconds(warm_up)} of CPU; not paired).",
+            f"* Before the rounds, in each process that went on to run some, one naive warm-up run at "
+            f"T = {config['steps']:,}, timed but not paired ({_seconds(warm_up)} of CPU).",
         )
     if not same_finished(data):
         lines.append(
@@ -549,8 +550,9 @@ def write_report(out: Path) -> None:
     lines = [
         "# Exact against approximate hypergradients",
         "",
-        "Made by `benchmarks/hypergradients/measure.py` (see its docstring and `problems.py`); measured on this CPU "
-        "(2 cores shared with other jobs, torch 2.14.1, one thread, float64). Times are CPU time of the measuring "
+        "Made by `benchmarks/hypergradients/measure.py` (see its docstring and `problems.py`); measured on 2-core CPU "
+        "virtual machines shared with other jobs (each section's provenance names its machine; torch 2.14.1, one "
+        "thread, float64). Times are CPU time of the measuring "
         'process, peaks are `memmaml.track_memory("cpu")` (live tensor bytes), each from its own pass.',
         "",
     ]
